@@ -1,0 +1,148 @@
+"""``tympan data ...``: fetch, verify, inspect and featurise data sets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tympan.errors import AudioError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="download, verify, inspect and featurise audio data")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = dsub.add_parser("esc50", help="download the official ESC-50 release and verify it")
+    p.add_argument("--dest", required=True, type=Path, help="folder to download into")
+    p.add_argument("--url", default=None, help="archive URL (default: the official GitHub release)")
+    p.set_defaults(func=cmd_esc50)
+
+    p = dsub.add_parser("verify", help="check an ESC-50 copy: layout, counts, every file decodes")
+    p.add_argument("data_dir", nargs="?", type=Path, help="ESC-50 folder (default: $TYMPAN_ESC50_DIR)")
+    p.add_argument("--no-decode", action="store_true", help="check layout and counts only")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_verify)
+
+    p = dsub.add_parser("inspect", help="decode audio files and print what they hold, or why not")
+    p.add_argument("files", nargs="+", type=Path)
+    p.set_defaults(func=cmd_inspect)
+
+    p = dsub.add_parser("featurize", help="compute (or find) the cached log-mels of a data set")
+    p.add_argument("--data-dir", type=Path, default=None, help="ESC-50 folder (default: $TYMPAN_ESC50_DIR)")
+    p.add_argument("--frontend", default="default",
+                   help="front end: 'default', 'efficientat', or a JSON file of FrontendConfig fields")
+    p.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: $TYMPAN_CACHE_DIR)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.set_defaults(func=cmd_featurize)
+
+    p = dsub.add_parser("synthetic", help="write the small generated data set (ESC-50 layout)")
+    p.add_argument("--dest", required=True, type=Path)
+    p.add_argument("--classes", type=int, default=5)
+    p.add_argument("--clips-per-class", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synthetic)
+
+
+def load_frontend(spec: str):
+    """Resolve a ``--frontend`` value: a preset name or a JSON file."""
+    from tympan.features import FrontendConfig
+
+    if spec == "default":
+        return FrontendConfig()
+    if spec == "efficientat":
+        return FrontendConfig.efficientat()
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec}: not a front-end preset (default, efficientat) or a JSON file")
+    return FrontendConfig.from_dict(json.loads(path.read_text()))
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--folds must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_esc50(args: argparse.Namespace) -> int:
+    from tympan.datasets.esc50 import ESC50_URL, download_esc50
+
+    root = download_esc50(args.dest, args.url or ESC50_URL)
+    print(f"downloaded to {root}; verifying")
+    args.data_dir, args.no_decode, args.json = root, False, False
+    return cmd_verify(args)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tympan.datasets.esc50 import verify_esc50
+
+    report = verify_esc50(args.data_dir, decode=not args.no_decode, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({
+            "root": str(report.root), "ok": report.ok, "n_clips": report.n_clips,
+            "n_classes": report.n_classes, "folds": report.fold_counts,
+            "sample_rates": report.sample_rates, "problems": report.problems,
+            "decode_errors": report.decode_errors,
+        }, indent=2))
+    else:
+        folds = ", ".join(f"{k}: {v}" for k, v in report.fold_counts.items())
+        per_class = sorted(set(report.class_counts.values()))
+        print(f"{report.root}")
+        print(f"  clips    {report.n_clips}")
+        print(f"  classes  {report.n_classes} ({'/'.join(map(str, per_class))} clips each)")
+        print(f"  folds    {folds}")
+        if report.sample_rates:
+            rates = ", ".join(f"{sr} Hz: {n}" for sr, n in report.sample_rates.items())
+            print(f"  decoded  {sum(report.sample_rates.values())} files ({rates})")
+        for problem in report.problems:
+            print(f"  problem: {problem}")
+        for err in report.decode_errors[:20]:
+            print(f"  decode error: {err}")
+        if len(report.decode_errors) > 20:
+            print(f"  ... and {len(report.decode_errors) - 20} more decode errors")
+        print("OK" if report.ok else "FAILED")
+    return 0 if report.ok else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from tympan.audio import load_audio
+
+    status = 0
+    for path in args.files:
+        try:
+            d = load_audio(path, None)
+        except (AudioError, FileNotFoundError) as exc:
+            print(f"{path}: error: {exc.__class__.__name__}: {exc}")
+            status = 2
+            continue
+        peak = float(abs(d.waveform).max()) if d.waveform.size else 0.0
+        print(f"{path}: {d.format}/{d.subtype}, {d.source_sample_rate} Hz, {d.source_channels} ch, "
+              f"{d.source_duration:.3f} s, peak {peak:.3f}")
+    return status
+
+
+def cmd_featurize(args: argparse.Namespace) -> int:
+    from tympan.cache import featurize
+    from tympan.datasets.esc50 import load_esc50
+
+    frontend = load_frontend(args.frontend)
+    dataset = load_esc50(args.data_dir, folds=parse_folds(args.folds))
+    fs = featurize(dataset, frontend, root=args.cache_dir, dtype=args.dtype, progress=True)
+    size_mb = fs.info["bytes"] / 1e6
+    print(f"{len(fs)} clips -> {fs.path}")
+    print(f"  shape {tuple(fs.features.shape)} {fs.info['dtype']}, {size_mb:.1f} MB, "
+          f"computed in {fs.info['seconds']:.1f} s (front end '{frontend.name}')")
+    return 0
+
+
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    from tympan.datasets.synthetic import make_synthetic
+
+    root = make_synthetic(args.dest, n_classes=args.classes, clips_per_class=args.clips_per_class, seed=args.seed)
+    print(f"wrote synthetic data set to {root}")
+    return 0

@@ -1,0 +1,50 @@
+"""Field recordings: every audio file under a folder; unreadable ones are reported, not fatal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tympan.audio import AUDIO_EXTENSIONS, Decoded, load_audio
+from tympan.errors import AudioError, DataError
+
+
+@dataclass
+class FieldScan:
+    """Audio files found under a folder, and the files that could not be used (with why)."""
+
+    root: Path
+    files: list[Path]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # non-audio extensions
+
+
+def scan_field_dir(root: str | Path) -> FieldScan:
+    """List audio files under ``root`` recursively (sorted, so runs are reproducible)."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    files, skipped = [], []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if p.suffix.lower() in AUDIO_EXTENSIONS:
+            files.append(p)
+        else:
+            skipped.append((p, f"not an audio file extension ({p.suffix or 'none'})"))
+    if not files:
+        raise DataError(f"{root}: contains no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+    return FieldScan(root, files, skipped)
+
+
+def iter_field_audio(
+    scan: FieldScan, sample_rate: int, *, max_seconds: float | None = 600.0
+) -> Iterator[tuple[Path, Decoded | None, str | None]]:
+    """Decode each file; yield ``(path, decoded, None)`` or ``(path, None, reason)``."""
+    for p in scan.files:
+        try:
+            yield p, load_audio(p, sample_rate, max_seconds=max_seconds), None
+        except (AudioError, OSError) as exc:
+            yield p, None, str(exc)
