@@ -10,6 +10,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # shellcheck disable=SC2086
-.venv/bin/python -m pip install -q ${TYMPAN_TORCH:-torch==2.13.0} 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install -q ${TYMPAN_TORCH:-torch==2.13.0} 2>&1 | grep -vE "^WARNING: Location|BuildBackendWarning|^ *(\*+|!!|Please be careful|name as your package|with strategy)|^ *$" || true
+.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -vE "^WARNING: Location|BuildBackendWarning|^ *(\*+|!!|Please be careful|name as your package|with strategy)|^ *$" || true
 .venv/bin/python -c "import torch, tympan; print(f'tympan {tympan.__version__} ready (torch {torch.__version__})')"

@@ -51,9 +51,10 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, progress:
         raise DownloadError(f"{url}: cannot connect ({getattr(exc, 'reason', exc)})") from None
     if response is not None:
         with response:
-            resumed = have and response.status == 206
+            resumed = bool(have) and getattr(response, "status", 200) == 206
             mode = "ab" if resumed else "wb"
-            total = response.length
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
             if total is not None and resumed:
                 total += have
             with open(part, mode) as out, tqdm(
