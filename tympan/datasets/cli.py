@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.set_defaults(func=cmd_featurize)
 
+    p = dsub.add_parser("ood", help="build the out-of-distribution set (speech, music, UI sounds, noise)")
+    p.add_argument("--dest", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_ood)
+
     p = dsub.add_parser("synthetic", help="write the small generated data set (ESC-50 layout)")
     p.add_argument("--dest", required=True, type=Path)
     p.add_argument("--classes", type=int, default=5)
@@ -145,4 +150,20 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
     root = make_synthetic(args.dest, n_classes=args.classes, clips_per_class=args.clips_per_class, seed=args.seed)
     print(f"wrote synthetic data set to {root}")
+    return 0
+
+
+def cmd_ood(args: argparse.Namespace) -> int:
+    import csv
+    from collections import Counter
+
+    from tympan.datasets.ood import build_ood_set
+
+    root = build_ood_set(args.dest, seed=args.seed)
+    with open(root / "manifest.csv", encoding="utf-8") as f:
+        kinds = Counter(r["kind"] for r in csv.DictReader(f))
+    print(f"wrote {sum(kinds.values())} clips to {root}: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    missing = {"speech", "music", "notification"} - set(kinds)
+    if missing:
+        print(f"  missing {', '.join(sorted(missing))}: run scripts/build_ood_set.sh to install the Debian packages")
     return 0
