@@ -1,0 +1,58 @@
+"""Small helpers shared by the diagnostics modules (validation, JSON-safe values)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.special import softmax
+
+__all__ = ["as_probabilities", "json_float", "logits_to_probabilities", "to_jsonable"]
+
+
+def json_float(value: Any) -> float | None:
+    """Plain Python float, or ``None`` for NaN/inf (strict JSON has neither)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively turn numpy scalars/arrays into plain Python, NaN/inf into ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return json_float(obj)
+    return obj
+
+
+def as_probabilities(probs: Any) -> np.ndarray:
+    """Validate an ``(n, k)`` array of class probabilities (rows summing to ~1)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"expected probabilities of shape (n_samples, n_classes), got {p.shape}")
+    if p.shape[0] == 0:
+        raise ValueError("expected at least one sample")
+    if np.any(p < -1e-6) or np.any(p > 1 + 1e-6):
+        raise ValueError("probabilities must lie in [0, 1]; pass logits through softmax first")
+    if not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
+        raise ValueError("probability rows must sum to 1; did you pass logits?")
+    return np.clip(p, 0.0, 1.0)
+
+
+def logits_to_probabilities(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / T)`` in float64 (SciPy's numerically stable softmax)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"expected logits of shape (n_samples, n_classes), got {z.shape}")
+    return softmax(z / float(temperature), axis=1)

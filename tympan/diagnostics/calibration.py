@@ -1,0 +1,247 @@
+"""Calibration metrics for top-label confidence: ECE, adaptive ECE, MCE, Brier, NLL.
+
+All functions take class probabilities ``(n, k)`` and integer labels ``(n,)``.
+
+* **ECE** (Naeini et al., AAAI 2015; Guo et al., "On Calibration of Modern
+  Neural Networks", ICML 2017): ``sum_b |B_b|/n * |acc(B_b) - conf(B_b)|`` over
+  ``n_bins`` equal-width confidence bins ``[i/M, (i+1)/M)``. Identical to
+  ``torchmetrics MulticlassCalibrationError(n_bins, norm="l1")`` except that a
+  confidence of exactly 1.0 goes into the last bin ``[1 - 1/M, 1]`` here, while
+  torchmetrics gives it a bin of its own.
+* **Adaptive ECE** (Nixon et al., "Measuring Calibration in Deep Learning",
+  CVPR-W 2019): same sum over equal-MASS bins, which is less dominated by the
+  crowded high-confidence bin of an over-confident network.
+* **MCE**: ``max_b |acc(B_b) - conf(B_b)|`` over non-empty bins (torchmetrics
+  ``norm="max"``).
+* **Brier** (multiclass, Brier 1950): ``mean_i sum_c (p_ic - y_ic)^2`` in
+  [0, 2] (sklearn ``brier_score_loss(..., scale_by_half=False)``).
+* **NLL**: ``-mean_i log p_i,y_i`` (sklearn ``log_loss``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.metrics import brier_score_loss, log_loss
+
+from tympan.diagnostics._utils import as_probabilities, json_float, to_jsonable
+
+__all__ = [
+    "ReliabilityCurve",
+    "adaptive_calibration_error",
+    "brier_score",
+    "calibration_metrics",
+    "expected_calibration_error",
+    "maximum_calibration_error",
+    "negative_log_likelihood",
+    "reliability_curve",
+    "reliability_figure",
+]
+
+BinStrategy = Literal["uniform", "quantile"]
+
+
+@dataclass
+class ReliabilityCurve:
+    """Per-bin mean confidence, accuracy and count (empty bins hold NaN / 0)."""
+
+    bin_lower: np.ndarray
+    bin_upper: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    count: np.ndarray
+    strategy: str
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.count.sum())
+
+    def gaps(self) -> np.ndarray:
+        """``|accuracy - confidence|`` per bin (NaN for empty bins)."""
+        return np.abs(self.accuracy - self.confidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(
+            {
+                "strategy": self.strategy,
+                "bin_lower": self.bin_lower,
+                "bin_upper": self.bin_upper,
+                "confidence": self.confidence,
+                "accuracy": self.accuracy,
+                "count": self.count.astype(int),
+            }
+        )
+
+
+def _top_label(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    p = as_probabilities(probs)
+    y = np.asarray(labels).astype(int)
+    if y.shape != (p.shape[0],):
+        raise ValueError(f"labels must have shape ({p.shape[0]},), got {y.shape}")
+    confidence = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    return confidence, correct
+
+
+def reliability_curve(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    n_bins: int = 15,
+    strategy: BinStrategy = "uniform",
+) -> ReliabilityCurve:
+    """Bin top-label confidences and compare mean confidence with accuracy per bin.
+
+    ``strategy="uniform"``: bins ``[i/M, (i+1)/M)`` (last bin closed), as in
+    torchmetrics. ``strategy="quantile"``: ``M`` bins of (almost) equal count
+    over the sorted confidences; bin edges are the min/max confidence inside.
+    """
+    if n_bins < 1:
+        raise ValueError("n_bins must be >= 1")
+    confidence, correct = _top_label(probs, labels)
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        idx = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+        lower, upper = edges[:-1], edges[1:]
+    elif strategy == "quantile":
+        order = np.argsort(confidence, kind="stable")
+        idx = np.empty(len(confidence), dtype=int)
+        for b, chunk in enumerate(np.array_split(order, n_bins)):
+            idx[chunk] = b
+        lower = np.array([confidence[idx == b].min() if np.any(idx == b) else np.nan for b in range(n_bins)])
+        upper = np.array([confidence[idx == b].max() if np.any(idx == b) else np.nan for b in range(n_bins)])
+    else:
+        raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf_bin = np.bincount(idx, weights=confidence, minlength=n_bins) / count
+        acc_bin = np.bincount(idx, weights=correct, minlength=n_bins) / count
+    return ReliabilityCurve(lower, upper, conf_bin, acc_bin, count.astype(int), strategy)
+
+
+def _weighted_gap(curve: ReliabilityCurve) -> float:
+    filled = curve.count > 0
+    w = curve.count[filled] / curve.count.sum()
+    return float(np.sum(w * curve.gaps()[filled]))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE with ``n_bins`` equal-width bins (Guo et al. 2017)."""
+    return _weighted_gap(reliability_curve(probs, labels, n_bins, "uniform"))
+
+
+def adaptive_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE over equal-mass bins (Nixon et al. 2019)."""
+    return _weighted_gap(reliability_curve(probs, labels, n_bins, "quantile"))
+
+
+def maximum_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Largest per-bin ``|accuracy - confidence|`` over non-empty equal-width bins."""
+    curve = reliability_curve(probs, labels, n_bins, "uniform")
+    return float(np.max(curve.gaps()[curve.count > 0]))
+
+
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multiclass Brier score ``mean_i sum_c (p_ic - onehot_ic)^2`` in [0, 2]."""
+    p = as_probabilities(probs)
+    return float(
+        brier_score_loss(
+            np.asarray(labels).astype(int), p, labels=np.arange(p.shape[1]), scale_by_half=False
+        )
+    )
+
+
+def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (sklearn ``log_loss``)."""
+    p = as_probabilities(probs)
+    return float(log_loss(np.asarray(labels).astype(int), p, labels=np.arange(p.shape[1])))
+
+
+def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
+    """All calibration numbers in one JSON-ready dict."""
+    confidence, correct = _top_label(probs, labels)
+    return {
+        "n_samples": int(len(correct)),
+        "n_bins": int(n_bins),
+        "accuracy": json_float(correct.mean()),
+        "mean_confidence": json_float(confidence.mean()),
+        "ece": json_float(expected_calibration_error(probs, labels, n_bins)),
+        "adaptive_ece": json_float(adaptive_calibration_error(probs, labels, n_bins)),
+        "mce": json_float(maximum_calibration_error(probs, labels, n_bins)),
+        "brier": json_float(brier_score(probs, labels)),
+        "nll": json_float(negative_log_likelihood(probs, labels)),
+    }
+
+
+def reliability_figure(
+    labels: np.ndarray,
+    probs_before: np.ndarray,
+    probs_after: np.ndarray | None = None,
+    *,
+    n_bins: int = 15,
+    names: Sequence[str] = ("before scaling", "after scaling"),
+    title: str = "Reliability diagram",
+) -> Any:
+    """Plotly reliability diagram: accuracy vs. confidence per bin, before/after scaling.
+
+    The dashed diagonal is perfect calibration; points below it are
+    over-confident. Bars on a secondary axis show how many clips each bin
+    holds (a big gap in a bin with 3 clips means little). ECE is in the legend.
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"dash": "dash", "color": "gray"},
+            name="perfect calibration",
+        )
+    )
+    series = [(names[0], probs_before, "#d62728")]
+    if probs_after is not None:
+        series.append((names[1], probs_after, "#1f77b4"))
+    width = 1.0 / n_bins
+    for name, probs, colour in series:
+        curve = reliability_curve(probs, labels, n_bins, "uniform")
+        ece = _weighted_gap(curve)
+        filled = curve.count > 0
+        centres = (curve.bin_lower + curve.bin_upper) / 2
+        fig.add_trace(
+            go.Bar(
+                x=centres,
+                y=curve.count,
+                width=width * (0.45 if probs_after is not None else 0.9),
+                offset=(-0.45 if name == names[0] else 0.0) * width if probs_after is not None else None,
+                marker={"color": colour, "opacity": 0.25},
+                name=f"clips per bin ({name})",
+                yaxis="y2",
+                hovertemplate="bin %{x:.2f}<br>clips %{y}<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=curve.confidence[filled],
+                y=curve.accuracy[filled],
+                mode="lines+markers",
+                marker={"color": colour, "size": 8},
+                line={"color": colour},
+                name=f"{name} (ECE {ece:.3f})",
+                customdata=curve.count[filled],
+                hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>clips %{customdata}"
+                "<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=title,
+        xaxis={"title": "mean confidence in bin", "range": [0, 1]},
+        yaxis={"title": "accuracy in bin", "range": [0, 1]},
+        yaxis2={"title": "clips", "overlaying": "y", "side": "right", "showgrid": False},
+        barmode="overlay",
+        legend={"x": 0.01, "y": 0.99},
+    )
+    return fig
