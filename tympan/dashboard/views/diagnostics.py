@@ -1,0 +1,63 @@
+"""Model diagnostics from ``GET /model`` → ``"diagnostics"`` (see :mod:`tympan.dashboard.reports`)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from tympan.dashboard import plots
+from tympan.dashboard.reports import parse_diagnostics
+from tympan.dashboard.state import Context
+
+NO_DIAGNOSTICS = ("This bundle has no held-out diagnostics yet; run `diagnose --bundle DIR` "
+                  "to compute them and store them in the bundle.")
+
+
+def render(ctx: Context) -> None:
+    st.title("Model diagnostics")
+    if ctx.model is None:
+        st.error(f"Cannot read the model's diagnostics: {ctx.model_error}")
+        return
+    model = ctx.model
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Classes", len(model.get("classes") or []))
+    temp = model.get("temperature")
+    c2.metric("Temperature", f"{float(temp):.3f}" if isinstance(temp, int | float) else "n/a")
+    ood = model.get("ood") or {}
+    thr = ood.get("threshold")
+    c3.metric(f"OOD threshold ({ood.get('score', ood.get('score_name', 'energy'))})",
+              f"{float(thr):.3f}" if isinstance(thr, int | float) else "not fitted")
+    metrics = model.get("metrics") or {}
+    if metrics:
+        with st.expander("Metrics stored in the bundle", expanded=False):
+            st.json(metrics)
+
+    diag = parse_diagnostics(model.get("diagnostics"), model.get("classes"))
+    if diag is None:
+        st.info(NO_DIAGNOSTICS)
+        return
+    if diag.evaluated_on:
+        st.caption(f"Measured on: {diag.evaluated_on}")
+    if diag.missing:
+        st.caption("Not in this bundle's diagnostics: " + ", ".join(diag.missing) + ".")
+
+    if diag.matrix is not None:
+        st.subheader("Confusion")
+        norm = st.toggle("Normalise rows", value=True, key="cm_norm")
+        st.plotly_chart(plots.confusion_heatmap(diag, normalise=norm), key="confusion")
+    if diag.most_confused:
+        st.markdown("**Most-confused pairs**")
+        st.dataframe(pd.DataFrame(diag.most_confused), hide_index=True)
+    if diag.reliability:
+        st.subheader("Calibration")
+        st.plotly_chart(plots.reliability(diag), key="reliability")
+        st.caption("Points below the diagonal: the model is over-confident there. Temperature scaling "
+                   "divides the logits by one fitted number T; it changes confidence, never the ranking.")
+    if diag.per_class_accuracy:
+        st.subheader("Per-class accuracy")
+        st.plotly_chart(plots.per_class_accuracy(diag.per_class_accuracy), key="per_class")
+    if diag.ood_histograms:
+        st.subheader("Out-of-distribution scores")
+        st.plotly_chart(plots.ood_histograms(diag), key="ood_hist")
+        if diag.ood_metrics:
+            st.dataframe(pd.DataFrame([diag.ood_metrics]), hide_index=True)

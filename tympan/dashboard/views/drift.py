@@ -1,0 +1,141 @@
+"""Field drift: run ``diagnose`` on a folder of recordings, or open a report it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from tympan.dashboard import plots
+from tympan.dashboard.reports import parse_drift_report
+from tympan.dashboard.state import BUNDLE_ENV, Context
+
+RUN_TIMEOUT_S = 1800
+
+
+def diagnose_command() -> list[str] | None:
+    """How to call ``diagnose`` here: the console script beside this Python, else on PATH."""
+    beside = Path(sys.executable).parent / "diagnose"
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("diagnose")
+    return [found] if found else None
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def diagnose_available() -> tuple[bool, str]:
+    """Whether ``diagnose --field-dir`` exists in this install, and why not."""
+    cmd = diagnose_command()
+    if cmd is None:
+        return False, "the `diagnose` command is not installed here"
+    try:
+        out = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"`diagnose --help` failed: {exc}"
+    text = out.stdout + out.stderr
+    if out.returncode != 0 or "--field-dir" not in text:
+        line = (text.strip().splitlines() or ["no output"])[-1]
+        return False, f"`diagnose` cannot check field folders in this build ({line})"
+    return True, ""
+
+
+def run_diagnose(field_dir: str, bundle_dir: str) -> tuple[Any | None, str]:
+    """Run ``diagnose --field-dir X --bundle Y --out Z``; return (report JSON or None, log)."""
+    cmd = diagnose_command()
+    if cmd is None:
+        return None, "the `diagnose` command is not installed here"
+    out_dir = Path(tempfile.mkdtemp(prefix="tympan-drift-"))
+    target = out_dir / "report"
+    args = [*cmd, "--field-dir", field_dir, "--bundle", bundle_dir, "--out", str(target)]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        return None, f"`diagnose` did not finish within {RUN_TIMEOUT_S} s"
+    log = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        return None, f"`{' '.join(args)}` exited with {proc.returncode}: {log.splitlines()[-1] if log else ''}"
+    candidates = [target] if target.is_file() else sorted(out_dir.rglob("*.json"))
+    for path in sorted(candidates, key=lambda p: ("drift" not in p.name and "report" not in p.name, p.name)):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if parse_drift_report(data) is not None:
+            return data, log
+    return None, f"`diagnose` wrote no drift report with per-feature entries under {out_dir}"
+
+
+def render(ctx: Context) -> None:
+    st.title("Field drift")
+    st.caption("Do your recordings sound like the training audio? Per-feature two-sample tests with an "
+               "effect-size gate: *drift* needs a significant difference **and** one large enough to matter.")
+    mode = st.radio("Report", ["Open a diagnose report (JSON)", "Run diagnose on a folder"], horizontal=True,
+                    key="drift_mode")
+    if mode.startswith("Open"):
+        up = st.file_uploader("diagnose report (.json)", type=["json"], key="drift_report")
+        if up is not None:
+            try:
+                st.session_state["drift_data"] = (up.name, json.loads(up.getvalue().decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                st.error(f"{up.name}: not a JSON report ({exc})")
+                return
+    else:
+        ok, why = diagnose_available()
+        if not ok:
+            st.warning(f"Running `diagnose` from here is unavailable: {why}. Run it where the recordings are "
+                       "(`diagnose --field-dir DIR --bundle BUNDLE --out report`) and open its JSON report instead.")
+        field_dir = st.text_input("Folder of field recordings", key="field_dir")
+        bundle_dir = st.text_input("Model bundle folder", value=os.environ.get(BUNDLE_ENV, ""), key="bundle_dir",
+                                   help="The bundle the API serves (default: $TYMPAN_BUNDLE).")
+        if st.button("Run diagnose", disabled=not ok, key="run_diagnose"):
+            problems = [f"{p}: no such folder" for p in (field_dir, bundle_dir) if not p or not Path(p).is_dir()]
+            if problems:
+                st.error("; ".join(problems))
+            else:
+                with st.spinner(f"diagnose --field-dir {field_dir} … (this decodes every recording)"):
+                    data, log = run_diagnose(field_dir, bundle_dir)
+                if data is None:
+                    st.error(log)
+                else:
+                    st.session_state["drift_data"] = (f"diagnose {field_dir}", data)
+                    if log:
+                        with st.expander("diagnose output"):
+                            st.code(log[-4000:])
+    if "drift_data" in st.session_state:
+        name, data = st.session_state["drift_data"]
+        show_report(name, data)
+
+
+def show_report(name: str, data: Any) -> None:
+    report = parse_drift_report(data)
+    if report is None:
+        st.error(f"{name}: no per-feature drift entries found (expected a list of objects with "
+                 "'feature' or 'name' plus p_value / effect size / verdict)")
+        return
+    st.subheader(f"Report: {name}")
+    counts = pd.Series([r["verdict"] for r in report.rows]).value_counts()
+    c1, c2, c3 = st.columns(3)
+    verdict = report.verdict or ("drift" if counts.get("drift", 0) else "no drift")
+    c1.metric("Overall verdict", verdict)
+    c2.metric("Features drifted", f"{int(counts.get('drift', 0))} / {len(report.rows)}")
+    if report.n_field is not None:
+        c3.metric("Field clips vs reference", f"{report.n_field} vs {report.n_reference or '?'}")
+    if verdict == "drift":
+        st.warning("The field recordings differ from the training audio in the features marked *drift*: "
+                   "expect lower accuracy and check the OOD rate.")
+    if any(r["effect_size"] is not None for r in report.rows):
+        st.plotly_chart(plots.drift_effects(report), key="drift_effects")
+    table = pd.DataFrame(report.rows).drop(columns=["p_name", "effect_name"], errors="ignore")
+    st.dataframe(table, hide_index=True)
+    p_names = {r["p_name"] for r in report.rows if r["p_name"]}
+    e_names = {r["effect_name"] for r in report.rows if r["effect_name"]}
+    st.caption(f"p-value: {', '.join(sorted(p_names)) or 'n/a'}; effect size: {', '.join(sorted(e_names)) or 'n/a'}.")
