@@ -1,0 +1,496 @@
+"""The FastAPI app: ``create_app(bundle_or_path, settings)`` implements ``docs/api.md``.
+
+- The event loop never decodes or runs the model: uploads are decoded in a small thread pool,
+  and a :class:`~tympan.serving.batching.MicroBatcher` gathers concurrent requests' windows
+  into one forward pass on a single model thread.
+- The model is loaded and warmed in the lifespan (in the background by default, so ``/health``
+  answers at once and ``/ready`` turns 200 when it can serve).
+- Every way a client can get it wrong is a 4xx with ``{"error": code, "detail": one line}``;
+  a 500 means a bug in tympan (logged, counted in ``tympan_requests_total{status="500"}``).
+- Pure-ASGI middlewares, outermost first: metrics, CORS (optional), bearer auth (optional),
+  body-size limit (Content-Length and while reading, before the app sees a byte).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tympan import __version__
+from tympan.bundle import Bundle, read_metadata
+from tympan.errors import AudioError, AudioTooLongError, BundleError, NotAudioError
+from tympan.inference import Predictor, Prepared, UncertaintyPolicy
+from tympan.serving.batching import MicroBatcher
+from tympan.serving.metrics import Metrics
+from tympan.serving.schemas import (
+    ErrorResponse,
+    ExplainResponse,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+    Status,
+)
+from tympan.serving.settings import Settings
+
+log = logging.getLogger("tympan.serving")
+
+ENDPOINTS = frozenset({"/", "/predict", "/predict/file", "/explain", "/explain/file", "/health",
+                       "/ready", "/model", "/metrics", "/docs", "/redoc", "/openapi.json",
+                       "/docs/oauth2-redirect"})
+#: reachable without the bearer token (probes and the API's own documentation)
+OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+INTERNAL_ERROR = {"error": "internal_error", "detail": "internal server error (a bug in tympan; it has been logged)"}
+ERROR_STATUS = {NotAudioError: 415, AudioTooLongError: 413}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "missing or wrong bearer token (only when TYMPAN_API_KEY is set)"},
+    413: {"model": ErrorResponse, "description": "body or recording too large (`body_too_large`, `audio_too_long`)"},
+    415: {"model": ErrorResponse, "description": "not audio / unsupported format (`not_audio`)"},
+    422: {"model": ErrorResponse, "description": "invalid request or unusable audio (`invalid_request`, "
+          "`invalid_base64`, `empty_audio`, `truncated_audio`, `non_finite_samples`, `bad_sample_rate`)"},
+    503: {"model": ErrorResponse, "description": "model still loading (`not_ready`)"},
+}
+
+
+class RequestError(Exception):
+    """A client error with its HTTP status and code."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def default_bundle_path() -> Path:
+    """The shipped default bundle, ``tympan/assets/default`` (clear error when absent)."""
+    path = Path(str(files("tympan") / "assets" / "default"))
+    if not (path / "bundle.json").is_file():
+        raise BundleError(f"no shipped default model bundle ({path} has no bundle.json); pass --bundle DIR")
+    return path
+
+
+def decode_base64(text: str) -> bytes:
+    """Base64 (standard or URL-safe, line-wrapped or not, optionally a data: URI) to bytes."""
+    s = text.strip()
+    if s.startswith("data:") and "," in s[:200]:
+        s = s.split(",", 1)[1]
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    s = "".join(s.split())
+    try:
+        if "-" in s or "_" in s:
+            s = s.translate(str.maketrans("-_", "+/"))
+        s += "=" * (-len(s) % 4)
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(422, "invalid_base64", "audio_base64 is not valid base64") from None
+
+
+# ----------------------------------------------------------------------------- middlewares
+Scope = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
+
+
+async def _send_json(send: Callable, status: int, body: dict[str, Any], headers: list | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class MetricsMiddleware:
+    """Counts every response by endpoint and status (500 for exceptions) and times it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        scope.setdefault("state", {})["t0"] = start
+        path = scope.get("path", "")
+        endpoint = path if path in ENDPOINTS else "other"
+        status, started = 500, False
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = int(message["status"]), True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:  # a bug in tympan: answer JSON here, so the connection survives
+            log.exception("tympan: internal error on %s %s", scope.get("method"), path)
+            if started:
+                raise
+            status = 500
+            await _send_json(send, 500, INTERNAL_ERROR)
+        finally:
+            self.metrics.requests.labels(endpoint, scope.get("method", ""), str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+class AuthMiddleware:
+    """``Authorization: Bearer <TYMPAN_API_KEY>`` on everything but probes and docs."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS or scope.get("method") == "OPTIONS":
+            return await self.app(scope, receive, send)
+        auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+            return await _send_json(send, 401, {"error": "unauthorized",
+                                                "detail": "missing or wrong bearer token (Authorization: Bearer <key>)"},
+                                    [(b"www-authenticate", b"Bearer")])
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``limit`` bytes: by Content-Length up front, and while reading.
+
+    The body is read here (it would be buffered by the app anyway) and replayed to the app,
+    so an oversized or lying upload never reaches a parser.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, int(limit)
+
+    def _too_large(self, send: Callable, size: str) -> Awaitable[None]:
+        return _send_json(send, 413, {"error": "body_too_large",
+                                      "detail": f"request body is {size}; the limit is {self.limit} bytes"},
+                          [(b"connection", b"close")])
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                n = int(declared)
+            except ValueError:
+                return await _send_json(send, 400, {"error": "bad_request", "detail": "invalid Content-Length"})
+            if n > self.limit:
+                return await self._too_large(send, f"{n} bytes (Content-Length)")
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.limit:
+                return await self._too_large(send, f"over {self.limit} bytes (read so far: {total})")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+# ---------------------------------------------------------------------------------- service
+class Service:
+    """Model, batcher and thread pools of one app; loaded in the lifespan."""
+
+    def __init__(self, source: Bundle | str | Path, settings: Settings, metrics: Metrics) -> None:
+        self.source, self.settings, self.metrics = source, settings, metrics
+        self.predictor: Predictor | None = None
+        self.batcher: MicroBatcher | None = None
+        self.decode_pool: ThreadPoolExecutor | None = None
+        self.ready = False
+        self.load_error: str | None = None
+        self.warmup_s: float | None = None
+
+    async def start(self) -> None:
+        self.decode_pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="tympan-decode")
+
+    async def load(self) -> None:
+        s = self.settings
+        try:
+            torch.set_num_threads(s.threads)
+            loop = asyncio.get_running_loop()
+            policy = UncertaintyPolicy(s.min_confidence, s.min_margin)
+            self.predictor = await loop.run_in_executor(None, lambda: Predictor(
+                self.source, s.device, max_seconds=s.max_audio_seconds, policy=policy,
+                max_chunk=max(s.max_batch_size, 1)))
+            self.batcher = MicroBatcher(self.predictor, max_batch_size=s.max_batch_size,
+                                        max_wait_ms=s.max_wait_ms, metrics=self.metrics,
+                                        torch_threads=s.threads)
+            await self.batcher.start()
+            sizes = sorted({b for b in (*s.warmup_batch_sizes, s.max_batch_size) if 1 <= b <= s.max_batch_size})
+            self.warmup_s = await loop.run_in_executor(self.batcher.executor, self.predictor.warmup, sizes)
+            self.ready = True
+            self.metrics.ready.set(1)
+            log.info("tympan: model %s (%s) ready; warm-up %.2f s", self.predictor.version,
+                     self.predictor.bundle.arch, self.warmup_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("tympan: model failed to load")
+            if not s.load_in_background:
+                raise
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    def require_ready(self) -> Predictor:
+        if self.ready and self.predictor is not None:
+            return self.predictor
+        if self.load_error:
+            raise RequestError(503, "model_unavailable", f"the model failed to load: {self.load_error}")
+        raise RequestError(503, "not_ready", "the model is still loading; retry when GET /ready is 200",
+                           {"Retry-After": "1"})
+
+    async def off_loop(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, func, *args)
+
+    async def prepare(self, data: str | bytes) -> Prepared:
+        """Decode base64 (str) or file bytes, then audio, then windows: all off the event loop."""
+        predictor = self.require_ready()
+
+        def work() -> Prepared:
+            raw = decode_base64(data) if isinstance(data, str) else data
+            return predictor.prepare(raw)
+
+        return await self.off_loop(work)
+
+    def check_top_k(self, top_k: int) -> None:
+        n = self.require_ready().n_classes
+        if not 1 <= top_k <= n:
+            raise RequestError(422, "invalid_request", f"top_k must be between 1 and {n} (got {top_k})")
+
+    async def predict(self, request: Request, data: str | bytes, top_k: int, return_logits: bool) -> JSONResponse:
+        self.check_top_k(top_k)
+        predictor = self.require_ready()
+        prepared = await self.prepare(data)
+        assert self.batcher is not None
+        logits = await self.batcher.submit(prepared)
+        body = predictor.result(prepared, logits, top_k=top_k, return_logits=return_logits)
+        self.metrics.predictions.inc()
+        if body["ood"]["out_of_distribution"]:
+            self.metrics.ood.inc()
+        if body["uncertain"]:
+            self.metrics.uncertain.inc()
+        body["timing_ms"] = _elapsed_ms(request)
+        return JSONResponse(body)
+
+    async def explain(self, request: Request, data: str | bytes, top_k: int) -> JSONResponse:
+        self.check_top_k(top_k)
+        predictor = self.require_ready()
+        prepared = await self.prepare(data)
+        assert self.batcher is not None
+        body = await asyncio.get_running_loop().run_in_executor(
+            self.batcher.executor, lambda: predictor.explain(prepared.decoded, top_k=top_k))
+        body = {"model": predictor.model_info, **body, "timing_ms": _elapsed_ms(request)}
+        return JSONResponse(body)
+
+
+_OBJECT_REPR = re.compile(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+
+
+def _clean(message: str) -> str:
+    """One line, without Python object reprs that libsndfile messages carry."""
+    return " ".join(_OBJECT_REPR.sub("the upload", message).split())
+
+
+def _elapsed_ms(request: Request) -> float:
+    t0 = request.scope.get("state", {}).get("t0") or time.perf_counter()
+    return round((time.perf_counter() - t0) * 1000, 2)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+# ------------------------------------------------------------------------------------- app
+def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Settings | None = None) -> FastAPI:
+    """The tympan HTTP API for one model bundle (a :class:`Bundle` or its directory).
+
+    ``None`` serves the shipped default bundle. A path is checked at once (a missing or
+    foreign folder fails here, with one line); the weights load in the lifespan.
+    """
+    settings = settings or Settings.from_env()
+    if bundle_or_path is None:
+        bundle_or_path = default_bundle_path()
+    if not isinstance(bundle_or_path, Bundle):
+        read_metadata(bundle_or_path)  # fail fast: raises BundleError naming the problem
+    metrics = Metrics()
+    service = Service(bundle_or_path, settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        task = None
+        if settings.load_in_background:
+            task = asyncio.create_task(service.load(), name="tympan-load")
+        else:
+            await service.load()
+        try:
+            yield
+        finally:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await service.stop()
+
+    app = FastAPI(
+        title="tympan",
+        version=__version__,
+        summary="Environmental sound classification (ESC-50) with calibrated probabilities and OOD flags",
+        description="HTTP contract: docs/api.md. Errors are `{\"error\": code, \"detail\": message}`.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    app.state.metrics = metrics
+
+    # ------------------------------------------------------------------ error handlers
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+        metrics.rejected.labels(exc.code).inc()
+        return error_response(exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(AudioError)
+    async def _audio_error(_: Request, exc: AudioError) -> JSONResponse:
+        metrics.rejected.labels(exc.code).inc()
+        status = next((s for t, s in ERROR_STATUS.items() if isinstance(exc, t)), 422)
+        return error_response(status, exc.code, _clean(str(exc)))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.rejected.labels("invalid_request").inc()
+        return error_response(422, "invalid_request", _validation_detail(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:  # true bugs only
+        log.error("tympan: internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(INTERNAL_ERROR, status_code=500)
+
+    # ------------------------------------------------------------------------ endpoints
+    @app.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, tags=["predict"],
+              summary="Classify a recording sent as base64 JSON")
+    async def predict(req: PredictRequest, request: Request) -> Response:
+        return await service.predict(request, req.audio_base64, req.top_k, req.return_logits)
+
+    @app.post("/predict/file", response_model=PredictResponse, responses=ERROR_RESPONSES, tags=["predict"],
+              summary="Classify an uploaded audio file (multipart)")
+    async def predict_file(
+        request: Request,
+        file: UploadFile = File(..., description="audio file (WAV, FLAC, OGG, Opus, MP3, ...)"),
+        top_k: int = Form(3, ge=1, description="1..n_classes"),
+        return_logits: bool = Form(False),
+    ) -> Response:
+        service.check_top_k(top_k)
+        return await service.predict(request, await file.read(), top_k, return_logits)
+
+    @app.post("/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES, tags=["explain"],
+              summary="Log-mel, feature maps and Grad-CAM saliency for the first window")
+    async def explain(req: PredictRequest, request: Request) -> Response:
+        return await service.explain(request, req.audio_base64, req.top_k)
+
+    @app.post("/explain/file", response_model=ExplainResponse, responses=ERROR_RESPONSES, tags=["explain"],
+              summary="As /explain, for an uploaded file")
+    async def explain_file(
+        request: Request,
+        file: UploadFile = File(...),
+        top_k: int = Form(3, ge=1),
+    ) -> Response:
+        service.check_top_k(top_k)
+        return await service.explain(request, await file.read(), top_k)
+
+    @app.get("/health", response_model=Status, tags=["ops"], summary="Process is up")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", response_model=Status, tags=["ops"], summary="200 once the model is loaded and warmed",
+             responses={503: {"model": ErrorResponse}})
+    async def ready() -> Response:
+        if service.ready:
+            return JSONResponse({"status": "ready"})
+        if service.load_error:
+            return error_response(503, "model_unavailable", f"the model failed to load: {service.load_error}")
+        return error_response(503, "not_ready", "the model is loading", {"Retry-After": "1"})
+
+    @app.get("/model", response_model=ModelInfo, tags=["ops"], summary="Model bundle description",
+             responses={503: {"model": ErrorResponse}})
+    async def model() -> Response:
+        return JSONResponse(service.require_ready().describe())
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> dict[str, Any]:
+        return {"service": "tympan", "version": __version__, "docs": "/docs", "contract": "docs/api.md"}
+
+    # -------------------------------------------------------------- middleware (inner first)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    if settings.api_key:
+        app.add_middleware(AuthMiddleware, api_key=settings.api_key)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and multi-worker serving: ``TYMPAN_BUNDLE`` + ``TYMPAN_*``."""
+    bundle = os.environ.get("TYMPAN_BUNDLE") or None
+    return create_app(bundle, Settings.from_env())

@@ -1,0 +1,116 @@
+"""``tympan serve`` (the HTTP API) and ``tympan predict FILE...`` (the same Predictor, offline)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tympan.errors import AudioError, BundleError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the model over HTTP (FastAPI + uvicorn; see docs/api.md)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="model bundle directory (default: the shipped tympan/assets/default)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each loads the model)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="most model windows per forward pass (16)")
+    p.add_argument("--max-wait-ms", type=float, default=None, help="batcher wait for more requests (2 ms)")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch threads (default: cores / workers)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--log-level", default=None, help="uvicorn log level (info)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("predict", help="classify audio files offline with a model bundle")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="model bundle directory (default: the shipped tympan/assets/default)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print one JSON object per file (the /predict body)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_predict)
+
+
+def _bundle_dir(arg: Path | None) -> Path:
+    from tympan.bundle import read_metadata
+    from tympan.serving.app import default_bundle_path
+
+    path = default_bundle_path() if arg is None else arg
+    read_metadata(path)  # one clear line if it is not a bundle
+    return path
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        raise BundleError("serving needs the 'serve' extra: pip install 'tympan[serve]'") from None
+    from tympan.serving.app import create_app
+    from tympan.serving.settings import Settings
+
+    bundle = _bundle_dir(args.bundle)
+    overrides = {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+                 "torch_threads": args.torch_threads, "device": args.device,
+                 "workers": args.workers, "log_level": args.log_level}
+    settings = Settings.from_env(**overrides)
+    common = {"host": args.host, "port": args.port, "log_level": settings.log_level,
+              "timeout_graceful_shutdown": 5}
+    if args.workers > 1:  # each worker builds its own app from the environment
+        os.environ["TYMPAN_BUNDLE"] = str(bundle.resolve())
+        for key, value in overrides.items():
+            if value is not None:
+                os.environ[f"TYMPAN_{key.upper()}"] = str(value)
+        uvicorn.run("tympan.serving.app:create_app_from_env", factory=True, workers=args.workers, **common)
+    else:
+        uvicorn.run(create_app(bundle, settings), **common)
+    return 0
+
+
+def _line(name: str, body: dict) -> str:
+    top = ", ".join(f"{c['label']} {c['probability']:.3f}" for c in body["top_k"])
+    flags = []
+    if body["ood"]["out_of_distribution"]:
+        flags.append("OUT OF DISTRIBUTION")
+    if body["uncertain"]:
+        flags.append("uncertain")
+    notes = [r for r in body["uncertain_reasons"]]
+    extra = f"  [{'; '.join(flags)}]" if flags else ""
+    tail = f"  ({'; '.join(notes)})" if notes else ""
+    n = len(body["windows"])
+    win = f"  {n} windows" if n > 1 else ""
+    return f"{name}: {top}  energy {body['ood']['score']:.3f}{win}{extra}{tail}"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tympan.inference import Predictor
+
+    bundle = _bundle_dir(args.bundle)
+    predictor = Predictor(bundle, args.device)
+    if not 1 <= args.top_k <= predictor.n_classes:
+        raise ValueError(f"--top-k must be between 1 and {predictor.n_classes}")
+    failed = 0
+    batch: list = []
+    names: list[str] = []
+
+    def flush() -> None:
+        for name, body in zip(names, predictor.predict_many(batch, top_k=args.top_k), strict=True):
+            print(json.dumps({"file": name, **body}) if args.json else _line(name, body), flush=True)
+        batch.clear()
+        names.clear()
+
+    for path in args.files:
+        try:
+            batch.append(predictor.prepare(path))
+            names.append(str(path))
+        except (AudioError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            failed += 1
+            print(f"tympan: error: {exc}", file=sys.stderr)
+        if sum(p.windows.shape[0] for p in batch) >= 16:
+            flush()
+    if batch:
+        flush()
+    return 2 if failed else 0

@@ -1,0 +1,119 @@
+"""Server settings: defaults, overridable by ``TYMPAN_*`` environment variables and CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told; ``Settings.from_env()`` reads ``TYMPAN_<FIELD>``.
+
+    ``api_key`` comes from ``TYMPAN_API_KEY``; ``cors_origins`` from ``TYMPAN_CORS_ORIGINS``
+    (comma-separated, ``*`` for any).
+    """
+
+    #: largest request body accepted (413 beyond it), checked on Content-Length and while reading
+    max_body_bytes: int = 20 * 1024 * 1024
+    #: longest recording accepted, in seconds (413 beyond it)
+    max_audio_seconds: float = 600.0
+    #: most model windows in one forward pass (requests are gathered up to it)
+    max_batch_size: int = 16
+    #: how long the batcher waits for more requests after the first one, in milliseconds
+    max_wait_ms: float = 2.0
+    #: torch intra-op threads; None = the cores this process may use (divided among workers)
+    torch_threads: int | None = None
+    #: threads that decode uploads (off the event loop)
+    decode_threads: int = 2
+    device: str = "cpu"
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    #: uncertainty policy (see tympan.inference)
+    min_confidence: float = 0.40
+    min_margin: float = 0.10
+    #: load and warm the model in the background, so /health answers at once and /ready says
+    #: when the model is usable (False: start-up blocks until ready, as Modal wants)
+    load_in_background: bool = True
+    #: batch sizes run once at start-up (kernel set-up costs the first call of each shape)
+    warmup_batch_sizes: tuple[int, ...] = (1, 2, 4)
+    workers: int = 1
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_body_bytes <= 0:
+            problems.append("max_body_bytes must be positive")
+        if self.max_audio_seconds <= 0:
+            problems.append("max_audio_seconds must be positive")
+        if self.max_batch_size < 1:
+            problems.append("max_batch_size must be >= 1")
+        if self.max_wait_ms < 0:
+            problems.append("max_wait_ms must be >= 0")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            problems.append("torch_threads must be >= 1")
+        if self.decode_threads < 1 or self.workers < 1:
+            problems.append("decode_threads and workers must be >= 1")
+        if problems:
+            raise ValueError("invalid server settings: " + "; ".join(problems))
+
+    @property
+    def threads(self) -> int:
+        """torch threads to use: the setting, else this machine's cores shared among workers."""
+        return self.torch_threads or max(1, _cores() // self.workers)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``TYMPAN_*`` variables, then ``overrides`` (None = keep)."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f"TYMPAN_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, raw)
+        if env.get("TYMPAN_CORS_ORIGINS"):
+            values["cors_origins"] = tuple(o.strip() for o in env["TYMPAN_CORS_ORIGINS"].split(",") if o.strip())
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(name: str, raw: str) -> Any:
+    default = {f.name: f for f in dataclasses.fields(Settings)}[name].default
+    try:
+        if name in ("api_key", "device", "log_level"):
+            return raw
+        if name == "torch_threads":
+            return int(raw)
+        if name == "warmup_batch_sizes":
+            return tuple(int(v) for v in raw.split(",") if v.strip())
+        if name == "cors_origins":
+            return tuple(o.strip() for o in raw.split(",") if o.strip())
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"TYMPAN_{name.upper()}={raw!r} is not a valid value") from None
+    return raw
