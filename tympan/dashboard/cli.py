@@ -32,7 +32,7 @@ def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     from tympan.dashboard import APP_PATH
 
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_PATH), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     if args.address:
         cmd += ["--server.address", args.address]
     if args.headless:

@@ -119,8 +119,10 @@ def feature_maps(stage: Mapping[str, Any], max_channels: int = 8) -> go.Figure:
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     shape = stage.get("shape")
-    return _layout(fig, f"{stage.get('stage', 'stage')} — shape {shape}" if shape else str(stage.get("stage")),
-                   height=200 * rows + 40)
+    _layout(fig, f"{stage.get('stage', 'stage')} — shape {shape} (channels, mel, frames)" if shape
+            else str(stage.get("stage")), height=200 * rows + 70)
+    fig.update_layout(margin=dict(t=70))
+    return fig
 
 
 # -- acoustic features --------------------------------------------------------------------------

@@ -57,8 +57,9 @@ def _load(ctx: Context) -> tuple[FeaturesTable | None, str]:
         st.error(f"cannot read the reference data: {exc}")
         return None, ""
     if not cached:
-        st.info(f"The acoustic features of {n} clips in {what} are not cached yet "
-                f"(about {max(1, n // 25)} s on two cores, once; stored at `{path}`).")
+        note = st.empty()
+        note.info(f"The acoustic features of {n} clips in {what} are not cached yet "
+                f"(about {max(1, n // 20)} s on two cores, once; stored at `{path}`).")
         if n > AUTO_COMPUTE_MAX_CLIPS and not st.button(f"Compute features for {n} clips", key="compute_table"):
             return None, what
         bar = st.progress(0.0, text="measuring clips…")
@@ -68,6 +69,7 @@ def _load(ctx: Context) -> tuple[FeaturesTable | None, str]:
             st.error(f"cannot compute the acoustic features: {exc}")
             return None, what
         bar.empty()
+        note.empty()
         _status.clear()
     return _table(folder), what
 
@@ -81,7 +83,8 @@ def render(ctx: Context) -> None:
     st.caption(f"{len(frame)} clips of {what}, measured at {table.sample_rate // 1000} kHz with "
                "`tympan.diagnostics.acoustic` (statistics over non-silent frames).")
     c1, c2 = st.columns([3, 1])
-    classes = c1.multiselect("Classes", table.classes, default=table.classes, key="ac_classes")
+    classes = c1.multiselect("Classes (none chosen = all)", table.classes, default=[], key="ac_classes") \
+        or table.classes
     folds = c2.multiselect("Folds", sorted(frame["fold"].unique().tolist()),
                            default=sorted(frame["fold"].unique().tolist()), key="ac_folds")
     mask = frame["class"].isin(classes).to_numpy() & frame["fold"].isin(folds).to_numpy()

@@ -105,15 +105,17 @@ def show_prediction(pred: dict[str, Any]) -> None:
     c1, c2, c3 = st.columns([2, 1, 1])
     if top:
         c1.metric("Prediction", str(top[0].get("label")), f"{float(top[0].get('probability', 0)):.1%} calibrated",
-                  delta_color="off")
+                  delta_color="off", delta_arrow="off")
     ood = pred.get("ood") or {}
     if isinstance(ood.get("score"), int | float):
         thr = ood.get("threshold")
         c2.metric(f"OOD score ({ood.get('score_name', 'energy')})", f"{ood['score']:.2f}",
-                  f"threshold {thr:.2f}" if isinstance(thr, int | float) else "no threshold", delta_color="off")
+                  f"threshold {thr:.2f}" if isinstance(thr, int | float) else "no threshold", delta_color="off",
+                  delta_arrow="off")
     if audio:
         c3.metric("Audio", f"{float(audio.get('duration_s', 0)):.1f} s",
-                  f"{audio.get('sample_rate', '?')} Hz {audio.get('format', '')}", delta_color="off")
+                  f"{audio.get('sample_rate', '?')} Hz {audio.get('format', '')}", delta_color="off",
+                  delta_arrow="off")
     _ood_badge(pred)
     st.plotly_chart(plots.topk_bar(top, f"Top-{len(top)} (calibrated, T = {float(pred.get('temperature', 1.0)):.2f})"),
                     key="topk")
@@ -135,7 +137,12 @@ def show_input(exp: dict[str, Any]) -> None:
     if mel.get("data"):
         c2.plotly_chart(plots.spectrogram(mel["data"], hop_length=mel.get("hop_length"),
                                           sample_rate=mel.get("sample_rate"),
-                                          title=f"Log-mel input ({mel.get('n_mels', '?')} bands, "
-                                                f"{mel.get('f_min', '?')}–{mel.get('f_max', '?')} Hz)"),
+                                          title=f"Log-mel input, {mel.get('n_mels', '?')} bands"),
                         key="logmel")
-        st.caption("Exactly the tensor the network received (the bundle's front end, computed by the server).")
+        st.caption(f"Exactly the tensor the network received: the bundle's front end, computed by the server "
+                   f"({mel.get('sample_rate', '?')} Hz, hop {mel.get('hop_length', '?')}, "
+                   f"{_hz(mel.get('f_min'))}–{_hz(mel.get('f_max'))} Hz).")
+
+
+def _hz(value: Any) -> str:
+    return f"{float(value):g}" if isinstance(value, int | float) else "?"
