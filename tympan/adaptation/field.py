@@ -1,0 +1,233 @@
+"""Field audio as model input: decode a folder, cut long recordings into windows, featurise.
+
+Shared by unlabelled adaptation (:mod:`.adabn`), the labelled fine-tune (:mod:`.finetune`)
+and the before/after evidence (:mod:`.compare`). A recording is cut into the model's windows
+exactly as serving cuts it (:func:`tympan.audio.frame_windows`, 50% overlap), each window goes
+through the bundle's own front end, and a file's prediction is the mean of its windows'
+calibrated probabilities (its OOD score the mean of their energy scores), as ``/predict``
+reports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tympan.audio import DEFAULT_MAX_SECONDS, frame_windows, load_audio
+from tympan.datasets.field import scan_field_dir
+from tympan.errors import AudioError, TympanError
+from tympan.features import FrontendConfig, LogMel
+
+
+class AdaptationError(TympanError):
+    """Adaptation cannot run as asked (no usable field audio, no BatchNorm, bad labels)."""
+
+
+class NoBatchNormError(AdaptationError):
+    """The model has no BatchNorm layer, so unlabelled (AdaBN) adaptation cannot change it."""
+
+
+@dataclass
+class FieldFeatures:
+    """Log-mel windows of a set of recordings, and which recording each window came from."""
+
+    files: list[Path]  # recordings that decoded, in order
+    features: torch.Tensor  # (n_windows, 1, n_mels, frames) float32
+    file_index: np.ndarray  # (n_windows,) index into ``files``
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, why) not used
+    root: Path | None = None
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.features.shape[0])
+
+    def relative_names(self) -> list[str]:
+        """File names relative to the folder (POSIX), or the full paths without one."""
+        if self.root is None:
+            return [str(p) for p in self.files]
+        return [p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(p) for p in self.files]
+
+    def files_sha256(self) -> str:
+        """sha256 of the sorted relative file names, one per line (what the bundle records)."""
+        return hashlib.sha256("\n".join(sorted(self.relative_names())).encode()).hexdigest()
+
+    def subset_files(self, keep: Sequence[int]) -> FieldFeatures:
+        """Only the windows of files ``keep`` (indices into ``files``), renumbered."""
+        keep = list(keep)
+        remap = {old: new for new, old in enumerate(keep)}
+        mask = np.isin(self.file_index, keep)
+        idx = np.flatnonzero(mask)
+        return FieldFeatures(
+            files=[self.files[i] for i in keep],
+            features=self.features[torch.from_numpy(idx)],
+            file_index=np.asarray([remap[int(i)] for i in self.file_index[idx]], np.int64),
+            skipped=list(self.skipped),
+            root=self.root,
+        )
+
+
+@torch.no_grad()
+def featurize_windows(waves: np.ndarray, frontend: FrontendConfig | LogMel, batch_size: int = 32) -> torch.Tensor:
+    """Log-mels ``(n, 1, n_mels, frames)`` of windows ``(n, clip_samples)``, in chunks."""
+    logmel = frontend if isinstance(frontend, LogMel) else LogMel(frontend)
+    waves = np.asarray(waves, dtype=np.float32)
+    out = [logmel(torch.from_numpy(np.ascontiguousarray(waves[lo : lo + batch_size])))
+           for lo in range(0, waves.shape[0], batch_size)]
+    if not out:
+        cfg = logmel.config
+        return torch.zeros((0, 1, cfg.n_mels, cfg.n_frames))
+    return torch.cat(out).float()
+
+
+def from_waveforms(
+    waves: Sequence[np.ndarray], frontend: FrontendConfig, names: Sequence[str] | None = None
+) -> FieldFeatures:
+    """Featurise in-memory recordings (already at ``frontend.sample_rate``), windowed like files."""
+    logmel = LogMel(frontend)
+    feats, index = [], []
+    for i, w in enumerate(waves):
+        windows, _ = frame_windows(np.asarray(w, np.float32), frontend.clip_samples)
+        feats.append(featurize_windows(windows, logmel))
+        index.append(np.full(windows.shape[0], i, np.int64))
+    names = list(names) if names is not None else [f"clip{i}" for i in range(len(waves))]
+    if not feats:
+        raise AdaptationError("no recordings given")
+    return FieldFeatures([Path(n) for n in names], torch.cat(feats), np.concatenate(index))
+
+
+def load_field(
+    source: str | Path | Sequence[str | Path],
+    frontend: FrontendConfig,
+    *,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    max_windows: int | None = None,
+    seed: int = 0,
+) -> FieldFeatures:
+    """Decode every recording of a folder (or a list of files) and featurise its windows.
+
+    Unreadable files are skipped and listed with the reason; a missing or empty folder, or one
+    where nothing decodes, raises (one line). ``max_windows`` bounds memory on huge folders by
+    keeping a seeded random subset of windows (every file keeps at least one while room lasts).
+    """
+    if isinstance(source, str | Path):
+        scan = scan_field_dir(source)  # DataError: missing, not a folder, no audio files
+        root, files, skipped = scan.root, list(scan.files), list(scan.skipped)
+    else:
+        files = [Path(p) for p in source]
+        if not files:
+            raise AdaptationError("no field recordings given")
+        root, skipped = None, []
+    logmel = LogMel(frontend)
+    used, feats, index = [], [], []
+    for p in files:
+        try:
+            wave = load_audio(p, frontend.sample_rate, max_seconds=max_seconds).waveform
+        except (AudioError, OSError) as exc:
+            skipped.append((p, str(exc)))
+            continue
+        windows, _ = frame_windows(wave, frontend.clip_samples)
+        feats.append(featurize_windows(windows, logmel))
+        index.append(np.full(windows.shape[0], len(used), np.int64))
+        used.append(p)
+    where = root if root is not None else "the given files"
+    if not used:
+        first = skipped[0][1] if skipped else "no files"
+        raise AdaptationError(f"{where}: none of the {len(files)} audio files could be decoded (first: {first})")
+    ff = FieldFeatures(used, torch.cat(feats), np.concatenate(index), skipped, root)
+    if max_windows is not None and ff.n_windows > max_windows:
+        rng = np.random.default_rng(seed)
+        first_of_file = np.unique(ff.file_index, return_index=True)[1]
+        rest = np.setdiff1d(np.arange(ff.n_windows), first_of_file)
+        take = first_of_file[: max_windows]
+        if len(take) < max_windows:
+            take = np.concatenate([take, rng.choice(rest, max_windows - len(take), replace=False)])
+        take = np.sort(take)
+        ff = FieldFeatures(ff.files, ff.features[torch.from_numpy(take)], ff.file_index[take], ff.skipped, ff.root)
+    return ff
+
+
+@torch.no_grad()
+def window_logits(model: nn.Module, features: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Logits ``(n_windows, n_classes)`` in eval mode (the caller's mode is restored)."""
+    was = model.training
+    model.eval()
+    try:
+        out = [model(features[lo : lo + batch_size].float()).float() for lo in range(0, len(features), batch_size)]
+    finally:
+        model.train(was)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def _softmax(z: np.ndarray, t: float) -> np.ndarray:
+    z = np.asarray(z, np.float64) / t
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _energy(z: np.ndarray, t: float) -> np.ndarray:
+    z = np.asarray(z, np.float64) / t
+    m = z.max(axis=1, keepdims=True)
+    return -t * (m[:, 0] + np.log(np.exp(z - m).sum(axis=1)))
+
+
+@dataclass
+class FilePredictions:
+    """Per-recording predictions, aggregated over windows as serving does."""
+
+    probs: np.ndarray  # (n_files, n_classes): mean of window softmax(z / T)
+    energy: np.ndarray  # (n_files,): mean of window energy scores (higher = more OOD)
+    ood: np.ndarray | None  # (n_files,) bool, None without a fitted threshold
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probs.max(axis=1)
+
+
+def aggregate(
+    logits: np.ndarray, file_index: np.ndarray, n_files: int, temperature: float = 1.0,
+    ood_temperature: float = 1.0, threshold: float | None = None,
+) -> FilePredictions:
+    """Mean window probabilities and energy per file."""
+    p = _softmax(logits, temperature)
+    e = _energy(logits, ood_temperature)
+    counts = np.bincount(file_index, minlength=n_files).astype(np.float64)
+    probs = np.zeros((n_files, p.shape[1]))
+    np.add.at(probs, file_index, p)
+    energy = np.bincount(file_index, weights=e, minlength=n_files)
+    probs /= np.maximum(counts, 1)[:, None]
+    energy = energy / np.maximum(counts, 1)
+    ood = None if threshold is None else energy > threshold
+    return FilePredictions(probs, energy, ood)
+
+
+def bundle_thresholds(bundle) -> tuple[float, float, float | None]:
+    """``(temperature, ood_temperature, ood_threshold or None)`` of a bundle."""
+    import math
+
+    ood = bundle.ood or {}
+    thr = ood.get("threshold")
+    thr = None if thr is None or not math.isfinite(float(thr)) else float(thr)
+    return float(bundle.temperature or 1.0), float(ood.get("temperature") or 1.0), thr
+
+
+def predict_field(bundle, ff: FieldFeatures, batch_size: int = 64) -> FilePredictions:
+    """The bundle's per-file predictions on already featurised field audio."""
+    t, t_ood, thr = bundle_thresholds(bundle)
+    z = window_logits(bundle.model, ff.features, batch_size)
+    return aggregate(z, ff.file_index, ff.n_files, t, t_ood, thr)
+
