@@ -1,0 +1,295 @@
+"""diagnose / calibrate end to end on the generated data set (fast, no real data needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from tympan.bundle import Bundle, load_bundle
+from tympan.features import FrontendConfig
+
+
+# --------------------------------------------------------------------------- fixtures
+def _train_tiny_bundle(data_dir: Path, dest: Path) -> Path:
+    """A width-8 CNN trained for a few epochs on synthetic folds 1-4; fold 5's logits as held-out."""
+    from safetensors.torch import save_file
+
+    from tympan.cache import featurize
+    from tympan.datasets import load_esc50
+    from tympan.models import build_model
+
+    torch.manual_seed(0)
+    frontend = FrontendConfig(clip_seconds=2.0)
+    ds = load_esc50(data_dir)
+    fs = featurize(ds, frontend, dtype="float32", progress=False)
+    x = torch.from_numpy(np.array(fs.features, np.float32))
+    y = torch.from_numpy(fs.labels)
+    train, held = fs.folds != 5, fs.folds == 5
+    model = build_model("cnn", n_classes=len(fs.classes), width=8)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = x[train], y[train]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        model.train()
+        perm = torch.randperm(len(xt), generator=g)
+        for i in range(0, len(xt), 16):
+            idx = perm[i : i + 16]
+            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        logits = model(x[held]).numpy()
+    bundle = Bundle(model=model, arch="cnn", arch_params={"width": 8}, classes=list(fs.classes), frontend=frontend,
+                    provenance={"train_folds": [1, 2, 3, 4], "heldout_fold": 5, "data": {"root": str(data_dir)}},
+                    name="tiny-test")
+    bundle.save(dest)
+    save_file({"logits": torch.from_numpy(np.ascontiguousarray(logits)),
+               "labels": torch.from_numpy(fs.labels[held].copy())}, str(dest / "heldout.safetensors"))
+    (dest / "heldout.json").write_text(json.dumps({
+        "fold": 5, "clip_ids": [c for c, h in zip(fs.clip_ids, held) if h], "classes": list(fs.classes)}))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def fitted_bundle(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tympan.diagnostics.fit import fit_bundle
+
+    torch.set_num_threads(1)
+    dest = _train_tiny_bundle(synthetic_dir, tmp_path_factory.mktemp("bundle") / "tiny")
+    fit_bundle(dest, data_dir=synthetic_dir, progress=False, log=lambda *a: None)
+    return dest
+
+
+def _field_folder(dest: Path, *, seed: int, shift: bool, n_per_class: int = 8) -> Path:
+    """Fresh synthetic clips (same generator, another seed), optionally -20 dB and low-passed at 1.5 kHz."""
+    from scipy import signal
+
+    from tympan.datasets.synthetic import make_synthetic
+
+    src = make_synthetic(dest.parent / f".src-{dest.name}", n_classes=5, clips_per_class=n_per_class,
+                         n_folds=n_per_class, seed=seed)
+    dest.mkdir(parents=True)
+    sos = signal.butter(8, 1500, btype="low", fs=16000, output="sos")
+    for i, p in enumerate(sorted((src / "audio").glob("*.wav"))):
+        yv, sr = sf.read(p, dtype="float32")
+        if shift:
+            yv = signal.sosfiltfilt(sos, yv) * 10 ** (-20 / 20)
+        sub = dest / ("a" if i % 2 else "b")  # nested folders: the scan is recursive
+        sub.mkdir(exist_ok=True)
+        sf.write(sub / p.name, np.asarray(yv, np.float32), sr, subtype="PCM_16")
+    shutil.rmtree(src)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def clean_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _field_folder(tmp_path_factory.mktemp("field") / "clean", seed=11, shift=False)
+
+
+@pytest.fixture(scope="module")
+def shifted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _field_folder(tmp_path_factory.mktemp("field") / "shifted", seed=12, shift=True)
+
+
+def _diagnose(*argv: str) -> int:
+    from tympan.diagnostics.cli import diagnose_main
+
+    return diagnose_main([*argv, "--quiet"])
+
+
+# --------------------------------------------------------------------------- fitting
+def test_fit_sets_trust_parameters_and_round_trips(fitted_bundle: Path) -> None:
+    from tympan.diagnostics import EmbeddingDriftDetector, FeatureDriftDetector
+    from tympan.diagnostics.fit import read_heldout
+
+    b = load_bundle(fitted_bundle)
+    assert b.temperature > 0 and b.temperature != 1.0
+    assert b.ood["score"] == "energy" and b.ood["tpr"] == 0.95 and b.ood["temperature"] == 1.0
+    assert np.isfinite(b.ood["threshold"]) and "fold 5" in b.ood["fitted_on"]
+    # the threshold keeps >= 95% of the held-out clips it was fitted on
+    ho = read_heldout(fitted_bundle)
+    from tympan.diagnostics import EnergyOOD
+
+    assert np.mean(EnergyOOD.score(ho["logits"]) <= b.ood["threshold"]) >= 0.95
+    ref = b.reference
+    det = FeatureDriftDetector.from_dict(ref["acoustic"])
+    assert det.n_reference_ == 80  # synthetic folds 1-4
+    assert "source_sr" not in list(det.feature_names_in_)
+    assert EmbeddingDriftDetector.from_dict(ref["embedding"]).n_features_in_ == 64
+    assert sum(ref["predictions"]["counts"]) == 20 and ref["ood_rate"]["expected"] == pytest.approx(0.05)
+    diag = b.extra["diagnostics"]
+    assert set(diag["reliability"]) == {"before", "after"} and diag["reliability"]["after"]["cross_fitted"]
+    assert "cross-fitted" in diag["calibration"]["protocol"]
+    assert len(diag["confusion"]["matrix"]) == 5 and diag["ood"]["histograms"]["in"]["counts"]
+    # held-out files survive the atomic rewrite; no temp folders are left beside the bundle
+    assert (fitted_bundle / "heldout.safetensors").is_file() and (fitted_bundle / "heldout.json").is_file()
+    assert not [p for p in fitted_bundle.parent.iterdir() if p.name.startswith(".")]
+    # the dashboard can read what we store
+    from tympan.dashboard.reports import parse_diagnostics
+
+    parsed = parse_diagnostics(diag, b.classes)
+    assert parsed is not None and not parsed.missing
+
+
+def test_calibrate_cli_is_idempotent_on_temperature(fitted_bundle: Path, tmp_path: Path,
+                                                    synthetic_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from tympan.cli import main
+
+    out = tmp_path / "copy"
+    assert main(["calibrate", "--bundle", str(fitted_bundle), "--data-dir", str(synthetic_dir),
+                 "--out", str(out), "--quiet"]) == 0
+    assert "temperature" in capsys.readouterr().out
+    assert load_bundle(out).temperature == pytest.approx(load_bundle(fitted_bundle).temperature)
+    assert (out / "heldout.json").is_file()
+
+
+# --------------------------------------------------------------------------- diagnose --field-dir
+def test_shifted_folder_is_flagged(fitted_bundle: Path, shifted_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    assert _diagnose("--field-dir", str(shifted_dir), "--bundle", str(fitted_bundle), "--out", str(out)) == 1
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["verdict"] == "drift" and rep["exit_code"] == 1
+    drifted = rep["checks"]["acoustic"]["drifted_features"]
+    assert {"rms_dbfs", "spectral_rolloff_mean"} <= set(drifted)
+    assert rep["field"]["n_analysed"] == 40
+    html = (out / "report.html").read_text()
+    assert "rms_dbfs" in html and html.count("<script") >= 1 and "plotly" in html.lower()
+    # the dashboard finds the per-feature table and the overall verdict
+    from tympan.dashboard.reports import parse_drift_report
+
+    parsed = parse_drift_report(rep)
+    assert parsed is not None and parsed.verdict == "drift" and len(parsed.rows) == len(rep["features"])
+
+
+def test_clean_folder_passes(fitted_bundle: Path, clean_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    code = _diagnose("--field-dir", str(clean_dir), "--bundle", str(fitted_bundle), "--out", str(out))
+    rep = json.loads((out / "report.json").read_text())
+    assert code == 0, rep["overall"]
+    assert rep["checks"]["acoustic"]["verdict"] == "no drift"
+    assert rep["verdict"] == "no drift"
+
+
+def test_fail_on_never_and_drift(fitted_bundle: Path, shifted_dir: Path, tmp_path: Path) -> None:
+    assert _diagnose("--field-dir", str(shifted_dir), "--bundle", str(fitted_bundle), "--out", str(tmp_path / "a"),
+                     "--fail-on", "never") == 0
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["verdict"] == "drift" and rep["exit_code"] == 0
+
+
+def test_some_unreadable_files_are_listed(fitted_bundle: Path, clean_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    shutil.copytree(clean_dir, folder)
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    (folder / "empty.flac").write_bytes(b"")
+    (folder / "notes.txt").write_text("not audio")
+    out = tmp_path / "rep"
+    code = _diagnose("--field-dir", str(folder), "--bundle", str(fitted_bundle), "--out", str(out))
+    assert code in (0, 1)
+    rep = json.loads((out / "report.json").read_text())
+    bad = {b["file"] for b in rep["field"]["unreadable"]}
+    assert bad == {"broken.wav", "empty.flac"}
+    assert all(b["reason"] for b in rep["field"]["unreadable"])
+    assert [s["file"] for s in rep["field"]["skipped"]] == ["notes.txt"]
+    html = (out / "report.html").read_text()
+    assert "broken.wav" in html and "empty.flac" in html
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "all_unreadable", "bad_bundle"])
+def test_bad_input_exits_2_with_one_line(case: str, fitted_bundle: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "f"
+    bundle = fitted_bundle
+    if case == "empty":
+        folder.mkdir()
+    elif case == "all_unreadable":
+        folder.mkdir()
+        for i in range(3):
+            (folder / f"x{i}.wav").write_bytes(b"not really a wav file")
+    elif case == "bad_bundle":
+        folder.mkdir()
+        sf.write(folder / "a.wav", np.zeros(16000, np.float32), 16000)
+        bundle = tmp_path / "nobundle"
+        bundle.mkdir()
+    code = _diagnose("--field-dir", str(folder), "--bundle", str(bundle), "--out", str(tmp_path / "o"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("diagnose: error:") and "Traceback" not in err
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_tiny_folder_is_insufficient_data(fitted_bundle: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(folder / f"{i}.wav", (rng.standard_normal(16000) * 0.1).astype(np.float32), 16000)
+    out = tmp_path / "rep"
+    assert _diagnose("--field-dir", str(folder), "--bundle", str(fitted_bundle), "--out", str(out)) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["verdict"] == "insufficient data" and "insufficient" in rep["overall"]["note"]
+
+
+def test_reports_are_written_atomically_and_replaced_whole(fitted_bundle: Path, clean_dir: Path,
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "report.json").write_text('{"old": true, "padding": "' + "x" * 100000 + '"}')
+    (out / "report.html").write_text("<html>old</html>" + "x" * 100000)
+    _diagnose("--bundle", str(fitted_bundle), "--out", str(out))
+    rep = json.loads((out / "report.json").read_text())  # parses: replaced whole, not overwritten in place
+    assert "old" not in rep and rep["kind"] == "model"
+    assert "old" not in (out / "report.html").read_text()[:200]
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]  # no temp files left
+
+
+def test_bundle_alone_reports_stored_diagnostics(fitted_bundle: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "rep"
+    assert _diagnose("--bundle", str(fitted_bundle), "--out", str(out)) == 0
+    text = capsys.readouterr().out
+    assert "ECE" in text and "temperature" in text
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["model_diagnostics"]["calibration"]["after"]["ece"] is not None
+    html = (out / "report.html").read_text()
+    assert "Reliability diagram" in html and "Confusion matrix" in html
+    assert "<script src=" not in html and html.count("Plotly.newPlot") >= 2  # plotly.js inline once: offline
+    assert len(html) < 8_000_000
+
+
+def test_tympan_diagnose_is_the_same_command(fitted_bundle: Path, tmp_path: Path) -> None:
+    from tympan.cli import main
+
+    assert main(["diagnose", "--bundle", str(fitted_bundle), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert (tmp_path / "r" / "report.json").is_file()
+
+
+def test_exit_code_policy() -> None:
+    from tympan.diagnostics.field import exit_code_for
+
+    res = {"checks": {"acoustic": {"verdict": "no drift"}, "ood_rate": {"verdict": "drift"}}}
+    assert exit_code_for(res, "any") == 1 and exit_code_for(res, "ood") == 1
+    assert exit_code_for(res, "drift") == 0 and exit_code_for(res, "never") == 0
+    with pytest.raises(ValueError):
+        exit_code_for(res, "sometimes")
+
+
+def test_acoustic_cache_is_reused(synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tympan.datasets import load_esc50
+    from tympan.diagnostics import fit
+
+    ds = load_esc50(synthetic_dir, folds=[1])
+    first = fit.esc50_acoustic(ds, 16000, progress=False)
+    monkeypatch.setattr(fit, "acoustic_features", lambda *a, **k: pytest.fail("cache miss"))
+    assert np.array_equal(fit.esc50_acoustic(ds, 16000, progress=False), first)
+    cache = Path(os.environ["TYMPAN_CACHE_DIR"]) / "diagnostics"
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]

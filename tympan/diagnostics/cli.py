@@ -1,0 +1,282 @@
+"""``diagnose`` (also ``tympan diagnose``) and ``tympan calibrate``.
+
+Exit codes of ``diagnose``:
+
+* 0 -- no drift and no OOD excess above threshold (per ``--fail-on``), or nothing to judge
+  ("insufficient data" for folders with fewer than 20 readable recordings);
+* 1 -- drift and/or an OOD rate above the expected one (per ``--fail-on``: ``drift`` = the
+  acoustic / embedding / predicted-class / confidence checks, ``ood`` = the OOD-rate check,
+  ``any`` = either (default), ``never`` = always 0);
+* 2 -- error: missing or empty folder, every file unreadable, bad or missing bundle, missing
+  data; one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXIT_OK, EXIT_FLAGGED, EXIT_ERROR = 0, 1, 2
+
+DESCRIPTION = ("Tell when to distrust the model: drift of field recordings against the training audio, "
+               "OOD rate, calibration, confusion and robustness. Exit codes: 0 nothing above threshold, "
+               "1 drift/OOD above threshold (per --fail-on), 2 error.")
+
+
+def _add_diagnose_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--field-dir", type=Path, default=None,
+                   help="folder of field recordings (searched recursively; unreadable files are listed)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="model bundle (default: $TYMPAN_BUNDLE, else the shipped bundle)")
+    p.add_argument("--out", type=Path, default=Path("diagnose-report"),
+                   help="folder for report.json and report.html (default: ./diagnose-report)")
+    p.add_argument("--fail-on", choices=["drift", "ood", "any", "never"], default="any",
+                   help="what makes the exit code 1 (default: any)")
+    p.add_argument("--fit", action="store_true",
+                   help="first fit the bundle's temperature, OOD threshold, drift reference and held-out "
+                        "diagnostics from its held-out predictions (same as `tympan calibrate`)")
+    p.add_argument("--heldout", type=Path, default=None,
+                   help="held-out predictions (heldout.safetensors; default: the bundle folder's)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="ESC-50 folder for the training reference / robustness (default: $TYMPAN_ESC50_DIR, "
+                        "else the folder in the bundle's provenance)")
+    p.add_argument("--ood-dir", type=Path, default=None,
+                   help="with --fit: an OOD audio folder (e.g. `tympan data ood`) for the stored OOD histograms")
+    p.add_argument("--robustness", action="store_true",
+                   help="accuracy / ECE of the bundle on its held-out clips under controlled corruptions")
+    p.add_argument("--max-clips", type=int, default=200, help="held-out clips in the robustness sweep (default 200)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print report.json to stdout as well")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of unexpected errors")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("diagnose", help="drift / OOD / calibration / robustness report", description=DESCRIPTION)
+    _add_diagnose_args(p)
+    p.set_defaults(func=cmd_diagnose)
+
+    c = subparsers.add_parser("calibrate", help="fit a bundle's temperature, OOD threshold and drift reference",
+                              description="Fit temperature scaling, the energy OOD threshold (95%% TPR), the drift "
+                                          "reference and held-out diagnostics from the bundle's held-out "
+                                          "predictions; writes the bundle back atomically.")
+    c.add_argument("--bundle", type=Path, required=True, help="bundle folder (updated in place unless --out)")
+    c.add_argument("--heldout", type=Path, default=None, help="held-out predictions (default: the bundle's)")
+    c.add_argument("--data-dir", type=Path, default=None, help="ESC-50 folder (default: $TYMPAN_ESC50_DIR)")
+    c.add_argument("--train-folds", default=None, help="comma-separated training folds (default: provenance)")
+    c.add_argument("--ood-dir", type=Path, default=None, help="OOD audio folder for the stored OOD histograms")
+    c.add_argument("--out", type=Path, default=None, help="write the fitted bundle here instead")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_calibrate)
+
+
+def _log(args: argparse.Namespace) -> Any:
+    return (lambda *a, **k: None) if getattr(args, "quiet", False) else (lambda *a: print(*a, file=sys.stderr))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from tympan.diagnostics.fit import fit_bundle, resolve_bundle_dir
+
+    folds = [int(f) for f in args.train_folds.split(",")] if args.train_folds else None
+    summary = fit_bundle(resolve_bundle_dir(args.bundle), heldout=args.heldout, data_dir=args.data_dir,
+                         train_folds=folds, ood_dir=args.ood_dir, out_dir=args.out,
+                         progress=not args.quiet, log=_log(args))
+    print(_calibration_text(summary))
+    return EXIT_OK
+
+
+def _calibration_text(s: dict[str, Any]) -> str:
+    b, a = s["calibration"]["before"], s["calibration"]["after"]
+    lines = [
+        f"bundle {s['bundle']}: temperature {s['temperature']:.4f}, energy OOD threshold "
+        f"{s['ood']['threshold']:.4f} (95% TPR on {s['ood']['fitted_on']})",
+        f"  ECE {b['ece']:.4f} -> {a['ece']:.4f}, NLL {b['nll']:.4f} -> {a['nll']:.4f}, "
+        f"Brier {b['brier']:.4f} -> {a['brier']:.4f}, accuracy {b['accuracy']:.4f}",
+        f"  ({s['calibration']['protocol']})",
+    ]
+    for k, v in (s.get("reference") or {}).items():
+        lines.append(f"  reference {k}: {v}")
+    if s.get("ood_metrics"):
+        m = s["ood_metrics"]
+        lines.append(f"  OOD set: AUROC {m['auroc']:.3f}, FPR@95%TPR {m['fpr_at_95_tpr']:.3f}")
+    return "\n".join(lines)
+
+
+def _model_block(predictor: Any, bundle_dir: Path) -> dict[str, Any]:
+    b = predictor.bundle
+    return {"name": b.name, "arch": b.arch, "version": predictor.version, "bundle": str(bundle_dir),
+            "temperature": float(b.temperature), "ood": b.ood, "classes": list(b.classes),
+            "metrics": b.metrics}
+
+
+def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress: bool = True,
+                 fail_on: str = "any") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Analyse ``field_dir`` and run every drift check; returns ``(report, html_extras)``."""
+    from tympan.diagnostics.drift import decode_array
+    from tympan.diagnostics.field import analyse_folder, drift_checks, exit_code_for
+    from tympan.errors import DataError
+
+    bundle = predictor.bundle
+    clips = analyse_folder(predictor, field_dir, progress=progress)
+    n_files = len(clips) + len(clips.unreadable)
+    if len(clips) == 0:
+        raise DataError(f"{field_dir}: none of the {n_files} audio files could be decoded "
+                        f"(first: {clips.unreadable[0]['reason']})")
+    res = drift_checks(bundle.reference or {}, bundle.ood or {}, bundle.classes, clips)
+    code = exit_code_for(res, fail_on)
+    classes = list(bundle.classes)
+    thr = (bundle.ood or {}).get("threshold")
+    per_file = [{"file": f, "predicted": classes[int(p)], "confidence": float(c), "energy": float(e),
+                 "out_of_distribution": bool(thr is not None and e > thr), "windows": int(w)}
+                for f, p, c, e, w in zip(clips.ids, clips.predictions, clips.confidence, clips.energy,
+                                         clips.n_windows)]
+    acoustic = res["checks"].get("acoustic") or {}
+    report = {
+        "verdict": res["overall"]["verdict"],
+        "overall": res["overall"],
+        "n_reference": acoustic.get("n_reference"),
+        "n_field": len(clips),
+        "features": acoustic.get("features", []),
+        "field": {"folder": str(field_dir), "n_files": n_files, "n_analysed": len(clips),
+                  "n_unreadable": len(clips.unreadable), "unreadable": clips.unreadable,
+                  "n_skipped": len(clips.skipped), "skipped": clips.skipped},
+        "checks": res["checks"],
+        "recording_format": res["recording_format"],
+        "per_file": per_file,
+        "exit_code": code,
+        "fail_on": fail_on,
+    }
+    ref = bundle.reference or {}
+    preds = (ref.get("predictions") or {}).get("counts")
+    extras = {
+        "confidence_reference": decode_array(ref["confidence"]["values"]) if (ref.get("confidence") or {}).get("values") else None,
+        "confidence_field": clips.confidence,
+        "energy_reference": decode_array(ref["energy"]["values"]) if (ref.get("energy") or {}).get("values") else None,
+        "energy_field": clips.energy,
+        "threshold": thr,
+        "classes": classes,
+        "pred_reference": np.asarray(preds if preds is not None else np.zeros(len(classes))),
+        "pred_field": np.bincount(clips.predictions, minlength=len(classes)),
+    }
+    return report, extras
+
+
+def _print_field(report: dict[str, Any]) -> None:
+    f = report["field"]
+    print(f"{f['folder']}: {f['n_analysed']} recordings analysed, {f['n_unreadable']} unreadable, "
+          f"{f['n_skipped']} non-audio skipped")
+    for name, c in report["checks"].items():
+        extra = ""
+        if name == "acoustic" and c.get("drifted_features"):
+            extra = " (" + ", ".join(c["drifted_features"][:6]) + ")"
+        print(f"  {name:<12} {c.get('verdict', ''):<18} {c.get('message', '') if name != 'acoustic' else ''}{extra}")
+    ov = report["overall"]
+    print(f"overall: {ov['verdict']}" + (f" ({ov['note']})" if ov.get("note") else ""))
+    for r in ov.get("reasons") or []:
+        print(f"  - {r}")
+    for n in (report.get("recording_format") or {}).get("notes") or []:
+        print(f"  note: {n}")
+    for b in f["unreadable"][:20]:
+        print(f"  unreadable: {b['reason']}")
+    if len(f["unreadable"]) > 20:
+        print(f"  ... and {len(f['unreadable']) - 20} more unreadable files (see report.json)")
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from tympan.diagnostics.field import make_predictor
+    from tympan.diagnostics.fit import fit_bundle, resolve_bundle_dir
+    from tympan.diagnostics.report import REPORT_VERSION, now_iso, write_report
+    from tympan.errors import DataError
+
+    try:
+        if args.field_dir is not None and not args.field_dir.exists():  # fail before loading anything
+            raise DataError(f"{args.field_dir}: no such directory")
+        bundle_dir = resolve_bundle_dir(args.bundle)
+        progress = not args.quiet
+        report: dict[str, Any] = {"tympan_report": REPORT_VERSION, "generated": now_iso()}
+        if args.fit:
+            summary = fit_bundle(bundle_dir, heldout=args.heldout, data_dir=args.data_dir, ood_dir=args.ood_dir,
+                                 progress=progress, log=_log(args))
+            print(_calibration_text(summary))
+            report["fit"] = summary
+        predictor = make_predictor(bundle_dir)
+        report["model"] = _model_block(predictor, bundle_dir)
+        extras: dict[str, Any] = {}
+        code = EXIT_OK
+        kinds = []
+        if args.field_dir is not None:
+            fr, extras = field_report(predictor, bundle_dir, args.field_dir, progress=progress, fail_on=args.fail_on)
+            report.update(fr)
+            code = fr["exit_code"]
+            kinds.append("field")
+            _print_field(fr)
+        if args.robustness:
+            from tympan.diagnostics.robustness import format_table, run_sweep
+
+            rob = run_sweep(predictor, bundle_dir, data_dir=args.data_dir, max_clips=args.max_clips,
+                            progress=progress)
+            report["robustness"] = rob
+            kinds.append("robustness")
+            print(format_table(rob))
+        diag = (predictor.bundle.extra or {}).get("diagnostics")
+        report["model_diagnostics"] = diag
+        if not kinds:
+            kinds.append("model")
+            _print_model(diag)
+        report["kind"] = "+".join(kinds)
+        report["exit_code"] = code
+        report["fail_on"] = args.fail_on
+        paths = write_report(args.out, report, extras)
+        print(f"report: {paths['html']} and {paths['json']}")
+        if args.json:
+            print(json.dumps(json.loads(Path(paths["json"]).read_text()), indent=2))
+        return code
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        from tympan.errors import TympanError
+
+        if args.traceback:
+            raise
+        if isinstance(exc, TympanError | FileNotFoundError | NotADirectoryError | PermissionError | ValueError):
+            print(f"diagnose: error: {exc}", file=sys.stderr)
+        else:
+            print(f"diagnose: error: {type(exc).__name__}: {exc} (run with --traceback for details)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _print_model(diag: dict[str, Any] | None) -> None:
+    if not diag:
+        print("this bundle stores no held-out diagnostics: run `tympan calibrate --bundle DIR` "
+              "(or `diagnose --bundle DIR --fit`)")
+        return
+    cal = diag.get("calibration") or {}
+    b, a = cal.get("before") or {}, cal.get("after") or {}
+    print(f"measured on: {diag.get('evaluated_on')}")
+    print(f"  accuracy {diag.get('accuracy', 0):.4f}; temperature {cal.get('temperature', 1):.4f}")
+    if b and a:
+        print(f"  ECE {b['ece']:.4f} -> {a['ece']:.4f} (cross-fitted), NLL {b['nll']:.4f} -> {a['nll']:.4f}, "
+              f"MCE {b['mce']:.4f} -> {a['mce']:.4f}, Brier {b['brier']:.4f} -> {a['brier']:.4f}")
+    pairs = (diag.get("confusion") or {}).get("confused_pairs") or []
+    for p in pairs[:5]:
+        print(f"  confused: {p['class_a']} <-> {p['class_b']}: {p['a_as_b']} + {p['b_as_a']}")
+    ood = diag.get("ood") or {}
+    if ood.get("threshold") is not None:
+        print(f"  energy OOD threshold {ood['threshold']:.4f} (keeps {ood.get('in_distribution_accepted', 0):.1%} "
+              "of held-out clips)")
+    if ood.get("metrics"):
+        m = ood["metrics"]
+        print(f"  OOD ({ood.get('out_set')}): AUROC {m['auroc']:.3f}, FPR@95%TPR {m['fpr_at_95_tpr']:.3f}")
+
+
+def diagnose_main(argv: Sequence[str] | None = None) -> int:
+    """The ``diagnose`` console script: identical to ``tympan diagnose``."""
+    parser = argparse.ArgumentParser(prog="diagnose", description=DESCRIPTION)
+    _add_diagnose_args(parser)
+    args = parser.parse_args(argv)
+    return cmd_diagnose(args)

@@ -1,0 +1,383 @@
+"""Field recordings against the training reference: one analysis per clip, then every drift check.
+
+One audio path. Every clip (a training clip for the reference, a held-out clip for the
+benchmark, a field recording for ``diagnose --field-dir``) goes through :func:`analyse_sources`:
+
+    file --tympan.audio.load_audio (Predictor.decode)--> waveform at the model's rate
+         --[optional corruption]--> acoustic descriptors (librosa, whole recording)
+         --Predictor.prepare--> 50%-overlapping model windows --bundle front end--> model.embed
+         --model.classify--> logits per window
+
+Per recording, as the HTTP API aggregates it: calibrated probabilities = mean over windows of
+``softmax(z / T)``; energy OOD score = mean over windows of ``-T_E logsumexp(z / T_E)``;
+embedding = mean over windows of the penultimate embedding.
+
+Checks (:func:`drift_checks`), each with a plain verdict and a minimum sample size:
+
+* ``acoustic``: :class:`~tympan.diagnostics.drift.FeatureDriftDetector` per acoustic feature
+  (KS with Benjamini-Hochberg correction, Wasserstein in reference-std units, PSI).
+  ``source_sr`` and ``duration_s`` describe the file, not the sound, and are reported in
+  ``recording_format`` instead (the model resamples and windows every recording).
+* ``embedding``: MMD^2 permutation test on penultimate embeddings.
+* ``predictions``: shift of the predicted-class mix (chi-square + total variation).
+* ``confidence``: shift of the calibrated top-1 probability distribution.
+* ``ood_rate``: share of clips over the bundle's energy threshold vs the expected rate.
+
+Each check runs at ``alpha = 0.05 / 5 = 0.01`` (Bonferroni over the five checks), so the
+overall "drift" verdict has a family-wise false-alarm rate of at most 5% on clean data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tympan.diagnostics._utils import to_jsonable
+from tympan.diagnostics.acoustic import FEATURE_NAMES, acoustic_features
+from tympan.diagnostics.drift import (
+    DRIFT,
+    INSUFFICIENT,
+    NEGLIGIBLE,
+    NO_DRIFT,
+    EmbeddingDriftDetector,
+    FeatureDriftDetector,
+    confidence_shift,
+    decode_array,
+    label_shift,
+    ood_rate_shift,
+    overall_verdict,
+    prediction_counts,
+)
+
+__all__ = [
+    "ALPHA_PER_CHECK",
+    "CONTENT_FEATURES",
+    "FORMAT_FEATURES",
+    "ClipSet",
+    "analyse_folder",
+    "analyse_sources",
+    "drift_checks",
+    "exit_code_for",
+    "make_predictor",
+]
+
+#: Family-wise 5% over the five checks (Bonferroni).
+N_CHECKS = 5
+ALPHA_PER_CHECK = 0.05 / N_CHECKS
+#: Descriptors of the file rather than the sound: reported, not tested.
+FORMAT_FEATURES: tuple[str, ...] = ("source_sr", "duration_s")
+CONTENT_FEATURES: tuple[str, ...] = tuple(f for f in FEATURE_NAMES if f not in FORMAT_FEATURES)
+MIN_FIELD_SAMPLES = 20
+
+Transform = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+
+
+@dataclass
+class ClipSet:
+    """Per-recording analysis of a set of audio files (readable ones), plus the unreadable ones."""
+
+    ids: list[str]
+    acoustic: np.ndarray  # (n, len(FEATURE_NAMES)) float64
+    embeddings: np.ndarray  # (n, D) float32, mean over windows
+    logits: np.ndarray  # (n, K) float32, mean over windows (raw, before temperature)
+    probabilities: np.ndarray  # (n, K) float64, mean over windows of softmax(z / T)
+    energy: np.ndarray  # (n,) float64, mean over windows of the energy score
+    n_windows: np.ndarray  # (n,) int
+    formats: list[dict[str, Any]]  # per recording: sample_rate, channels, duration_s, format, subtype
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # {"file", "reason"}
+    skipped: list[dict[str, str]] = field(default_factory=list)  # non-audio files: {"file", "reason"}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(axis=1) if len(self) else np.zeros(0)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1) if len(self) else np.zeros(0, dtype=int)
+
+    def content_features(self) -> np.ndarray:
+        cols = [FEATURE_NAMES.index(f) for f in CONTENT_FEATURES]
+        return self.acoustic[:, cols]
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> ClipSet:
+        idx = np.asarray(idx, dtype=int)
+        return ClipSet(
+            [self.ids[i] for i in idx], self.acoustic[idx], self.embeddings[idx], self.logits[idx],
+            self.probabilities[idx], self.energy[idx], self.n_windows[idx],
+            [self.formats[i] for i in idx], [], [],
+        )
+
+
+def make_predictor(bundle: Any) -> Any:
+    """The serving :class:`tympan.inference.Predictor` for ``bundle`` (a Bundle or a folder)."""
+    from tympan.inference import Predictor
+
+    return bundle if hasattr(bundle, "prepare") and hasattr(bundle, "features") else Predictor(bundle)
+
+
+def _softmax(z: np.ndarray, t: float) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64) / float(t)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _energy(z: np.ndarray, t: float) -> np.ndarray:
+    from scipy.special import logsumexp
+
+    return -float(t) * logsumexp(np.asarray(z, dtype=np.float64) / float(t), axis=1)
+
+
+def _forward(predictor: Any, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings ``(B, D)`` and logits ``(B, K)`` of model windows, through the bundle front end."""
+    model = predictor.model
+    embs, logits = [], []
+    with torch.inference_mode():
+        for lo in range(0, len(windows), 32):
+            feats = predictor.features(windows[lo : lo + 32])
+            e = model.embed(feats)
+            embs.append(e.float().cpu().numpy())
+            logits.append(model.classify(e).float().cpu().numpy())
+    return np.concatenate(embs), np.concatenate(logits)
+
+
+def analyse_sources(
+    predictor: Any,
+    sources: Iterable[tuple[str, Any]],
+    *,
+    transform: Transform | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "analysing",
+    total: int | None = None,
+    with_model: bool = True,
+    with_acoustic: bool = True,
+) -> ClipSet:
+    """Analyse ``(id, path-or-bytes)`` recordings; unreadable ones are listed with the reason.
+
+    ``transform(y, sr, rng)`` (e.g. a :mod:`tympan.corruptions` shift) is applied to the
+    decoded waveform at the model's rate before anything is measured; ``rng`` is seeded per
+    clip from ``seed`` and the clip's position, so runs are reproducible.
+    """
+    from tqdm import tqdm
+
+    from tympan.errors import AudioError
+
+    sr = int(predictor.config.sample_rate)
+    temperature = float(predictor.temperature)
+    t_energy = float(predictor.ood_temperature)
+    ids, acoustic, embs, logits, probs, energy, nwin, formats, bad = [], [], [], [], [], [], [], [], []
+    items = list(sources) if total is None else sources
+    bar = tqdm(items, desc=desc, unit="file", disable=not progress, total=total or len(items), leave=False)
+    for pos, (clip_id, src) in enumerate(bar):
+        try:
+            decoded = predictor.decode(src)
+        except (AudioError, OSError) as exc:
+            bad.append({"file": str(clip_id), "reason": str(exc)})
+            continue
+        y = decoded.waveform
+        if transform is not None:
+            y = np.asarray(transform(y, sr, np.random.default_rng([seed, pos])), dtype=np.float32)
+        if with_acoustic:
+            feats = acoustic_features(y, sr, source_sr=decoded.source_sample_rate,
+                                      duration=decoded.source_duration)
+            acoustic.append([feats[k] for k in FEATURE_NAMES])
+        if with_model:
+            prepared = predictor.prepare(dataclasses.replace(decoded, waveform=y))
+            e, z = _forward(predictor, prepared.windows)
+            embs.append(e.mean(axis=0))
+            logits.append(z.mean(axis=0))
+            probs.append(_softmax(z, temperature).mean(axis=0))
+            energy.append(float(_energy(z, t_energy).mean()))
+            nwin.append(len(z))
+        ids.append(str(clip_id))
+        formats.append({
+            "sample_rate": int(decoded.source_sample_rate),
+            "channels": int(decoded.source_channels),
+            "duration_s": float(decoded.source_duration),
+            "format": str(decoded.format),
+            "subtype": str(decoded.subtype),
+        })
+    bar.close()
+    n = len(ids)
+    k = int(predictor.n_classes)
+    return ClipSet(
+        ids=ids,
+        acoustic=np.asarray(acoustic, np.float64).reshape(n, len(FEATURE_NAMES))
+        if with_acoustic else np.full((n, len(FEATURE_NAMES)), np.nan),
+        embeddings=np.asarray(embs, np.float32) if embs else np.zeros((n, 0), np.float32),
+        logits=np.asarray(logits, np.float32) if logits else np.zeros((n, k), np.float32),
+        probabilities=np.asarray(probs, np.float64) if probs else np.zeros((n, k)),
+        energy=np.asarray(energy, np.float64) if energy else np.zeros(n),
+        n_windows=np.asarray(nwin, np.int64) if nwin else np.zeros(n, np.int64),
+        formats=formats,
+        unreadable=bad,
+    )
+
+
+def analyse_folder(
+    predictor: Any, folder: str | Path, *, progress: bool = True, transform: Transform | None = None
+) -> ClipSet:
+    """Every audio file under ``folder`` (recursively, sorted); see :func:`analyse_sources`.
+
+    Raises :class:`tympan.errors.DataError` for a missing folder or one without audio files.
+    """
+    from tympan.datasets.field import scan_field_dir
+
+    scan = scan_field_dir(folder)
+    root = scan.root
+    sources = [(str(p.relative_to(root)), p) for p in scan.files]
+    clips = analyse_sources(predictor, sources, transform=transform, progress=progress,
+                            desc=f"diagnose {root.name}", total=len(sources))
+    # report paths relative to the folder (what the user can find)
+    clips.skipped = [{"file": str(p.relative_to(root)), "reason": why} for p, why in scan.skipped]
+    return clips
+
+
+# --------------------------------------------------------------------------- the checks
+def _format_summary(formats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    rates: dict[str, int] = {}
+    chans: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    for f in formats:
+        rates[str(f["sample_rate"])] = rates.get(str(f["sample_rate"]), 0) + 1
+        chans[str(f["channels"])] = chans.get(str(f["channels"]), 0) + 1
+        k = f"{f['format']}/{f['subtype']}"
+        kinds[k] = kinds.get(k, 0) + 1
+    d = np.asarray([f["duration_s"] for f in formats], dtype=np.float64)
+    return {
+        "n": len(formats),
+        "sample_rates": rates,
+        "channels": chans,
+        "formats": kinds,
+        "duration_s": None if d.size == 0 else {
+            "min": float(d.min()), "median": float(np.median(d)), "max": float(d.max()),
+            "total": float(d.sum()),
+        },
+    }
+
+
+def recording_format(field: ClipSet, reference: Mapping[str, Any] | None) -> dict[str, Any]:
+    """File-level differences (sample rate, length): informative, not part of the verdict."""
+    ref = dict((reference or {}).get("format") or {})
+    fld = _format_summary(field.formats)
+    notes = []
+    ref_rates = set(ref.get("sample_rates", {}))
+    new_rates = sorted(set(fld["sample_rates"]) - ref_rates, key=float) if ref_rates else []
+    if new_rates:
+        notes.append(f"sample rates not in training: {', '.join(new_rates)} Hz (all audio is resampled to "
+                     "the model's rate; a higher source rate can carry content above what training "
+                     "audio held)")
+    rd, fd = ref.get("duration_s"), fld["duration_s"]
+    if rd and fd and (fd["median"] > 1.5 * rd["median"] or fd["median"] < rd["median"] / 1.5):
+        notes.append(f"median length {fd['median']:.1f} s vs {rd['median']:.1f} s in training (long "
+                     "recordings are cut into 50%-overlapping windows)")
+    return {"check": "recording_format", "reference": ref or None, "field": fld, "notes": notes,
+            "message": "; ".join(notes) if notes else "file formats like the training data"}
+
+
+def _reference_values(ref: Mapping[str, Any] | None) -> np.ndarray | None:
+    if not ref or "values" not in ref:
+        return None
+    v = ref["values"]
+    return decode_array(v).astype(np.float64) if isinstance(v, Mapping) else np.asarray(v, np.float64)
+
+
+def drift_checks(
+    reference: Mapping[str, Any],
+    ood: Mapping[str, Any],
+    classes: Sequence[str],
+    field: ClipSet,
+    *,
+    alpha: float = ALPHA_PER_CHECK,
+) -> dict[str, Any]:
+    """Run every check the bundle's reference allows; returns ``{"overall", "checks", ...}``.
+
+    A check without a reference (bundle not fitted) is ``"not available"`` and does not vote.
+    """
+    checks: dict[str, Any] = {}
+    missing: list[str] = []
+    n = len(field)
+    if reference.get("acoustic"):
+        det = FeatureDriftDetector.from_dict(reference["acoustic"])
+        det.set_params(alpha=alpha)
+        names = [str(s) for s in det.feature_names_in_]
+        cols = [FEATURE_NAMES.index(f) for f in names]
+        checks["acoustic"] = det.test(field.acoustic[:, cols]).to_dict()
+    else:
+        missing.append("acoustic")
+    if reference.get("embedding") and field.embeddings.shape[1]:
+        det_e = EmbeddingDriftDetector.from_dict(reference["embedding"])
+        det_e.set_params(alpha=alpha)
+        checks["embedding"] = det_e.test(field.embeddings).to_dict()
+    else:
+        missing.append("embedding")
+    preds = reference.get("predictions")
+    if preds and preds.get("counts") is not None:
+        checks["predictions"] = label_shift(
+            np.asarray(preds["counts"]), prediction_counts(field.predictions, len(classes)),
+            class_names=classes, alpha=alpha, min_field_samples=MIN_FIELD_SAMPLES,
+        )
+    else:
+        missing.append("predictions")
+    ref_conf = _reference_values(reference.get("confidence"))
+    if ref_conf is not None and n:
+        checks["confidence"] = confidence_shift(
+            ref_conf, field.confidence, name="confidence", alpha=alpha, min_field_samples=MIN_FIELD_SAMPLES
+        )
+        checks["confidence"]["what"] = "calibrated top-1 probability per recording"
+    elif ref_conf is not None:
+        checks["confidence"] = {"check": "confidence_shift", "verdict": INSUFFICIENT, "n_field": 0,
+                                "message": "no readable field clips"}
+    else:
+        missing.append("confidence")
+    thr = (ood or {}).get("threshold")
+    if thr is not None:
+        flagged = int(np.sum(field.energy > float(thr)))
+        expected = (reference.get("ood_rate") or {}).get("expected")
+        if expected is None:
+            expected = 1.0 - float((ood or {}).get("tpr", 0.95))
+        checks["ood_rate"] = ood_rate_shift(flagged, n, expected_rate=float(expected), alpha=alpha,
+                                            min_field_samples=MIN_FIELD_SAMPLES)
+        checks["ood_rate"]["threshold"] = float(thr)
+        checks["ood_rate"]["score"] = str((ood or {}).get("score", "energy"))
+    else:
+        missing.append("ood_rate")
+    overall = overall_verdict(checks) if checks else {
+        "verdict": "not available", "components": {}, "drifting_checks": [], "negligible_checks": [],
+        "insufficient_checks": [], "reasons": []}
+    overall["alpha_per_check"] = alpha
+    overall["family_wise_alpha"] = alpha * N_CHECKS
+    overall["not_available"] = missing
+    if n < MIN_FIELD_SAMPLES:
+        overall["note"] = (f"only {n} readable recordings; every check needs at least "
+                           f"{MIN_FIELD_SAMPLES} (insufficient data, nothing can be concluded)")
+    return {"overall": overall, "checks": to_jsonable(checks),
+            "recording_format": recording_format(field, reference)}
+
+
+FAIL_ON = ("drift", "ood", "any", "never")
+DRIFT_CHECKS = ("acoustic", "embedding", "predictions", "confidence")
+
+
+def exit_code_for(result: Mapping[str, Any], fail_on: str = "any") -> int:
+    """0 = nothing above threshold, 1 = drift and/or OOD above threshold (per ``fail_on``)."""
+    if fail_on not in FAIL_ON:
+        raise ValueError(f"--fail-on must be one of {', '.join(FAIL_ON)}")
+    verdicts = {k: v.get("verdict") for k, v in (result.get("checks") or {}).items()}
+    drift = any(verdicts.get(c) == DRIFT for c in DRIFT_CHECKS)
+    ood = verdicts.get("ood_rate") == DRIFT
+    hit = {"drift": drift, "ood": ood, "any": drift or ood, "never": False}[fail_on]
+    return 1 if hit else 0
+
+
+__all__ += ["DRIFT", "INSUFFICIENT", "NEGLIGIBLE", "NO_DRIFT", "FAIL_ON", "recording_format"]
