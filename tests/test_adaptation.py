@@ -255,3 +255,11 @@ def test_augmented_feature_copies_are_cached_and_keep_folds(synthetic_dir, tmp_p
     clean = LogMel(FRONTEND)(torch.from_numpy(
         fit_length(load_audio(ds.files[0], FRONTEND.sample_rate).waveform, FRONTEND.clip_samples)))
     assert not np.allclose(np.asarray(fs.features[0], np.float32), clean.numpy()[0], atol=1e-2)
+
+
+def test_max_windows_thins_long_recordings_evenly(world):
+    full = load_field(world["field"], FRONTEND, max_windows=None)
+    thin = load_field(world["field"], FRONTEND, max_windows=10)
+    assert full.n_windows == 25 and full.window_stride == 1
+    assert thin.window_stride == 3 and thin.n_windows == 20 + 2  # every file keeps >= 1 window
+    assert np.array_equal(np.unique(thin.file_index), np.arange(thin.n_files))

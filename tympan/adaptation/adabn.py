@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from tympan.adaptation.field import (
+    DEFAULT_MAX_WINDOWS,
     AdaptationError,
     FieldFeatures,
     FilePredictions,
@@ -195,6 +196,7 @@ def adaptation_record(ff: FieldFeatures, method: str, **more: Any) -> dict[str, 
         "files_sha256": ff.files_sha256(),
         "files_sha256_of": "sha256 of the sorted file names relative to field_dir, one per line",
         "n_skipped": len(ff.skipped),
+        "window_stride": ff.window_stride,
         **more,
     }
 
@@ -204,7 +206,7 @@ def adapt_bundle(
     field: str | Path | FieldFeatures,
     *,
     batch_size: int = 32,
-    max_windows: int | None = 20_000,
+    max_windows: int | None = DEFAULT_MAX_WINDOWS,
     seed: int = 0,
     name: str | None = None,
 ) -> tuple[Bundle, dict[str, Any]]:
@@ -220,7 +222,7 @@ def adapt_bundle(
             "it; fine-tune on labelled field clips instead (tympan adapt --labels labels.csv)"
         )
     ff = field if isinstance(field, FieldFeatures) else load_field(
-        field, bundle.frontend, max_windows=max_windows, seed=seed)
+        field, bundle.frontend, max_windows=max_windows)
     before = predict_field(bundle, ff)
     model = adapt_batchnorm(bundle.model, ff.features, batch_size=batch_size, seed=seed)
     adapted = bundle.replace(model=model)
@@ -229,6 +231,8 @@ def adapt_bundle(
     if ff.n_windows < MIN_WINDOWS:
         warnings.append(f"BatchNorm statistics come from only {ff.n_windows} windows; they are noisy "
                         f"(adapt on at least {MIN_WINDOWS} windows, about {MIN_WINDOWS * bundle.frontend.clip_seconds / 2:.0f} s of audio)")
+    if ff.window_stride > 1:
+        notes.append(f"the field audio held more than {max_windows} windows; every {ff.window_stride}th window was used")
     if ff.skipped:
         warnings.append(f"{len(ff.skipped)} field files were not used (first: {ff.skipped[0][1]})")
     if bundle.metrics:

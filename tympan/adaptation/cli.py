@@ -74,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--name", help="name of the new bundle (default: <name>-adabn / -finetuned)")
     p.add_argument("--batch-size", type=int, default=32, help="AdaBN batch size (default 32)")
-    p.add_argument("--max-windows", type=int, default=20_000, help="cap on field windows used (memory)")
+    p.add_argument("--max-windows", type=int, default=4000,
+                   help="cap on field windows held in memory; beyond it every k-th window is used (default 4000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", help="CSV with columns file,class (files relative to --field-dir)")
     p.add_argument("--data-dir", help="ESC-50 folder for replay (default: $TYMPAN_ESC50_DIR)")

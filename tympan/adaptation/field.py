@@ -11,11 +11,13 @@ reports it.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch import nn
 
@@ -23,6 +25,10 @@ from tympan.audio import DEFAULT_MAX_SECONDS, frame_windows, load_audio
 from tympan.datasets.field import scan_field_dir
 from tympan.errors import AudioError, TympanError
 from tympan.features import FrontendConfig, LogMel
+
+
+#: Default cap on field windows held in memory (cnn: 64 KB each; mn04: 256 KB each).
+DEFAULT_MAX_WINDOWS = 4000
 
 
 class AdaptationError(TympanError):
@@ -42,6 +48,7 @@ class FieldFeatures:
     file_index: np.ndarray  # (n_windows,) index into ``files``
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, why) not used
     root: Path | None = None
+    window_stride: int = 1  # every k-th window was kept (max_windows)
 
     @property
     def n_files(self) -> int:
@@ -73,6 +80,7 @@ class FieldFeatures:
             file_index=np.asarray([remap[int(i)] for i in self.file_index[idx]], np.int64),
             skipped=list(self.skipped),
             root=self.root,
+            window_stride=self.window_stride,
         )
 
 
@@ -105,19 +113,30 @@ def from_waveforms(
     return FieldFeatures([Path(n) for n in names], torch.cat(feats), np.concatenate(index))
 
 
+def _expected_windows(path: Path, frontend: FrontendConfig) -> int:
+    """How many windows :func:`frame_windows` will cut ``path`` into (from its header; 1 if unknown)."""
+    try:
+        info = sf.info(str(path))
+        n = int(info.frames * frontend.sample_rate / max(1, info.samplerate))
+    except Exception:  # unreadable: decoding will say why
+        return 1
+    clip, hop = frontend.clip_samples, max(1, frontend.clip_samples // 2)
+    return 1 if n <= clip else (n - clip) // hop + 1 + (1 if (n - clip) % hop else 0)
+
+
 def load_field(
     source: str | Path | Sequence[str | Path],
     frontend: FrontendConfig,
     *,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
-    max_windows: int | None = None,
-    seed: int = 0,
+    max_windows: int | None = DEFAULT_MAX_WINDOWS,
 ) -> FieldFeatures:
     """Decode every recording of a folder (or a list of files) and featurise its windows.
 
     Unreadable files are skipped and listed with the reason; a missing or empty folder, or one
-    where nothing decodes, raises (one line). ``max_windows`` bounds memory on huge folders by
-    keeping a seeded random subset of windows (every file keeps at least one while room lasts).
+    where nothing decodes, raises (one line). ``max_windows`` bounds memory on big folders:
+    when the recordings hold more windows than that, every file keeps every ``k``-th window
+    (evenly spaced, at least one per file) with ``k`` chosen from the files' headers.
     """
     if isinstance(source, str | Path):
         scan = scan_field_dir(source)  # DataError: missing, not a folder, no audio files
@@ -127,6 +146,10 @@ def load_field(
         if not files:
             raise AdaptationError("no field recordings given")
         root, skipped = None, []
+    stride = 1
+    if max_windows is not None:
+        total = sum(_expected_windows(p, frontend) for p in files)
+        stride = max(1, math.ceil(total / max(1, max_windows)))
     logmel = LogMel(frontend)
     used, feats, index = [], [], []
     for p in files:
@@ -136,6 +159,7 @@ def load_field(
             skipped.append((p, str(exc)))
             continue
         windows, _ = frame_windows(wave, frontend.clip_samples)
+        windows = windows[::stride]
         feats.append(featurize_windows(windows, logmel))
         index.append(np.full(windows.shape[0], len(used), np.int64))
         used.append(p)
@@ -143,17 +167,7 @@ def load_field(
     if not used:
         first = skipped[0][1] if skipped else "no files"
         raise AdaptationError(f"{where}: none of the {len(files)} audio files could be decoded (first: {first})")
-    ff = FieldFeatures(used, torch.cat(feats), np.concatenate(index), skipped, root)
-    if max_windows is not None and ff.n_windows > max_windows:
-        rng = np.random.default_rng(seed)
-        first_of_file = np.unique(ff.file_index, return_index=True)[1]
-        rest = np.setdiff1d(np.arange(ff.n_windows), first_of_file)
-        take = first_of_file[: max_windows]
-        if len(take) < max_windows:
-            take = np.concatenate([take, rng.choice(rest, max_windows - len(take), replace=False)])
-        take = np.sort(take)
-        ff = FieldFeatures(ff.files, ff.features[torch.from_numpy(take)], ff.file_index[take], ff.skipped, ff.root)
-    return ff
+    return FieldFeatures(used, torch.cat(feats), np.concatenate(index), skipped, root, window_stride=stride)
 
 
 @torch.no_grad()

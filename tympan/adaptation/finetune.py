@@ -284,7 +284,7 @@ def finetune_bundle(
     base = bundle.model
     ff_all = None
     if adabn and has_batchnorm(base):
-        ff_all = load_field(field_dir, bundle.frontend, seed=seed) if field_dir is not None else lf
+        ff_all = load_field(field_dir, bundle.frontend) if field_dir is not None else lf
         base = adapt_batchnorm(base, ff_all.features, seed=seed)
         notes.append(f"AdaBN ran first on {ff_all.n_files} unlabelled field files ({ff_all.n_windows} windows)")
     elif adabn:
