@@ -274,6 +274,65 @@ def test_drift_page_reads_a_diagnose_report(app: AppTest) -> None:
     no_exception(app)
 
 
+FAKE_DIAGNOSE = """
+import argparse, json, pathlib, sys
+p = argparse.ArgumentParser()
+p.add_argument("--field-dir"); p.add_argument("--bundle"); p.add_argument("--out")
+a, _ = p.parse_known_args()
+if "--help" in sys.argv:
+    print("usage: diagnose [--field-dir FIELD_DIR] [--bundle BUNDLE] [--out OUT]"); sys.exit(0)
+out = pathlib.Path(a.out); out.mkdir(parents=True)
+feats = [{"feature": "rms_dbfs", "verdict": "drift", "p_value_bh": 1e-6, "wasserstein_std": 0.9, "message": "louder"},
+         {"feature": "zcr_mean", "verdict": "no drift", "p_value_bh": 0.6, "wasserstein_std": 0.02, "message": ""}]
+report = {"verdict": "drift", "n_reference": 2000, "n_field": 12, "features": feats,
+          "checks": {"acoustic": {"verdict": "drift", "criteria": {"min_effect_wasserstein_std": 0.1}},
+                     "ood_rate": {"verdict": "no drift", "message": "0% flagged"}},
+          "field": {"folder": a.field_dir}}
+(out / "report.json").write_text(json.dumps(report))
+sys.exit(1)  # 1 = drift found, the report is still there
+"""
+
+
+def test_drift_page_runs_diagnose_on_a_folder(app: AppTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from tympan.dashboard.views import drift
+
+    script = tmp_path / "diagnose.py"
+    script.write_text(FAKE_DIAGNOSE)
+    monkeypatch.setattr(drift, "diagnose_command", lambda: [sys.executable, str(script)])
+    drift.diagnose_available.clear()
+    try:
+        goto(app, "drift")
+        app.radio(key="drift_mode").set_value("Run diagnose on a folder").run()
+        app.text_input(key="field_dir").set_value(str(tmp_path)).run()
+        app.text_input(key="bundle_dir").set_value(str(tmp_path)).run()
+        app.button(key="run_diagnose").click().run()
+        no_exception(app)
+        assert not app.error, [e.value for e in app.error]
+        assert app.metric[0].value == "drift" and app.metric[1].value == "1 / 2"
+        assert len(app.dataframe) == 2  # per-feature table and the other checks
+    finally:
+        drift.diagnose_available.clear()
+
+
+def test_diagnostics_written_by_the_diagnostics_package_are_read() -> None:
+    fit = pytest.importorskip("tympan.diagnostics.fit")
+    from tympan.diagnostics.ood import EnergyOOD
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(5), 20)
+    logits = rng.normal(size=(100, 5)) + 3 * np.eye(5)[y]
+    cal = fit.calibrate_heldout(logits, y)
+    det = EnergyOOD().fit(logits)
+    raw = fit.heldout_diagnostics(logits, y, [f"c{i}" for i in range(100)], CLASSES, calibration=cal,
+                                  detector=det, evaluated_on="test", ood_logits=rng.normal(size=(30, 5)))
+    d = parse_diagnostics(json.loads(json.dumps(raw)))
+    assert not d.missing and d.classes == CLASSES
+    assert set(d.reliability) == {"before", "after"} and set(d.ood_histograms) == {"in", "out"}
+    assert d.reliability["after"].temperature is not None and d.most_confused
+
+
 # -- the API is down ----------------------------------------------------------------------------
 
 def test_api_down_is_a_plain_error_on_every_page(monkeypatch: pytest.MonkeyPatch, wav_bytes: bytes,
@@ -357,6 +416,9 @@ def test_reports_are_read_tolerantly() -> None:
     r = parse_drift_report({"results": {"acoustic": [{"name": "rms", "p": 0.01, "effect_size": 0.8,
                                                       "verdict": "drift"}]}, "verdict": "drift"})
     assert r.rows[0]["feature"] == "rms" and r.rows[0]["effect_size"] == 0.8 and r.verdict == "drift"
+    only_checks = parse_drift_report({"verdict": "no drift", "features": [],
+                                      "checks": {"ood_rate": {"verdict": "no drift", "message": "ok"}}})
+    assert only_checks.rows == [] and "ood_rate" in only_checks.checks
 
 
 def test_cli_runs_streamlit_on_the_packaged_app() -> None:

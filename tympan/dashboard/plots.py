@@ -261,5 +261,8 @@ def drift_effects(report: DriftReport) -> go.Figure:
     name = rows[0]["effect_name"] if rows else "effect size"
     fig = go.Figure(go.Bar(x=[r["effect_size"] for r in rows], y=[r["feature"] for r in rows], orientation="h",
                            marker_color=colors, text=[r["verdict"] for r in rows], textposition="auto"))
+    if report.min_effect is not None and name == "wasserstein_std":
+        fig.add_vline(x=report.min_effect, line_dash="dash", line_color="black",
+                      annotation_text=f"practical size {report.min_effect:g}")
     fig.update_xaxes(title=f"effect size ({name})")
     return _layout(fig, "Per-feature drift (colour = verdict)", height=max(300, 22 * len(rows) + 100))

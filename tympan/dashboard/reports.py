@@ -37,7 +37,10 @@ is found under ``"features"`` (``FeatureDriftReport.to_dict()``), ``"feature_dri
 ``"drift"`` or anywhere nested; each entry needs a name (``feature`` / ``name``) and any of
 ``p_value`` / ``p_value_bh`` / ``p``, an effect size (``wasserstein_std`` / ``effect_size`` /
 ``effect`` / ``mean_shift_std`` / ``psi``), ``verdict`` and ``message``. A top-level
-``"verdict"`` (or ``"overall_verdict"``) is shown when present.
+``"verdict"`` (or ``"overall_verdict"``) is shown when present, ``n_reference`` / ``n_field``
+beside the list, the test's ``criteria`` (``min_effect_wasserstein_std`` draws the practical-size
+line), and ``"checks"`` (``{name: {"verdict", "message" | "summary", ...}}``: embedding MMD,
+prediction shift, confidence shift, OOD rate) as a table of the other checks.
 """
 
 from __future__ import annotations
@@ -221,6 +224,14 @@ class DriftReport:
     n_reference: int | None
     n_field: int | None
     meta: dict[str, Any]
+    criteria: dict[str, Any] = field(default_factory=dict)
+    #: other checks of the report (``"checks"``: embedding, predictions, OOD rate, ...): name -> entry
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def min_effect(self) -> float | None:
+        v = self.criteria.get("min_effect_wasserstein_std", self.criteria.get("min_effect"))
+        return float(v) if isinstance(v, int | float) else None
 
 
 def _is_feature_list(x: Any) -> bool:
@@ -262,7 +273,9 @@ def parse_drift_report(raw: Any) -> DriftReport | None:
     """The per-feature drift entries of a ``diagnose`` report, or ``None`` if it has none."""
     entries, parent = _find_feature_list(raw)
     if not entries:
-        return None
+        if not (isinstance(raw, Mapping) and isinstance(raw.get("checks"), Mapping) and raw.get("checks")):
+            return None
+        parent = raw  # a report whose bundle has no acoustic reference: other checks only
     rows = []
     for e in entries:
         effect_name = next((k for k in EFFECT_KEYS if e.get(k) is not None), None)
@@ -280,5 +293,10 @@ def parse_drift_report(raw: Any) -> DriftReport | None:
     verdict = _get(src, "verdict", "overall_verdict") or _get(raw, "verdict", "overall_verdict")
     n_ref, n_field = _get(src, "n_reference"), _get(src, "n_field")
     meta = {k: v for k, v in src.items() if isinstance(v, str | int | float) and k not in ("verdict",)}
+    checks_raw = _get(raw, "checks") or {}
+    checks = {str(k): dict(v) for k, v in checks_raw.items() if isinstance(v, Mapping)} \
+        if isinstance(checks_raw, Mapping) else {}
+    criteria = _get(src, "criteria") or _get(checks.get("acoustic"), "criteria") or {}
     return DriftReport(rows, None if verdict is None else str(verdict),
-                       None if n_ref is None else int(n_ref), None if n_field is None else int(n_field), meta)
+                       None if n_ref is None else int(n_ref), None if n_field is None else int(n_field), meta,
+                       dict(criteria) if isinstance(criteria, Mapping) else {}, checks)

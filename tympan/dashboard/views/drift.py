@@ -61,7 +61,7 @@ def run_diagnose(field_dir: str, bundle_dir: str) -> tuple[Any | None, str]:
     except subprocess.TimeoutExpired:
         return None, f"`diagnose` did not finish within {RUN_TIMEOUT_S} s"
     log = (proc.stdout + proc.stderr).strip()
-    if proc.returncode != 0:
+    if proc.returncode not in (0, 1):  # 1 = drift or OOD above threshold, still a report
         return None, f"`{' '.join(args)}` exited with {proc.returncode}: {log.splitlines()[-1] if log else ''}"
     candidates = [target] if target.is_file() else sorted(out_dir.rglob("*.json"))
     for path in sorted(candidates, key=lambda p: ("drift" not in p.name and "report" not in p.name, p.name)):
@@ -122,20 +122,30 @@ def show_report(name: str, data: Any) -> None:
                  "'feature' or 'name' plus p_value / effect size / verdict)")
         return
     st.subheader(f"Report: {name}")
-    counts = pd.Series([r["verdict"] for r in report.rows]).value_counts()
+    counts = pd.Series([r["verdict"] for r in report.rows], dtype=object).value_counts()
     c1, c2, c3 = st.columns(3)
     verdict = report.verdict or ("drift" if counts.get("drift", 0) else "no drift")
     c1.metric("Overall verdict", verdict)
-    c2.metric("Features drifted", f"{int(counts.get('drift', 0))} / {len(report.rows)}")
+    c2.metric("Features drifted", f"{int(counts.get('drift', 0))} / {len(report.rows)}" if report.rows else "n/a")
     if report.n_field is not None:
         c3.metric("Field clips vs reference", f"{report.n_field} vs {report.n_reference or '?'}")
     if verdict == "drift":
         st.warning("The field recordings differ from the training audio in the features marked *drift*: "
                    "expect lower accuracy and check the OOD rate.")
+    if not report.rows:
+        st.info("This report has no per-feature acoustic drift (the bundle stores no reference acoustic "
+                "statistics; `diagnose --fit --bundle DIR` computes them).")
     if any(r["effect_size"] is not None for r in report.rows):
         st.plotly_chart(plots.drift_effects(report), key="drift_effects")
-    table = pd.DataFrame(report.rows).drop(columns=["p_name", "effect_name"], errors="ignore")
-    st.dataframe(table, hide_index=True)
+    if report.rows:
+        table = pd.DataFrame(report.rows).drop(columns=["p_name", "effect_name"], errors="ignore")
+        st.dataframe(table, hide_index=True)
+    others = [{"check": name, "verdict": str(c.get("verdict", "")),
+               "detail": str(c.get("message") or c.get("summary") or c.get("detail") or "")}
+              for name, c in report.checks.items() if name not in ("acoustic",) and "verdict" in c]
+    if others:
+        st.markdown("**Other checks**")
+        st.dataframe(pd.DataFrame(others), hide_index=True)
     p_names = {r["p_name"] for r in report.rows if r["p_name"]}
     e_names = {r["effect_name"] for r in report.rows if r["effect_name"]}
     st.caption(f"p-value: {', '.join(sorted(p_names)) or 'n/a'}; effect size: {', '.join(sorted(e_names)) or 'n/a'}.")
