@@ -333,6 +333,46 @@ def test_diagnostics_written_by_the_diagnostics_package_are_read() -> None:
     assert d.reliability["after"].temperature is not None and d.most_confused
 
 
+def test_large_data_sets_are_measured_on_request(app: AppTest, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tympan.dashboard.views import acoustic
+
+    monkeypatch.setenv("TYMPAN_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    monkeypatch.setattr(acoustic, "AUTO_COMPUTE_MAX_CLIPS", 10)
+    goto(app, "acoustic")
+    no_exception(app)
+    assert "not cached yet" in app.info[0].value and plotly_count(app) == 0
+    app.button(key="compute_table").click().run()
+    no_exception(app)
+    assert plotly_count(app) >= 5 and "not cached yet" not in texts(app)
+    assert list((tmp_path / "fresh-cache").glob("acoustic-*.npz"))
+
+
+def test_tympan_dashboard_serves_the_packaged_app(api_url: str) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tympan", "dashboard", "--headless", "--port", str(port),
+                             "--address", "127.0.0.1", "--api-url", api_url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).text == "ok":
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.25)
+        else:
+            pytest.fail(f"tympan dashboard did not come up (exit code {proc.poll()})")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
 # -- the API is down ----------------------------------------------------------------------------
 
 def test_api_down_is_a_plain_error_on_every_page(monkeypatch: pytest.MonkeyPatch, wav_bytes: bytes,

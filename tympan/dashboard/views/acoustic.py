@@ -17,6 +17,7 @@ from tympan.dashboard.features_table import (
     table_key,
     table_path,
 )
+from tympan.cache import cache_root
 from tympan.dashboard.state import Context, current
 from tympan.datasets.esc50 import load_esc50
 from tympan.errors import AudioError, DataError
@@ -25,15 +26,15 @@ AUTO_COMPUTE_MAX_CLIPS = 300
 
 
 @st.cache_data(show_spinner=False)
-def _status(data_dir: str) -> tuple[int, str, bool]:
+def _status(data_dir: str, cache_dir: str) -> tuple[int, str, bool]:
     ds = load_esc50(data_dir)
-    path = table_path(table_key(ds, 16_000))
+    path = table_path(table_key(ds, 16_000), cache_dir)
     return len(ds), str(path), path.is_file()
 
 
 @st.cache_data(show_spinner="Reading the acoustic-features table…")
-def _table(data_dir: str) -> FeaturesTable:
-    return compute_features_table(data_dir)
+def _table(data_dir: str, cache_dir: str) -> FeaturesTable:
+    return compute_features_table(data_dir, cache_dir=cache_dir)
 
 
 @st.cache_data(show_spinner="Measuring your clip…")
@@ -52,7 +53,8 @@ def _clip_profile(data: bytes) -> tuple[dict[str, float], np.ndarray]:
 def _load(ctx: Context) -> tuple[FeaturesTable | None, str]:
     try:
         folder, what = reference_dir(ctx.esc50_dir)
-        n, path, cached = _status(folder)
+        cache_dir = str(cache_root())
+        n, path, cached = _status(folder, cache_dir)
     except (DataError, OSError) as exc:
         st.error(f"cannot read the reference data: {exc}")
         return None, ""
@@ -64,14 +66,14 @@ def _load(ctx: Context) -> tuple[FeaturesTable | None, str]:
             return None, what
         bar = st.progress(0.0, text="measuring clips…")
         try:
-            compute_features_table(folder, progress=lambda i, total: bar.progress(i / total, text=f"{i}/{total} clips"))
+            compute_features_table(folder, cache_dir=cache_dir, progress=lambda i, total: bar.progress(i / total, text=f"{i}/{total} clips"))
         except (DataError, AudioError, OSError) as exc:
             st.error(f"cannot compute the acoustic features: {exc}")
             return None, what
         bar.empty()
         note.empty()
         _status.clear()
-    return _table(folder), what
+    return _table(folder, cache_dir), what
 
 
 def render(ctx: Context) -> None:
