@@ -44,7 +44,26 @@ def _bundle_dir(arg: Path | None) -> Path:
     return path
 
 
+def _passive_openmp() -> None:
+    """Run torch's OpenMP threads with ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose.
+
+    A server shares its cores with decoding, the event loop and often other processes;
+    OpenMP's default spin-waiting then turns a 10-ms forward pass into hundreds of ms (measured
+    on a busy 2-core machine). libgomp reads the policy only when torch is first imported, so
+    when ``tympan`` already imported it, the command re-executes itself once with it set.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if "torch" in sys.modules and sys.argv[1:2] == ["serve"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "tympan", *sys.argv[1:]])
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    _bundle_dir(args.bundle)  # a bad --bundle fails before anything else happens
+    _passive_openmp()
     try:
         import uvicorn
     except ModuleNotFoundError:
