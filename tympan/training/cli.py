@@ -1,0 +1,180 @@
+"""``tympan train`` and ``tympan evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tympan.features import FrontendConfig
+from tympan.training.augment import AugmentConfig
+from tympan.training.loop import TrainConfig, TrainingConfigError
+
+
+def parse_arch_params(items: list[str] | None) -> dict[str, Any]:
+    """``["width=8", "dropout=0.2"]`` -> ``{"width": 8, "dropout": 0.2}`` (values parsed as JSON)."""
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise TrainingConfigError(f"--arch-param {item!r}: expected KEY=VALUE, e.g. width=32")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def resolve_frontend(spec: str | None, arch: str, init: str | None) -> FrontendConfig:
+    """``default`` | ``efficientat`` | a JSON file; unset means efficientat for mn04, else default."""
+    if spec is None:
+        spec = "efficientat" if (init or arch == "mn04") else "default"
+    if spec == "default":
+        return FrontendConfig()
+    if spec == "efficientat":
+        return FrontendConfig.efficientat()
+    path = Path(spec)
+    if not path.is_file():
+        raise TrainingConfigError(f"--frontend {spec!r}: expected default, efficientat or a JSON file")
+    try:
+        return FrontendConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise TrainingConfigError(f"--frontend {spec}: not a front-end config ({exc})") from None
+
+
+def _defaults_for(arch: str, init: str | None) -> dict[str, Any]:
+    """Per-architecture defaults measured on ESC-50 (overridable on the command line)."""
+    if arch == "mn04" and init:
+        return {"epochs": 12, "batch_size": 32, "lr": 2e-3}
+    if arch == "resnet18":
+        return {"epochs": 30, "batch_size": 32, "lr": 1e-3}
+    return {"epochs": 40, "batch_size": 32, "lr": 2e-3}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tympan.training.cv import (
+        CONFIG,
+        RunDirError,
+        bundle_from_run,
+        default_run_dir,
+        featureset_for,
+        parse_folds,
+        run_cv,
+    )
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG).is_file():
+            raise RunDirError(f"--resume {run_dir}: not a run directory ({CONFIG} is missing)")
+        meta = json.loads((run_dir / CONFIG).read_text())
+        config = TrainConfig.from_dict(meta["train"])
+        frontend = FrontendConfig.from_dict(meta["frontend"])
+        holdout_text = ",".join(str(f) for f in meta["holdout_folds"])
+        data_dir = args.data_dir or meta.get("data", {}).get("root")
+    else:
+        defaults = _defaults_for(args.arch, args.init)
+        config = TrainConfig(
+            arch=args.arch,
+            arch_params=parse_arch_params(args.arch_param),
+            epochs=defaults["epochs"] if args.epochs is None else args.epochs,
+            batch_size=defaults["batch_size"] if args.batch_size is None else args.batch_size,
+            lr=defaults["lr"] if args.lr is None else args.lr,
+            seed=args.seed,
+            device=args.device,
+            init=args.init,
+        )
+        frontend = resolve_frontend(args.frontend, args.arch, args.init)
+        config.augment = AugmentConfig(
+            mixup_alpha=args.mixup, norm_std=frontend.norm_std,
+        )
+        config.validate()
+        from tympan.models import UnknownArchitectureError, build_model
+
+        try:  # fail before featurising anything
+            build_model(config.arch, n_classes=2, **config.arch_params)
+        except UnknownArchitectureError as exc:
+            raise TrainingConfigError(str(exc)) from None
+        except TypeError as exc:
+            raise TrainingConfigError(f"bad --arch-param for {config.arch!r}: {exc}") from None
+        holdout_text = None if args.cv else (args.folds or "5")
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config.arch)
+        data_dir = args.data_dir
+    features, info = featureset_for(data_dir, frontend, progress=not args.quiet)
+    holdout = parse_folds(holdout_text, sorted({int(f) for f in features.folds}))
+    print(f"run dir: {run_dir}")
+    print(f"arch {config.arch} {config.arch_params or ''}, front end {frontend.name}, held-out folds {holdout}, "
+          f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr}, device {config.device}")
+    results = run_cv(features, config, holdout, run_dir, data_info=info, progress=not args.quiet,
+                     max_folds=args.max_folds)
+    acc = results["accuracy"]
+    for fold, r in results["folds"].items():
+        print(f"fold {fold}: {r['accuracy']:.4f} ({r['seconds_per_epoch']:.1f} s/epoch, {r['seconds']:.0f} s)")
+    if acc["n_folds"]:
+        print(f"mean accuracy {acc['mean']:.4f} +- {acc['std']:.4f} over {acc['n_folds']} fold(s)")
+    print(f"results: {run_dir / 'results.json'}")
+    if args.out:
+        out = bundle_from_run(run_dir, args.out, fold=args.bundle_fold)
+        print(f"bundle: {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tympan.bundle import load_bundle
+    from tympan.training.evaluate import evaluate
+
+    bundle = load_bundle(args.bundle)
+    folds = None
+    if args.folds:
+        try:
+            folds = sorted({int(t) for t in args.folds.split(",") if t.strip()})
+        except ValueError:
+            raise TrainingConfigError(f"--folds {args.folds!r}: expected comma-separated fold numbers") from None
+    res = evaluate(bundle, args.data_dir, folds, batch_size=args.batch_size, progress=not args.quiet)
+    print(f"{bundle.name}: accuracy {res['accuracy']:.4f} on {res['n']} clips (folds {res['folds']})")
+    if args.json:
+        print(json.dumps({"accuracy": res["accuracy"], "n": res["n"], "folds": res["folds"]}))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from tympan.cli import run
+
+    p = subparsers.add_parser("train", help="train on ESC-50 log-mels with cross-validation",
+                              description="Train with k-fold cross-validation on the official ESC-50 folds.")
+    p.add_argument("--data-dir", help="ESC-50-layout folder (default: $TYMPAN_ESC50_DIR)")
+    p.add_argument("--arch", default="cnn", help="architecture name (cnn, resnet18, mn04, ...)")
+    p.add_argument("--arch-param", action="append", metavar="K=V", help="architecture parameter (repeatable)")
+    p.add_argument("--frontend", help="default | efficientat | FILE.json (default: efficientat for mn04)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--mixup", type=float, default=0.3, help="Mixup alpha (0 disables)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--folds", help="held-out folds, e.g. 1,2 (default: 5)")
+    g.add_argument("--cv", action="store_true", help="hold out each of the five folds in turn")
+    p.add_argument("--init", help="pretrained weights for mn04: mn04_as, a URL, a .pt or .safetensors")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
+    p.add_argument("--run-dir", help="where logs, checkpoints and results go (default runs/<time>-<arch>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--max-folds", type=int, help="stop after training this many folds (resume later)")
+    p.add_argument("--out", metavar="BUNDLE_DIR", help="write a bundle from a completed fold")
+    p.add_argument("--bundle-fold", type=int, help="which fold's model --out bundles (default: the last)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=lambda a: run(cmd_train, a))
+
+    e = subparsers.add_parser("evaluate", help="accuracy of a bundle on ESC-50-layout clips",
+                              description="Decode -> log-mel -> model, exactly as serving does, and print accuracy.")
+    e.add_argument("--bundle", required=True, help="model bundle directory")
+    e.add_argument("--data-dir", help="ESC-50-layout folder (default: $TYMPAN_ESC50_DIR)")
+    e.add_argument("--folds", help="folds to evaluate on, e.g. 5 (default: all)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--json", action="store_true", help="also print a JSON line")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=lambda a: run(cmd_evaluate, a))
