@@ -61,14 +61,14 @@ def make_bundle(dest: Path, diagnostics: dict | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def serve(bundle_dir: Path) -> Iterator[str]:
+def serve(bundle_dir: Path, **settings_kw) -> Iterator[str]:
     """Run the API for ``bundle_dir`` on a free port in a thread; yield its URL once ready."""
     import httpx
     import uvicorn
 
     from tympan.serving.settings import Settings
 
-    settings = Settings(torch_threads=1, warmup_batch_sizes=(1,), decode_threads=1)
+    settings = Settings(torch_threads=1, warmup_batch_sizes=(1,), decode_threads=1, **settings_kw)
     app = serving_app.create_app(bundle_dir, settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
@@ -371,6 +371,18 @@ def test_tympan_dashboard_serves_the_packaged_app(api_url: str) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_api_key_is_sent_as_a_bearer_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TYMPAN_API_KEY", raising=False)
+    with serve(make_bundle(tmp_path / "locked"), api_key="s3cret") as url:
+        monkeypatch.setenv("TYMPAN_API_URL", url)
+        at = AppTest.from_file(ENTRY, default_timeout=TIMEOUT).run()
+        no_exception(at)
+        assert "401" in at.sidebar.error[0].value
+        at.sidebar.text_input(key="api_key").set_value("s3cret").run()
+        no_exception(at)
+        assert "API up" in at.sidebar.success[0].value
 
 
 # -- the API is down ----------------------------------------------------------------------------

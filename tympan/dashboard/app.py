@@ -8,6 +8,8 @@ features, Model diagnostics and Field drift. The sidebar holds the API URL (defa
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from tympan.dashboard.client import ApiClient, ApiError, default_api_url
@@ -34,10 +36,12 @@ def _sidebar() -> tuple[str, Context]:
 
     api_url = sb.text_input("API URL", value=default_api_url(), key="api_url",
                             help="The tympan HTTP API (`tympan serve --bundle DIR`). Default: $TYMPAN_API_URL.")
+    token = sb.text_input("API key", value=os.environ.get("TYMPAN_API_KEY", ""), type="password", key="api_key",
+                          help="Only if the server was started with TYMPAN_API_KEY (sent as a bearer token).")
     client, model, error = None, None, None
     try:
-        client = ApiClient(api_url)
-        model, error = fetch_model(client.base_url)
+        client = ApiClient(api_url, token=token or None)
+        model, error = fetch_model(client.base_url, token or None)
     except ApiError as exc:
         error = str(exc)
     if model is not None:

@@ -44,10 +44,10 @@ class Clip:
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def fetch_model(api_url: str) -> tuple[dict[str, Any] | None, str | None]:
+def fetch_model(api_url: str, token: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """``GET /model`` (cached a few seconds): ``(model, None)`` or ``(None, error message)``."""
     try:
-        return ApiClient(api_url).model(), None
+        return ApiClient(api_url, token=token or None).model(), None
     except ApiError as exc:
         return None, str(exc)
 
