@@ -408,3 +408,20 @@ def test_cli_predict_and_serve_errors(bundle_dir: Path, tmp_path: Path) -> None:
     out = subprocess.run([*tympan, "serve", "--bundle", str(tmp_path / "missing")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no such bundle directory" in out.stderr
+
+
+def test_settings_from_env_and_bad_bundle(tmp_path: Path) -> None:
+    s = Settings.from_env({"TYMPAN_MAX_BATCH_SIZE": "8", "TYMPAN_MAX_WAIT_MS": "1.5", "TYMPAN_API_KEY": "k",
+                           "TYMPAN_CORS_ORIGINS": "https://a.example, https://b.example",
+                           "TYMPAN_LOAD_IN_BACKGROUND": "false", "TYMPAN_TORCH_THREADS": "3"}, max_batch_size=4)
+    assert (s.max_batch_size, s.max_wait_ms, s.api_key, s.load_in_background, s.threads) == (4, 1.5, "k", False, 3)
+    assert s.cors_origins == ("https://a.example", "https://b.example")
+    assert Settings(workers=1).threads >= 1
+    with pytest.raises(ValueError, match="TYMPAN_MAX_BATCH_SIZE"):
+        Settings.from_env({"TYMPAN_MAX_BATCH_SIZE": "lots"})
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Settings(max_batch_size=0)
+    from tympan.errors import BundleError
+
+    with pytest.raises(BundleError, match="no such bundle directory"):
+        create_app(tmp_path / "missing")

@@ -111,6 +111,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(bundle, args.device)
     if not 1 <= args.top_k <= predictor.n_classes:
         raise ValueError(f"--top-k must be between 1 and {predictor.n_classes}")
+    try:
+        return _predict_files(args, predictor)
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stderr.close()
+        return 0
+
+
+def _predict_files(args: argparse.Namespace, predictor) -> int:
     failed = 0
     batch: list = []
     names: list[str] = []
