@@ -389,11 +389,11 @@ def build_reference(
     ref: dict[str, Any] = {"version": DIAGNOSTICS_VERSION, "fitted_on": fitted_on}
     if train is not None and len(train):
         det = FeatureDriftDetector(alpha=ALPHA_PER_CHECK).fit(train.content_features(), list(CONTENT_FEATURES))
-        ref["acoustic"] = det.to_dict()
+        ref["acoustic"] = {**det.to_dict(), "fitted_on": fitted_on}
         emb_src = embedding_source if embedding_source is not None else train
         ref["embedding"] = EmbeddingDriftDetector(alpha=ALPHA_PER_CHECK).fit(emb_src.embeddings).to_dict()
         ref["embedding"]["fitted_on"] = fitted_on if embedding_source is None else heldout_on
-        ref["format"] = _format_summary(train.formats)
+        ref["format"] = {**_format_summary(train.formats), "fitted_on": fitted_on}
     conf = heldout_probs.max(axis=1)
     counts = np.bincount(heldout_probs.argmax(axis=1), minlength=len(classes))
     ref["predictions"] = {"counts": [int(c) for c in counts], "classes": list(classes),
