@@ -225,6 +225,14 @@ def test_long_recording_shows_the_window_timeline(app: AppTest) -> None:
     assert "Over time" in [s.value for s in app.subheader]
 
 
+def test_microphone_recording_is_classified(app: AppTest, wav_bytes: bytes) -> None:
+    app.radio(key="clip_source").set_value("microphone").run()
+    app.audio_input(key="mic").set_value(("recording.wav", wav_bytes, "audio/wav"))
+    app.run()
+    no_exception(app)
+    assert app.metric[0].value in CLASSES
+
+
 def test_example_clip_from_the_data_folder(app: AppTest) -> None:
     app.radio(key="clip_source").set_value("example").run()
     no_exception(app)
@@ -482,3 +490,6 @@ def test_cli_runs_streamlit_on_the_packaged_app() -> None:
     cmd, env = build_command(args)
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(APP_PATH) and APP_PATH.is_file()
     assert "8600" in cmd and env["TYMPAN_API_URL"] == "http://h:1"
+    at = AppTest.from_file(str(APP_PATH), default_timeout=TIMEOUT).run()  # the packaged script itself
+    no_exception(at)
+    assert at.title[0].value == "Classify a sound"

@@ -8,7 +8,8 @@ Run it from a checkout with ``streamlit run dashboard`` or from an install with
 
 from pathlib import Path
 
-#: The Streamlit script that ``tympan dashboard`` runs (``dashboard/streamlit_app.py`` imports it too).
-APP_PATH = Path(__file__).resolve().parent / "app.py"
+#: The Streamlit script that ``tympan dashboard`` runs; like ``dashboard/streamlit_app.py`` in a
+#: checkout it only calls :func:`tympan.dashboard.app.main`.
+APP_PATH = Path(__file__).resolve().parent / "entry" / "streamlit_app.py"
 
 __all__ = ["APP_PATH"]

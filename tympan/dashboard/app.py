@@ -73,6 +73,3 @@ def main() -> None:
              "drift": drift}
     views[page].render(ctx)
 
-
-if __name__ == "__main__":
-    main()

@@ -89,7 +89,8 @@ def window_timeline(windows: Sequence[Mapping[str, Any]], threshold: float | Non
     for label in dict.fromkeys(labels):
         idx = [i for i, lab in enumerate(labels) if lab == label]
         fig.add_trace(go.Bar(x=[mids[i] for i in idx], y=[probs[i] for i in idx], name=label,
-                             text=[label + (" (OOD)" if flags[i] else "") for i in idx], textposition="inside",
+                             text=[label + (" (OOD)" if flags[i] else "") for i in idx] if len(windows) <= 30
+                             else None, textposition="inside",
                              marker_line_width=[3 if flags[i] else 0 for i in idx], marker_line_color="red"),
                       secondary_y=False)
     if any(s is not None for s in ood):
