@@ -72,8 +72,9 @@ def render(ctx: Context) -> None:
     else:
         set_current(clip)
     st.audio(clip.data, format=clip.mime)
-    top_k = st.slider("Top-k", 1, max(1, min(10, len((ctx.model or {}).get("classes") or range(10)))),
-                      value=min(5, len((ctx.model or {}).get("classes") or range(5))), key="top_k")
+    n_classes = len((ctx.model or {}).get("classes") or range(10))
+    top_k = st.slider("Top-k", 1, min(10, n_classes), value=min(5, n_classes), key="top_k") if n_classes > 1 else 1
+    st.session_state["last_top_k"] = top_k  # the Inside page asks /explain with the same k (one call)
     if ctx.model is None:
         st.error(f"Cannot classify: {ctx.model_error}")
         return

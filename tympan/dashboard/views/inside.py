@@ -19,7 +19,8 @@ def render(ctx: Context) -> None:
     if ctx.model is None:
         st.error(f"Cannot ask the model: {ctx.model_error}")
         return
-    top_k = int(st.session_state.get("top_k", 5))
+    n_classes = len(ctx.model.get("classes") or []) or 1
+    top_k = max(1, min(int(st.session_state.get("last_top_k", 3)), n_classes))
     with st.spinner("Asking the model what it saw…"):
         exp, err = results_for(ctx, clip, "explain", top_k)
     if err:
