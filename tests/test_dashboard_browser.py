@@ -45,7 +45,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-               "--window-size=1400,2200", "--hide-scrollbars"]
+               "--window-size=1400,1560", "--hide-scrollbars"]
 
 
 def free_port() -> int:
