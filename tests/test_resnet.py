@@ -25,7 +25,11 @@ def test_resnet18_size_and_shapes():
 def test_resnet18_resizes_any_input_to_224():
     model = build_model("resnet18", n_classes=5).eval()
     seen = {}
-    model.conv1.register_forward_hook(lambda m, i, o: seen.setdefault("shape", tuple(i[0].shape)))
+
+    def hook(module, inputs, output):
+        seen["shape"] = tuple(inputs[0].shape)
+
+    model.conv1.register_forward_hook(hook)
     with torch.no_grad():
         model(torch.randn(1, 1, 128, 500))
     assert seen["shape"] == (1, 1, 224, 224)

@@ -195,7 +195,8 @@ def train_fold(
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         gen.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])  # dropout draws from the global generator
+        if "torch_rng" in ckpt:  # dropout draws from the global generator
+            torch.set_rng_state(ckpt["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in ckpt:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         start_epoch, history, past_seconds = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["seconds"])

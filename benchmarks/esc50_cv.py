@@ -1,0 +1,174 @@
+"""ESC-50 cross-validation benchmark: one row per model, on the official folds.
+
+Trains (or reads finished run directories) and prints a table: held-out accuracy per fold and
+mean +- std, epochs, wall time per epoch and in total, device, parameters, forward FLOPs per
+5-s clip (``torch.utils.flop_counter.FlopCounterMode``; 1 multiply-add = 2 FLOPs), and the
+machine. Every figure says which folds and epochs it comes from; a bounded CPU run is not a
+5-fold CV and the table says so.
+
+Examples::
+
+    # bounded run on CPU: fold 5 only, a few epochs per model
+    python benchmarks/esc50_cv.py --data-dir ../shared/data/esc50 --archs cnn,resnet18 --folds 5 --epochs 3
+    # the table from finished runs (tympan train ... --run-dir runs/X), no retraining
+    python benchmarks/esc50_cv.py --from-runs runs/mn04-f5-e30 runs/cnn-f5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tympan.features import FrontendConfig
+from tympan.models import build_model
+
+DEFAULT_ARCHS = "mn04,cnn,resnet18"
+#: What each model name means here: arch, params, init, front end, lr.
+RECIPES: dict[str, dict[str, Any]] = {
+    "mn04": {"arch": "mn04", "init": "/work/shared/weights/efficientat-mn04_as/mn04_as_mAP_432.pt",
+             "frontend": "efficientat", "lr": 1e-3, "epochs": 30},
+    "cnn": {"arch": "cnn", "init": None, "frontend": "default", "lr": 2e-3, "epochs": 40},
+    "resnet18": {"arch": "resnet18", "init": None, "frontend": "default", "lr": 1e-3, "epochs": 30},
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
+
+
+def model_cost(arch: str, params: dict[str, Any], frontend: FrontendConfig, n_classes: int = 50) -> dict[str, Any]:
+    """Parameters and forward FLOPs for one clip through ``arch`` with ``frontend``'s input."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(arch, n_classes=n_classes, **params).eval()
+    x = torch.zeros(1, 1, frontend.n_mels, frontend.n_frames)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_per_clip": int(counter.get_total_flops()),
+        "input": f"{frontend.n_mels}x{frontend.n_frames}",
+    }
+
+
+def row_from_run(run_dir: Path, label: str | None = None) -> dict[str, Any]:
+    cfg = json.loads((run_dir / "config.json").read_text())
+    res = json.loads((run_dir / "results.json").read_text())
+    fe = FrontendConfig.from_dict(cfg["frontend"])
+    train = cfg["train"]
+    folds = res["folds"]
+    total = sum(f["seconds"] for f in folds.values())
+    per_epoch = [f["seconds_per_epoch"] for f in folds.values()]
+    return {
+        "model": label or train["arch"] + (" (AudioSet init)" if train.get("init") else ""),
+        "arch": train["arch"],
+        "init": train.get("init"),
+        "frontend": fe.name,
+        **model_cost(train["arch"], train.get("arch_params", {}), fe, len(cfg["classes"])),
+        "folds": {k: v["accuracy"] for k, v in folds.items()},
+        "pending_folds": res.get("pending", []),
+        "mean": res["accuracy"]["mean"],
+        "std": res["accuracy"]["std"],
+        "epochs": train["epochs"],
+        "seconds_per_epoch": sum(per_epoch) / len(per_epoch) if per_epoch else None,
+        "seconds_total": total,
+        "device": ",".join(sorted({f["device"] for f in folds.values()})),
+        "run_dir": str(run_dir),
+    }
+
+
+def train_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from tympan.training.augment import AugmentConfig
+    from tympan.training.cli import resolve_frontend
+    from tympan.training.cv import featureset_for, parse_folds, run_cv
+    from tympan.training.loop import TrainConfig
+
+    recipe = RECIPES[name]
+    fe = resolve_frontend(recipe["frontend"], recipe["arch"], recipe["init"])
+    epochs = args.epochs or recipe["epochs"]
+    config = TrainConfig(arch=recipe["arch"], epochs=epochs, lr=recipe["lr"], init=recipe["init"],
+                         batch_size=args.batch_size, device=args.device, seed=args.seed,
+                         augment=AugmentConfig(norm_std=fe.norm_std))
+    features, info = featureset_for(args.data_dir, fe, progress=False)
+    folds = parse_folds(args.folds, sorted({int(f) for f in features.folds}))
+    run_dir = Path(args.run_root) / f"bench-{name}-e{epochs}-f{'_'.join(map(str, folds))}"
+    run_cv(features, config, folds, run_dir, data_info=info, progress=not args.quiet)
+    return row_from_run(run_dir, name)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = ("| model | front end (input) | params | GFLOPs/clip | held-out acc. per fold | mean ± std "
+            "| epochs | s/epoch | total s | device |")
+    lines = [head, "|" + " --- |" * 10]
+    for r in rows:
+        per_fold = ", ".join(f"f{k} {v:.3f}" for k, v in r["folds"].items()) or "none"
+        std = f" ± {r['std']:.3f}" if len(r["folds"]) > 1 else " (1 fold)"
+        mean = f"{r['mean']:.3f}{std}" if r["mean"] is not None else "n/a"
+        spe = f"{r['seconds_per_epoch']:.1f}" if r["seconds_per_epoch"] else "n/a"
+        lines.append(
+            f"| {r['model']} | {r['frontend']} ({r['input']}) | {r['params'] / 1e6:.2f} M | "
+            f"{r['flops_per_clip'] / 1e9:.3f} | {per_fold} | {mean} | {r['epochs']} | {spe} | "
+            f"{r['seconds_total']:.0f} | {r['device']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=os.environ.get("TYMPAN_ESC50_DIR"))
+    p.add_argument("--archs", default=DEFAULT_ARCHS, help=f"comma-separated, of {', '.join(RECIPES)}")
+    p.add_argument("--folds", default="5", help="held-out folds, e.g. 5 or 1,2,3,4,5")
+    p.add_argument("--epochs", type=int, help="override every recipe's epochs (bounded CPU runs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--run-root", default="runs")
+    p.add_argument("--from-runs", nargs="+", metavar="RUN_DIR", help="tabulate finished runs, no training")
+    p.add_argument("--json", help="also write the rows as JSON here")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.from_runs:
+        rows = [row_from_run(Path(d)) for d in args.from_runs]
+    else:
+        names = [a.strip() for a in args.archs.split(",") if a.strip()]
+        unknown = [n for n in names if n not in RECIPES]
+        if unknown:
+            print(f"esc50_cv: unknown model(s) {unknown}; known: {', '.join(RECIPES)}", file=sys.stderr)
+            return 2
+        rows = [train_row(n, args) for n in names]
+    print(f"machine: {machine()}")
+    print(format_table(rows))
+    for r in rows:
+        pending = f"; folds not run: {r['pending_folds']}" if r.get("pending_folds") else ""
+        print(f"- {r['model']}: figures from held-out folds {list(r['folds'])} after {r['epochs']} epochs "
+              f"each (final-epoch model){pending}; run dir {r['run_dir']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
