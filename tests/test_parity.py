@@ -127,7 +127,9 @@ def test_served_logits_equal_offline_evaluation(synthetic_dir: Path, tmp_path: P
                 p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
                 assert body["top_k"][0]["index"] == int(np.argmax(p))
                 assert body["top_k"][0]["probability"] == pytest.approx(p.max(), abs=1e-4)
-        print(f"parity ({how} bundle): {len(uploads)} uploads, max |served - offline| = {worst:.2e}")
+        runtime = "torchscript" if app.state.service.predictor.fast_model is not None else "eager"
+        print(f"parity ({how} bundle, {runtime} serving): {len(uploads)} uploads, "
+              f"max |served - offline| = {worst:.2e}")
     finally:
         server.should_exit = True
         thread.join(15)

@@ -100,6 +100,7 @@ class Predictor:
         max_seconds: float | None = DEFAULT_MAX_SECONDS,
         policy: UncertaintyPolicy | None = None,
         max_chunk: int = 64,
+        optimize: bool = True,
     ) -> None:
         directory = None
         if not isinstance(bundle, Bundle):
@@ -123,6 +124,37 @@ class Predictor:
         self.max_chunk = max(1, int(max_chunk))
         self.version = bundle_version(bundle, directory)
         self._lock = threading.Lock()  # one forward at a time; hooks (explain) need it too
+        #: a frozen, conv/BN-folded TorchScript copy for ``logits`` (CPU), or None: eager
+        self.fast_model = self._optimized() if optimize and self.device.type == "cpu" else None
+
+    def _optimized(self) -> torch.nn.Module | None:
+        """Trace + freeze + ``optimize_for_inference`` a copy of the model, if it agrees.
+
+        On CPU this folds BatchNorm into convolutions and fuses activations (about 1.3-2x
+        faster for mn04 here). The copy must match the eager model on a batch to 1e-4 or it
+        is not used; the eager model stays for ``explain`` (hooks, gradients). TorchScript
+        is deprecated in recent torch, so any failure just means eager.
+        """
+        import copy
+        import logging
+        import warnings
+
+        log = logging.getLogger("tympan.inference")
+        try:
+            rng = np.random.default_rng(0)
+            x = self.features((rng.standard_normal((3, self.config.clip_samples)) * 0.05).astype(np.float32))
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(copy.deepcopy(self.model).eval(), x[:1], check_trace=False)
+                fast = torch.jit.optimize_for_inference(traced.eval())
+                want, got = self.model(x), fast(x)
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+                log.warning("optimized model disagrees with the eager one; serving eager")
+                return None
+            return fast
+        except Exception as exc:  # noqa: BLE001 - any failure: the eager model is the reference
+            log.warning("model optimisation unavailable (%s); serving eager", exc)
+            return None
 
     # ----------------------------------------------------------------- describing the model
     @property
@@ -167,7 +199,7 @@ class Predictor:
         with self._lock, torch.inference_mode():
             for lo in range(0, windows.shape[0], self.max_chunk):
                 feats = self.features(windows[lo : lo + self.max_chunk])
-                out.append(self.model(feats).float().cpu().numpy())
+                out.append((self.fast_model or self.model)(feats).float().cpu().numpy())
         if not out:
             return np.zeros((0, self.n_classes), np.float32)
         return np.concatenate(out)

@@ -36,6 +36,8 @@ class Settings:
     #: threads that decode uploads (off the event loop)
     decode_threads: int = 2
     device: str = "cpu"
+    #: on CPU, run a frozen TorchScript copy of the model (checked against the eager one)
+    optimize: bool = True
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     #: uncertainty policy (see tympan.inference)
