@@ -8,6 +8,14 @@ Pure array arithmetic, one concern per module:
 * :mod:`.ood` -- energy and max-softmax OOD scores (higher = more OOD), metrics.
 * :mod:`.acoustic` -- per-clip acoustic descriptors (librosa).
 * :mod:`.drift` -- train-vs-field drift with effect-size-gated verdicts.
+* :mod:`.fit` -- fit a bundle's temperature, OOD threshold, drift reference (``tympan calibrate``).
+* :mod:`.field` -- analyse field recordings and run every drift check (``diagnose --field-dir``).
+* :mod:`.report` -- ``report.json`` + self-contained ``report.html``.
+* :mod:`.robustness` -- accuracy / ECE under controlled corruptions.
+* :mod:`.openset` -- OOD evaluation: open-set split, real OOD set, AudioSet tags.
+
+The last five load torch and the model code, so they are imported lazily (``fit_bundle``,
+``drift_checks``, ... resolve on first use).
 
 Everything fitted follows scikit-learn conventions; every report has a
 JSON-serialisable ``to_dict()`` (or is a plain dict).
@@ -53,7 +61,32 @@ from tympan.diagnostics.drift import (
 from tympan.diagnostics.ood import EnergyOOD, MaxSoftmaxOOD, fpr_at_tpr, ood_metrics
 from tympan.diagnostics.temperature import CrossFitResult, TemperatureScaler, cross_fit_temperature
 
+_LAZY = {
+    "fit_bundle": "tympan.diagnostics.fit",
+    "calibrate_heldout": "tympan.diagnostics.fit",
+    "heldout_diagnostics": "tympan.diagnostics.fit",
+    "read_heldout": "tympan.diagnostics.fit",
+    "analyse_folder": "tympan.diagnostics.field",
+    "analyse_sources": "tympan.diagnostics.field",
+    "drift_checks": "tympan.diagnostics.field",
+    "write_report": "tympan.diagnostics.report",
+    "run_sweep": "tympan.diagnostics.robustness",
+    "open_set_eval": "tympan.diagnostics.openset",
+    "real_ood_eval": "tympan.diagnostics.openset",
+    "audioset_tag_eval": "tympan.diagnostics.openset",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tympan.diagnostics' has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "DRIFT",
     "FEATURE_NAMES",
     "INSUFFICIENT",

@@ -48,7 +48,7 @@ def default_sweep() -> list[SweepItem]:
         SweepItem("lowpass_4k", "lowpass", {"cutoff_hz": 4000.0}, "low-pass at 4 kHz"),
         SweepItem("lowpass_2k", "lowpass", {"cutoff_hz": 2000.0}, "low-pass at 2 kHz"),
         SweepItem("telephone", "telephone", {}, "telephone band 300-3400 Hz"),
-        SweepItem("resample_8k", "resample_roundtrip", {"rate": 8000}, "resampled to 8 kHz and back"),
+        SweepItem("resample_8k", "resample", {"rate": 8000}, "resampled to 8 kHz and back"),
         SweepItem("ogg_vorbis", "codec", {"format": "ogg", "compression_level": 0.9}, "OGG/Vorbis, level 0.9"),
         SweepItem("opus", "codec", {"format": "opus", "compression_level": 0.9}, "OGG/Opus, level 0.9"),
         SweepItem("mp3", "codec", {"format": "mp3", "compression_level": 0.9}, "MP3, level 0.9 (low bitrate)"),
