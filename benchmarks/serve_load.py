@@ -2,13 +2,15 @@
 
 Starts ``tympan serve`` as a subprocess for each bundle, sends real ESC-50 clips with httpx
 (``POST /predict/file``) at each concurrency level, and prints p50/p95/p99 latency (client
-side, end to end), throughput and error counts, with the machine and the bundles. Then it
+side, end to end), throughput, error counts and the server's CPU time per clip (user + system
+of the server process: what a clip costs, even when other processes share the cores), with the
+machine and the bundles. Then it
 sends a mix of good and malformed requests and reports the 5xx count and whether the server
 is still ready.
 
     .venv/bin/python benchmarks/serve_load.py                       # shipped default bundle
     .venv/bin/python benchmarks/serve_load.py --bundle runs/resnet18/bundle --requests 300
-    .venv/bin/python benchmarks/serve_load.py --random-cnn          # random-weights cnn, default front end
+    .venv/bin/python benchmarks/serve_load.py --random cnn --random mn04   # random weights: the archs' cost
 
 Targets on a 2-core CPU: p50 <= 20 ms and p99 <= 60 ms per 5-s clip at concurrency 1,
 >= 100 clips/s at concurrency 16. The client runs on the same machine and takes CPU too.
@@ -76,7 +78,8 @@ def clips(data_dir: Path, n: int) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in files[:n]]
 
 
-def random_cnn_bundle(dest: Path, width: int = 32) -> Path:
+def random_bundle(dest: Path, arch: str) -> Path:
+    """Random weights, 50 classes, the arch's usual front end: the cost of serving that arch."""
     import torch
 
     from tympan.bundle import Bundle
@@ -84,9 +87,11 @@ def random_cnn_bundle(dest: Path, width: int = 32) -> Path:
     from tympan.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("cnn", n_classes=50, width=width).eval()
-    return Bundle(model=model, arch="cnn", arch_params={"width": width}, classes=[f"class{i}" for i in range(50)],
-                  frontend=FrontendConfig(), name=f"random-cnn{width}").save(dest)
+    params = {"width": 32} if arch == "cnn" else {}
+    model = build_model(arch, n_classes=50, **params).eval()
+    frontend = FrontendConfig.efficientat() if arch == "mn04" else FrontendConfig()
+    return Bundle(model=model, arch=arch, arch_params=params, classes=[f"class{i}" for i in range(50)],
+                  frontend=frontend, name=f"random-{arch}").save(dest)
 
 
 def describe_bundle(path: Path) -> str:
@@ -119,6 +124,14 @@ class Server:
                 pass
             time.sleep(0.2)
         raise SystemExit("server did not become ready")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux; NaN elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -229,8 +242,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", action="append", type=Path, default=[],
                     help="bundle to test (repeatable); default: the shipped default bundle")
-    ap.add_argument("--random-cnn", action="store_true",
-                    help="also test a random-weights cnn (width 32, default front end): the default arch's cost")
+    ap.add_argument("--random", action="append", default=[], metavar="ARCH",
+                    help="also test a random-weights bundle of ARCH (cnn: width 32 + default front end; "
+                         "mn04: EfficientAT front end): what serving that arch costs; repeatable")
     ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TYMPAN_ESC50_DIR", DEFAULT_DATA)))
     ap.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     ap.add_argument("--concurrency", default="1,4,16")
@@ -242,19 +256,21 @@ def main() -> int:
 
     bundles: list[Path] = list(args.bundle)
     tmp = Path(tempfile.mkdtemp(prefix="tympan-bench-"))
-    if not bundles and not args.random_cnn:
+    if not bundles and not args.random:
         default = REPO / "tympan" / "assets" / "default"
         if (default / "bundle.json").is_file():
             bundles.append(default)
         else:
-            print("no shipped default bundle; using a random-weights cnn (width 32, default front end)")
-            args.random_cnn = True
-    if args.random_cnn:
-        bundles.append(random_cnn_bundle(tmp / "random-cnn32"))
+            print("no shipped default bundle; using random-weights cnn and mn04 bundles")
+            args.random = ["cnn", "mn04"]
+    for arch in args.random:
+        bundles.append(random_bundle(tmp / f"random-{arch}", arch))
 
     levels = [int(c) for c in args.concurrency.split(",")]
     data = clips(args.data_dir, max(64, args.requests))
     print(f"machine: {machine()}")
+    print(f"server: tympan serve {' '.join(args.server_arg) or '(defaults)'}; OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'PASSIVE (tympan serve default)')}")
     print(f"clips: {len(data)} real ESC-50 clips from {args.data_dir} (POST /predict/file, multipart)")
     results = []
     for bundle in bundles:
@@ -263,7 +279,12 @@ def main() -> int:
         try:
             server.wait_ready()
             asyncio.run(run_level(server.url, data, 20, 4))  # warm the connection pool and caches
-            rows = [asyncio.run(run_level(server.url, data, args.requests, c)) for c in levels]
+            rows = []
+            for c in levels:
+                cpu0 = server.cpu_seconds()
+                row = asyncio.run(run_level(server.url, data, args.requests, c))
+                row["server_cpu_ms"] = (server.cpu_seconds() - cpu0) * 1000 / row["n"]
+                rows.append(row)
             results.append({"bundle": str(bundle), "describe": describe_bundle(bundle), "levels": rows})
             s = asyncio.run(storm(server.url, data[0][1], args.malformed)) if args.malformed else None
             results[-1]["storm"] = s
@@ -271,14 +292,15 @@ def main() -> int:
             server.stop()
 
     print()
-    print("| bundle | concurrency | requests | p50 ms | p95 ms | p99 ms | server p50 ms | clips/s | errors |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| bundle | concurrency | requests | p50 ms | p95 ms | p99 ms | server p50 ms | clips/s "
+          "| server CPU ms/clip | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for res in results:
         name = Path(res["bundle"]).name
         for r in res["levels"]:
             err = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
             print(f"| {name} | {r['concurrency']} | {r['n']} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} "
-                  f"| {r['server_p50']:.1f} | {r['rps']:.1f} | {err} |")
+                  f"| {r['server_p50']:.1f} | {r['rps']:.1f} | {r['server_cpu_ms']:.1f} | {err} |")
     for res in results:
         rows = {r["concurrency"]: r for r in res["levels"]}
         checks = []
