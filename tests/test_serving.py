@@ -371,6 +371,10 @@ def test_auth_cors_not_ready_and_bug_handler(bundle_dir: Path) -> None:
         r = c.post("/predict/file", files={"file": ("x.wav", data)}, headers=auth)
         assert r.status_code == 503 and r.json()["error"] == "not_ready"
         service.ready = True
+        service.in_flight = 10_000  # back-pressure: refuse rather than queue without bound
+        r = c.post("/predict/file", files={"file": ("x.wav", data)}, headers=auth)
+        assert r.status_code == 503 and r.json()["error"] == "overloaded" and r.headers["retry-after"] == "1"
+        service.in_flight = 0
 
         original = service.predictor.result
         service.predictor.result = lambda *a, **k: 1 / 0  # a bug in tympan

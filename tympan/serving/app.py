@@ -60,6 +60,7 @@ ENDPOINTS = frozenset({"/", "/predict", "/predict/file", "/explain", "/explain/f
 #: reachable without the bearer token (probes and the API's own documentation)
 OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 INTERNAL_ERROR = {"error": "internal_error", "detail": "internal server error (a bug in tympan; it has been logged)"}
+DEFAULT_TOP_K = 3
 ERROR_STATUS = {NotAudioError: 415, AudioTooLongError: 413}
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -68,7 +69,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorResponse, "description": "not audio / unsupported format (`not_audio`)"},
     422: {"model": ErrorResponse, "description": "invalid request or unusable audio (`invalid_request`, "
           "`invalid_base64`, `empty_audio`, `truncated_audio`, `non_finite_samples`, `bad_sample_rate`)"},
-    503: {"model": ErrorResponse, "description": "model still loading (`not_ready`)"},
+    503: {"model": ErrorResponse, "description": "model still loading (`not_ready`) or too many requests "
+          "in flight (`overloaded`); both with Retry-After"},
 }
 
 
@@ -238,6 +240,7 @@ class Service:
         self.ready = False
         self.load_error: str | None = None
         self.warmup_s: float | None = None
+        self.in_flight = 0
 
     async def start(self) -> None:
         self.decode_pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="tympan-decode")
@@ -298,17 +301,35 @@ class Service:
 
         return await self.off_loop(work)
 
-    def check_top_k(self, top_k: int) -> None:
+    def check_top_k(self, top_k: int | None) -> int:
+        """``top_k`` checked against the model (None: the default 3, or fewer classes)."""
         n = self.require_ready().n_classes
+        if top_k is None:
+            return min(DEFAULT_TOP_K, n)
         if not 1 <= top_k <= n:
             raise RequestError(422, "invalid_request", f"top_k must be between 1 and {n} (got {top_k})")
+        return top_k
 
-    async def predict(self, request: Request, data: str | bytes, top_k: int, return_logits: bool) -> JSONResponse:
-        self.check_top_k(top_k)
+    @contextlib.contextmanager
+    def admit(self):
+        """Count a request in flight; refuse with 503 beyond ``max_in_flight`` (back-pressure)."""
+        if self.in_flight >= self.settings.max_in_flight:
+            raise RequestError(503, "overloaded", f"server busy ({self.in_flight} requests in flight); retry shortly",
+                               {"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def predict(self, request: Request, data: str | bytes, top_k: int | None,
+                      return_logits: bool) -> JSONResponse:
+        top_k = self.check_top_k(top_k)
         predictor = self.require_ready()
-        prepared = await self.prepare(data)
-        assert self.batcher is not None
-        logits = await self.batcher.submit(prepared)
+        with self.admit():
+            prepared = await self.prepare(data)
+            assert self.batcher is not None
+            logits = await self.batcher.submit(prepared)
         body = predictor.result(prepared, logits, top_k=top_k, return_logits=return_logits)
         self.metrics.predictions.inc()
         if body["ood"]["out_of_distribution"]:
@@ -318,13 +339,14 @@ class Service:
         body["timing_ms"] = _elapsed_ms(request)
         return JSONResponse(body)
 
-    async def explain(self, request: Request, data: str | bytes, top_k: int) -> JSONResponse:
-        self.check_top_k(top_k)
+    async def explain(self, request: Request, data: str | bytes, top_k: int | None) -> JSONResponse:
+        top_k = self.check_top_k(top_k)
         predictor = self.require_ready()
-        prepared = await self.prepare(data)
-        assert self.batcher is not None
-        body = await asyncio.get_running_loop().run_in_executor(
-            self.batcher.executor, lambda: predictor.explain(prepared.decoded, top_k=top_k))
+        with self.admit():
+            prepared = await self.prepare(data)
+            assert self.batcher is not None
+            body = await asyncio.get_running_loop().run_in_executor(
+                self.batcher.executor, lambda: predictor.explain(prepared.decoded, top_k=top_k))
         body = {"model": predictor.model_info, **body, "timing_ms": _elapsed_ms(request)}
         return JSONResponse(body)
 
@@ -424,30 +446,32 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
     @app.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, tags=["predict"],
               summary="Classify a recording sent as base64 JSON")
     async def predict(req: PredictRequest, request: Request) -> Response:
-        return await service.predict(request, req.audio_base64, req.top_k, req.return_logits)
+        top_k = req.top_k if "top_k" in req.model_fields_set else None
+        return await service.predict(request, req.audio_base64, top_k, req.return_logits)
 
     @app.post("/predict/file", response_model=PredictResponse, responses=ERROR_RESPONSES, tags=["predict"],
               summary="Classify an uploaded audio file (multipart)")
     async def predict_file(
         request: Request,
         file: UploadFile = File(..., description="audio file (WAV, FLAC, OGG, Opus, MP3, ...)"),
-        top_k: int = Form(3, ge=1, description="1..n_classes"),
+        top_k: int | None = Form(None, ge=1, description="1..n_classes (default 3)"),
         return_logits: bool = Form(False),
     ) -> Response:
-        service.check_top_k(top_k)
+        service.check_top_k(top_k)  # before reading the upload
         return await service.predict(request, await file.read(), top_k, return_logits)
 
     @app.post("/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES, tags=["explain"],
               summary="Log-mel, feature maps and Grad-CAM saliency for the first window")
     async def explain(req: PredictRequest, request: Request) -> Response:
-        return await service.explain(request, req.audio_base64, req.top_k)
+        top_k = req.top_k if "top_k" in req.model_fields_set else None
+        return await service.explain(request, req.audio_base64, top_k)
 
     @app.post("/explain/file", response_model=ExplainResponse, responses=ERROR_RESPONSES, tags=["explain"],
               summary="As /explain, for an uploaded file")
     async def explain_file(
         request: Request,
         file: UploadFile = File(...),
-        top_k: int = Form(3, ge=1),
+        top_k: int | None = Form(None, ge=1, description="1..n_classes (default 3)"),
     ) -> Response:
         service.check_top_k(top_k)
         return await service.explain(request, await file.read(), top_k)

@@ -31,6 +31,8 @@ class Settings:
     max_batch_size: int = 16
     #: how long the batcher waits for more requests after the first one, in milliseconds
     max_wait_ms: float = 2.0
+    #: requests decoded or waiting for the model at once; beyond it 503 `overloaded` (back-pressure)
+    max_in_flight: int = 256
     #: torch intra-op threads; None = the cores this process may use (divided among workers)
     torch_threads: int | None = None
     #: threads that decode uploads (off the event loop)
@@ -64,6 +66,8 @@ class Settings:
             problems.append("max_wait_ms must be >= 0")
         if self.torch_threads is not None and self.torch_threads < 1:
             problems.append("torch_threads must be >= 1")
+        if self.max_in_flight < 1:
+            problems.append("max_in_flight must be >= 1")
         if self.decode_threads < 1 or self.workers < 1:
             problems.append("decode_threads and workers must be >= 1")
         if problems:
