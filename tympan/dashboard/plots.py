@@ -175,24 +175,25 @@ def mel_heatmap(class_mean: np.ndarray, classes: list[str], mel_freqs: np.ndarra
     z = class_mean[keep]
     names = [c for c, k in zip(classes, keep) if k]
     if user_profile is not None:
-        z = np.vstack([z, user_profile[None]])
-        names = names + ["▶ your clip"]
+        z = np.vstack([user_profile[None], z])
+        names = ["▶ your clip", *names]
     fig = go.Figure(go.Heatmap(z=z, x=[f"{f:.0f}" for f in mel_freqs], y=names, colorscale=HEAT,
                                colorbar=dict(title="mean log-mel")))
     fig.update_xaxes(title="mel band centre (Hz)", tickangle=-45, nticks=16)
+    fig.update_yaxes(autorange="reversed")
     return _layout(fig, "Mean log-mel per class", height=max(320, 18 * len(names) + 120))
 
 
 def centroid_distribution(frame, classes: list[str], *, user_value: float | None = None) -> go.Figure:
+    """One density ridge per class (kernel density of the clips' centroids), the user's clip as a line."""
     fig = go.Figure()
-    for c in classes:
-        fig.add_trace(go.Histogram(x=frame.loc[frame["class"] == c, "spectral_centroid_mean"], name=c,
-                                   opacity=0.55, nbinsx=30))
-    fig.update_layout(barmode="overlay")
+    for c in reversed(classes):  # first class on top
+        fig.add_trace(go.Violin(x=frame.loc[frame["class"] == c, "spectral_centroid_mean"], name=c,
+                                orientation="h", side="positive", width=1.8, spanmode="hard", points="all", pointpos=-0.15,
+                                jitter=0.1, marker=dict(size=3), meanline_visible=True, showlegend=False))
     _user_line(fig, user_value)
     fig.update_xaxes(title="spectral centroid (Hz)")
-    fig.update_yaxes(title="clips")
-    return _layout(fig, "Spectral centroid distribution", height=380)
+    return _layout(fig, "Spectral centroid distribution", height=max(300, 70 * len(classes) + 100))
 
 
 # -- diagnostics --------------------------------------------------------------------------------
