@@ -293,3 +293,12 @@ def test_acoustic_cache_is_reused(synthetic_dir: Path, monkeypatch: pytest.Monke
     assert np.array_equal(fit.esc50_acoustic(ds, 16000, progress=False), first)
     cache = Path(os.environ["TYMPAN_CACHE_DIR"]) / "diagnostics"
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]
+
+
+def test_unfitted_bundle_is_an_error_not_a_silent_pass(fitted_bundle: Path, clean_dir: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    b = load_bundle(fitted_bundle)
+    raw = b.replace(reference={}, ood={"score": "energy", "temperature": 1.0, "threshold": None}, extra={})
+    raw.save(tmp_path / "raw")
+    code = _diagnose("--field-dir", str(clean_dir), "--bundle", str(tmp_path / "raw"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "tympan calibrate" in capsys.readouterr().err

@@ -128,6 +128,11 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
         raise DataError(f"{field_dir}: none of the {n_files} audio files could be decoded "
                         f"(first: {clips.unreadable[0]['reason']})")
     res = drift_checks(bundle.reference or {}, bundle.ood or {}, bundle.classes, clips)
+    if not res["checks"]:
+        from tympan.errors import BundleError
+
+        raise BundleError(f"{bundle_dir}: the bundle has no fitted drift reference or OOD threshold; run "
+                          f"`tympan calibrate --bundle {bundle_dir}` (or diagnose --fit) first")
     code = exit_code_for(res, fail_on)
     classes = list(bundle.classes)
     thr = (bundle.ood or {}).get("threshold")
