@@ -40,6 +40,7 @@ from tympan.serving.settings import Settings  # noqa: E402
 SR = 16_000
 LIMIT = 2 * 1024 * 1024
 MAX_SECONDS = 60.0
+MAX_SAMPLES = 1_500_000
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -122,7 +123,8 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(bundle_dir: Path):
-    settings = Settings(max_body_bytes=LIMIT, max_audio_seconds=MAX_SECONDS, max_batch_size=16,
+    settings = Settings(max_body_bytes=LIMIT, max_audio_seconds=MAX_SECONDS, max_audio_samples=MAX_SAMPLES,
+                        max_batch_size=16,
                         max_wait_ms=20, torch_threads=1, warmup_batch_sizes=(1,))
     with LiveServer(create_app(bundle_dir, settings)) as live:
         yield live
@@ -255,6 +257,8 @@ def _bad_inputs() -> list[tuple[str, bytes, set[int], set[str]]]:
         ("absurd rate", _wav_with_rate(50_000_000), {422}, {"bad_sample_rate"}),
         ("too long", encode(np.zeros(int(1000 * (MAX_SECONDS + 1)), np.int16), 1000, subtype="PCM_16"),
          {413}, {"audio_too_long"}),
+        ("decompression bomb", encode(np.zeros((16_000 * 15, 8), np.int16), SR, "FLAC"), {413},
+         {"audio_too_long"}),  # 15 s x 8 channels: tiny FLAC, 1.9 M samples > MAX_SAMPLES
         ("riff garbage", b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\xff" * 64, {415, 422},
          {"not_audio", "bad_sample_rate", "truncated_audio"}),
     ]

@@ -22,6 +22,7 @@ one forward pass serves many requests. The front end is built from the bundle's 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import threading
@@ -32,12 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from tympan.audio import DEFAULT_MAX_SECONDS, AudioSource, Decoded, frame_windows, load_audio
 from tympan.bundle import META_FILE, Bundle, load_bundle
+from tympan.errors import AudioTooLongError
 
 NO_THRESHOLD_NOTE = "no OOD threshold fitted"
+#: most decoded samples (frames x channels) one upload may hold: 600 s of 48 kHz stereo fits
+DEFAULT_MAX_SAMPLES = 64_000_000
 AGGREGATE = "mean of window probabilities; OOD score = mean of window energy scores"
 
 
@@ -98,6 +103,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         *,
         max_seconds: float | None = DEFAULT_MAX_SECONDS,
+        max_samples: int | None = DEFAULT_MAX_SAMPLES,
         policy: UncertaintyPolicy | None = None,
         max_chunk: int = 64,
         optimize: bool = True,
@@ -120,6 +126,7 @@ class Predictor:
         thr = ood.get("threshold")
         self.ood_threshold = None if thr is None or not math.isfinite(float(thr)) else float(thr)
         self.max_seconds = max_seconds
+        self.max_samples = max_samples
         self.policy = policy or UncertaintyPolicy()
         self.max_chunk = max(1, int(max_chunk))
         self.version = bundle_version(bundle, directory)
@@ -178,8 +185,28 @@ class Predictor:
 
     # ----------------------------------------------------------------------- the pipeline
     def decode(self, source: AudioSource) -> Decoded:
-        """The one decoder, at the model's sample rate, with the duration limit."""
+        """The one decoder, at the model's sample rate, with the duration and sample limits."""
+        if self.max_samples is not None and isinstance(source, bytes | bytearray | memoryview):
+            self._check_samples(bytes(source))
         return load_audio(source, self.config.sample_rate, max_seconds=self.max_seconds)
+
+    def _check_samples(self, data: bytes) -> None:
+        """Refuse decompression bombs: a few kB of FLAC can promise gigabytes of samples.
+
+        The duration limit alone does not bound memory (600 s x 768 kHz x 8 channels is 14 GB
+        of float32), so the header's frames x channels must fit ``max_samples`` too. Files whose
+        header cannot be read are left to :func:`load_audio`, which names the problem.
+        """
+        try:
+            info = sf.info(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - load_audio classifies undecodable input
+            return
+        total = int(info.frames) * int(info.channels)
+        if 0 < info.frames < 0x7FFF_FFFF and total > self.max_samples:
+            raise AudioTooLongError(
+                f"audio bytes: {info.frames} frames x {info.channels} channels = {total} samples; "
+                f"the limit is {self.max_samples} samples"
+            )
 
     def prepare(self, source: AudioSource | Decoded) -> Prepared:
         """Decode (if needed) and cut into 50%-overlapping model windows."""

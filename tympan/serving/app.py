@@ -252,7 +252,8 @@ class Service:
             loop = asyncio.get_running_loop()
             policy = UncertaintyPolicy(s.min_confidence, s.min_margin)
             self.predictor = await loop.run_in_executor(None, lambda: Predictor(
-                self.source, s.device, max_seconds=s.max_audio_seconds, policy=policy,
+                self.source, s.device, max_seconds=s.max_audio_seconds, max_samples=s.max_audio_samples,
+                policy=policy,
                 max_chunk=max(s.max_batch_size, 1), optimize=s.optimize))
             self.batcher = MicroBatcher(self.predictor, max_batch_size=s.max_batch_size,
                                         max_wait_ms=s.max_wait_ms, metrics=self.metrics,

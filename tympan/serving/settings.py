@@ -27,12 +27,14 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024
     #: longest recording accepted, in seconds (413 beyond it)
     max_audio_seconds: float = 600.0
+    #: most decoded samples (frames x channels) per upload (413 beyond it): bounds memory
+    max_audio_samples: int = 64_000_000
     #: most model windows in one forward pass (requests are gathered up to it)
     max_batch_size: int = 16
     #: how long the batcher waits for more requests after the first one, in milliseconds
     max_wait_ms: float = 2.0
     #: requests decoded or waiting for the model at once; beyond it 503 `overloaded` (back-pressure)
-    max_in_flight: int = 256
+    max_in_flight: int = 64
     #: torch intra-op threads; None = the cores this process may use (divided among workers)
     torch_threads: int | None = None
     #: threads that decode uploads (off the event loop)
