@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "tympan.diagnostics.cli",
     "tympan.adaptation.cli",
     "tympan.dashboard.cli",
+    "tympan.launch",
 ]
 
 EXIT_OK, EXIT_ERROR = 0, 2
