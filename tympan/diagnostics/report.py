@@ -8,6 +8,7 @@ it opens offline and from an e-mail attachment. Both files are written atomicall
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,7 +103,7 @@ def _hist_figure(ref: np.ndarray | None, fld: np.ndarray, *, title: str, xlabel:
         hi = lo + 1.0
     edges = np.linspace(lo, hi, bins + 1)
     fig = go.Figure()
-    for name, v, colour in (("reference (training side)", ref, "#3b7dd8"), ("field", fld, "#d8573b")):
+    for name, v, colour in (("reference (held-out fold, unseen in training)", ref, "#3b7dd8"), ("field", fld, "#d8573b")):
         if v is None or len(v) == 0:
             continue
         c, _ = np.histogram(v, bins=edges)
@@ -383,6 +384,10 @@ def write_report(out_dir: str | Path, report: Mapping[str, Any], extras: Mapping
     page = render_html(data, extras)  # render before writing anything
     write_json_atomic(out / JSON_NAME, data)
     write_text_atomic(out / HTML_NAME, page)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (JSON_NAME, HTML_NAME):  # mkstemp makes 0600 files; a report is for sharing
+        os.chmod(out / name, 0o666 & ~umask)
     return {"json": str(out / JSON_NAME), "html": str(out / HTML_NAME)}
 
 
