@@ -11,10 +11,9 @@ import asyncio
 import base64
 import io
 import re
+import json
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -403,19 +402,23 @@ def test_predictor_ood_and_uncertainty(tmp_path: Path) -> None:
     assert not kept["ood"]["out_of_distribution"] and not kept["windows"][0]["out_of_distribution"]
 
 
-def test_cli_predict_and_serve_errors(bundle_dir: Path, tmp_path: Path) -> None:
+def test_cli_predict_and_serve_errors(bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tympan.cli import main
+
     wav, bad = tmp_path / "a.wav", tmp_path / "bad.wav"
     sf.write(wav, tone(1.0), SR)
     bad.write_text("not audio")
-    tympan = [sys.executable, "-m", "tympan"]
-    out = subprocess.run([*tympan, "predict", str(wav), str(bad), "--bundle", str(bundle_dir), "--top-k", "2"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2, out.stderr
-    assert out.stdout.startswith(f"{wav}: ") and "energy" in out.stdout
-    assert out.stderr.strip().startswith("tympan: error:") and "not a recognised audio format" in out.stderr
-    out = subprocess.run([*tympan, "serve", "--bundle", str(tmp_path / "missing")],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no such bundle directory" in out.stderr
+    code = main(["predict", str(wav), str(bad), "--bundle", str(bundle_dir), "--top-k", "2"])
+    out = capsys.readouterr()
+    assert code == 2, out.err
+    assert out.out.startswith(f"{wav}: ") and "energy" in out.out and out.out.count("\n") == 1
+    assert out.err.startswith("tympan: error:") and "not a recognised audio format" in out.err
+    assert main(["predict", str(wav), "--bundle", str(bundle_dir), "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["file"] == str(wav) and len(body["top_k"]) == 3
+    assert main(["serve", "--bundle", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such bundle directory" in err
 
 
 def test_settings_from_env_and_bad_bundle(tmp_path: Path) -> None:
