@@ -263,3 +263,21 @@ def test_max_windows_thins_long_recordings_evenly(world):
     assert full.n_windows == 25 and full.window_stride == 1
     assert thin.window_stride == 3 and thin.n_windows == 20 + 2  # every file keeps >= 1 window
     assert np.array_equal(np.unique(thin.file_index), np.arange(thin.n_files))
+
+
+@pytest.mark.parametrize("last_stage", [False, True])
+def test_finetune_trains_only_head_and_keeps_adapted_statistics(last_stage):
+    from tympan.adaptation import finetune_model
+
+    torch.manual_seed(0)
+    model = build_model("cnn", n_classes=3, width=4).eval()
+    x, xr = torch.randn(12, 1, 64, 40), torch.randn(10, 1, 64, 40) * 2 + 1
+    adapted = adapt_batchnorm(model, x)
+    tuned, history = finetune_model(adapted, "cnn", x, np.arange(12) % 3, xr, np.arange(10) % 3,
+                                    replay_model=model, last_stage=last_stage, epochs=2)
+    before, after = adapted.state_dict(), tuned.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    allowed = ("fc.", "stage4.") if last_stage else ("fc.",)
+    assert changed and all(k.startswith(allowed) for k in changed), changed
+    assert not any(k.endswith(("running_mean", "running_var")) for k in changed)  # replay stats swapped back
+    assert len(history) == 2 and all(p.requires_grad for p in tuned.parameters())
