@@ -292,10 +292,16 @@ def test_bad_requests_are_4xx(client: httpx.Client) -> None:
         client.post("/predict/file", json={"audio_base64": good}),
         client.post("/predict/file", files={"file": ("x.wav", b"abc")}, data={"top_k": "0"}),
         client.post("/explain", json={"audio_base64": good, "top_k": 99}),
+        client.post("/predict", json={"audio_base64": good, "top_k": 10**100}),
+        client.post("/predict", json={"audio_base64": "ééé"}),
+        client.post("/predict", content=b"[" * 100_000 + b"]" * 100_000, headers={"content-type": "application/json"}),
+        client.post("/predict/file", content=b"garbage", headers={"content-type": "multipart/form-data"}),
+        client.post("/predict/file", files={"file": ("x.wav", b"abc")}, data={"top_k": "1" * 1_500_000}),
     ]
     for r in cases:
         assert r.status_code == 422, (r.request.url, r.text)
         assert r.json()["error"] in {"invalid_request", "invalid_base64"}, r.text
+        assert len(r.json()["detail"]) < 300
     assert cases[0].json()["error"] == "invalid_base64"
     # whitespace-wrapped base64 and data: URIs are fine
     wrapped = "\n".join(good[i : i + 76] for i in range(0, len(good), 76))

@@ -308,7 +308,8 @@ class Service:
         if top_k is None:
             return min(DEFAULT_TOP_K, n)
         if not 1 <= top_k <= n:
-            raise RequestError(422, "invalid_request", f"top_k must be between 1 and {n} (got {top_k})")
+            got = top_k if abs(top_k) < 10**9 else "a far larger number"
+            raise RequestError(422, "invalid_request", f"top_k must be between 1 and {n} (got {got})")
         return top_k
 
     @contextlib.contextmanager
@@ -435,8 +436,11 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        if exc.status_code == 400:  # an unparsable body (multipart, JSON too deep): invalid input
+            metrics.rejected.labels("invalid_request").inc()
+            return error_response(422, "invalid_request", _clean(str(exc.detail)))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, _clean(str(exc.detail)), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:  # true bugs only
