@@ -112,7 +112,9 @@ def feature_maps(stage: Mapping[str, Any], max_channels: int = 8) -> go.Figure:
     n = 1 + len(tops)
     cols = min(n, 5)
     rows = int(np.ceil(n / cols))
-    titles = ["mean over channels"] + [f"channel #{i + 1}" for i in range(len(tops))]
+    idx = list(stage.get("top_channel_indices") or [])
+    titles = ["mean over channels"] + [f"channel {idx[i]}" if i < len(idx) else f"top channel #{i + 1}"
+                                       for i in range(len(tops))]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.03, vertical_spacing=0.12)
     for k, z in enumerate([mean, *tops]):
         r, c = divmod(k, cols)

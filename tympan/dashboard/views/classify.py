@@ -130,10 +130,15 @@ def show_input(exp: dict[str, Any]) -> None:
     mel = exp.get("logmel") or {}
     c1, c2 = st.columns(2)
     if wave.get("data"):
-        # the API downsamples the waveform to <= 4000 points; its sample_rate is the model's
+        # the API downsamples the waveform to <= 4000 points: points_per_second is the rate of `data`
+        # (sample_rate is the model's audio rate); older servers: derive it from the duration
         n = len(wave["data"])
-        dur = (mel.get("frames", 0) * mel.get("hop_length", 0) / mel.get("sample_rate", 1)) if mel else 0
-        rate = n / dur if dur else wave.get("sample_rate", 1)
+        rate = wave.get("points_per_second")
+        if not isinstance(rate, int | float) or rate <= 0:
+            dur = wave.get("duration_s")
+            if not isinstance(dur, int | float) or dur <= 0:
+                dur = (mel.get("frames", 0) * mel.get("hop_length", 0) / mel.get("sample_rate", 1)) if mel else 0
+            rate = n / dur if dur else wave.get("sample_rate", 1)
         c1.plotly_chart(plots.waveform(wave["data"], rate, "Waveform (first window)"), key="wave")
     if mel.get("data"):
         c2.plotly_chart(plots.spectrogram(mel["data"], hop_length=mel.get("hop_length"),

@@ -29,11 +29,14 @@ def render(ctx: Context) -> None:
     mel = exp.get("logmel") or {}
     sal = exp.get("saliency") or {}
     st.subheader("Where it looked")
-    if sal.get("data") and mel.get("data"):
+    if sal.get("method") == "none":
+        st.warning("No gradient reaches the last stage for this input, so there is no saliency map.")
+    elif sal.get("data") and mel.get("data"):
         st.plotly_chart(plots.saliency_overlay(mel["data"], sal["data"], hop_length=mel.get("hop_length"),
                                                sample_rate=mel.get("sample_rate"),
-                                               title=f"{sal.get('method', 'saliency')} for "
-                                                     f"'{sal.get('target', '?')}' over the log-mel input"),
+                                               title=f"{sal.get('method', 'saliency')}"
+                                                     + (f" ({sal['stage']})" if sal.get("stage") else "")
+                                                     + f" for '{sal.get('target', '?')}' over the log-mel input"),
                         key="saliency")
         st.caption("Bright = regions whose change would most change the score of the target class. "
                    "Saliency shows what the network used, not what the sound *is*.")
