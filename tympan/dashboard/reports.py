@@ -8,6 +8,7 @@ whatever is missing is reported as missing rather than raising.
 
     {
       "evaluated_on": "out-of-fold predictions, folds 1-5, 2000 ESC-50 clips",   # free text
+      "n_clips": 2000, "accuracy": 0.81,        # optional (else confusion.accuracy)
       "confusion": {                          # ConfusionReport.to_dict() is accepted as is
         "class_names": ["dog", ...],          # or "classes"
         "matrix": [[int, ...], ...],          # rows = true class, columns = predicted
@@ -92,6 +93,8 @@ class Diagnostics:
     """The parts of ``"diagnostics"`` that could be read; ``missing`` names the others."""
 
     evaluated_on: str | None = None
+    accuracy: float | None = None
+    n_clips: int | None = None
     classes: list[str] | None = None
     matrix: np.ndarray | None = None
     most_confused: list[dict[str, Any]] = field(default_factory=list)
@@ -134,6 +137,10 @@ def parse_diagnostics(raw: Any, classes: list[str] | None = None) -> Diagnostics
     conf = _get(raw, "confusion", "confusion_matrix")
     if isinstance(conf, list):
         conf = {"matrix": conf}
+    acc = _get(raw, "accuracy") if _get(raw, "accuracy") is not None else _get(conf, "accuracy")
+    out.accuracy = float(acc) if isinstance(acc, int | float) else None
+    n = _get(raw, "n_clips")
+    out.n_clips = int(n) if isinstance(n, int | float) else None
     names = _get(conf, "class_names", "classes", "labels") or _get(raw, "classes") or classes
     matrix = _get(conf, "matrix")
     try:

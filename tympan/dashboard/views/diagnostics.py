@@ -37,7 +37,17 @@ def render(ctx: Context) -> None:
         st.info(NO_DIAGNOSTICS)
         return
     if diag.evaluated_on:
-        st.caption(f"Measured on: {diag.evaluated_on}")
+        st.caption(f"Measured on: {diag.evaluated_on}" + (f" ({diag.n_clips} clips)" if diag.n_clips else ""))
+    d1, d2, d3 = st.columns(3)
+    if diag.accuracy is not None:
+        d1.metric("Held-out accuracy", f"{diag.accuracy:.1%}")
+    before, after = diag.reliability.get("before"), diag.reliability.get("after")
+    if before is not None and before.ece is not None:
+        d2.metric("ECE before scaling", f"{before.ece:.3f}")
+    if after is not None and after.ece is not None:
+        d3.metric("ECE after scaling", f"{after.ece:.3f}",
+                  None if before is None or before.ece is None else f"{after.ece - before.ece:+.3f}",
+                  delta_color="inverse")
     if diag.missing:
         st.caption("Not in this bundle's diagnostics: " + ", ".join(diag.missing) + ".")
 
