@@ -241,6 +241,7 @@ class Service:
         self.load_error: str | None = None
         self.warmup_s: float | None = None
         self.in_flight = 0
+        self.decoding = 0  # requests between admission and the batcher's queue
 
     async def start(self) -> None:
         self.decode_pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="tympan-decode")
@@ -257,7 +258,7 @@ class Service:
                 max_chunk=max(s.max_batch_size, 1), optimize=s.optimize))
             self.batcher = MicroBatcher(self.predictor, max_batch_size=s.max_batch_size,
                                         max_wait_ms=s.max_wait_ms, metrics=self.metrics,
-                                        torch_threads=s.threads)
+                                        torch_threads=s.threads, incoming=lambda: self.decoding)
             await self.batcher.start()
             sizes = sorted({b for b in (*s.warmup_batch_sizes, s.max_batch_size) if 1 <= b <= s.max_batch_size})
             self.warmup_s = await loop.run_in_executor(self.batcher.executor, self.predictor.warmup, sizes)
@@ -300,7 +301,11 @@ class Service:
             raw = decode_base64(data) if isinstance(data, str) else data
             return predictor.prepare(raw)
 
-        return await self.off_loop(work)
+        self.decoding += 1
+        try:
+            return await self.off_loop(work)
+        finally:
+            self.decoding -= 1
 
     def check_top_k(self, top_k: int | None) -> int:
         """``top_k`` checked against the model (None: the default 3, or fewer classes)."""

@@ -4,8 +4,9 @@ Requests put their prepared windows on an asyncio queue and await a future. One 
 the first waiting request, then gathers more until ``max_batch_size`` windows are collected or
 ``max_wait_ms`` has passed since the first, and hands the lot to a single inference thread.
 While that thread runs, new requests queue up and form the next batch, so under load batches
-grow by themselves and at low load a request waits at most ``max_wait_ms``. The event loop
-never runs the model.
+grow by themselves and at low load a request waits at most ``max_wait_ms`` (and not at all when
+no other request is being decoded, given an ``incoming`` counter). The event loop never runs
+the model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,12 +50,15 @@ class MicroBatcher:
         max_wait_ms: float = 2.0,
         metrics: Metrics | None = None,
         torch_threads: int | None = None,
+        incoming: Callable[[], int] | None = None,
     ) -> None:
         self.predictor = predictor
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.metrics = metrics
         self.torch_threads = torch_threads
+        #: how many requests are on their way (being decoded); with none, waiting is pointless
+        self.incoming = incoming
         self._task: asyncio.Task | None = None
         # one thread owns the model: forward passes never overlap and never touch the event loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tympan-infer",
@@ -125,6 +130,8 @@ class MicroBatcher:
             batch, total = [first], first.size
             deadline = loop.time() + self.max_wait
             while total < self.max_batch_size:
+                if not self._items and self.incoming is not None and self.incoming() == 0:
+                    break  # nobody else is coming: do not make this request wait
                 if self._items and total + self._items[0].size > self.max_batch_size:
                     break  # the next request starts the next batch; a batch never overshoots
                 item = await self._next(max(0.0, deadline - loop.time()))
