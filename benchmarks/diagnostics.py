@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     from tympan.diagnostics.field import analyse_folder, drift_checks, make_predictor
     from tympan.diagnostics.fit import (_weights_digest, calibrate_heldout, esc50_clipset, fit_bundle,
                                         read_heldout, resolve_bundle_dir, save_bundle_keeping_files)
-    from tympan.diagnostics.openset import audioset_outputs, audioset_tag_eval, open_set_eval, real_ood_eval
+    from tympan.diagnostics.openset import (audioset_outputs, audioset_tag_eval, knn_score, open_set_eval,
+                                           real_ood_eval)
+    from tympan.diagnostics.openset import _m as _m_local
     from tympan.diagnostics.ood import EnergyOOD
 
     t0 = time.perf_counter()
@@ -155,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         kinds = [kinds_by.get(i, Path(i).parts[0]) for i in oc.ids]
         ood_res = real_ood_eval(ho["logits"], oc.logits, kinds, temperature=bundle.temperature)
         results["real_ood"] = ood_res
+        # beyond energy: k-NN on the bundle's penultimate embeddings (training clips as the bank)
+        train_ds = esc.subset(np.isin(esc.folds, [int(f) for f in (bundle.provenance or {}).get("train_folds")
+                                                   or sorted(set(esc.folds.tolist()) - {5})]))
+        bank = esc50_clipset(predictor, train_ds, progress=PROGRESS).embeddings
+        held_cs_for_knn = esc50_clipset(predictor, held_ds, progress=PROGRESS)
+        knn = _m_local(knn_score(bank, held_cs_for_knn.embeddings, 10), knn_score(bank, oc.embeddings, 10))
+        results["knn_embedding_k10"] = knn
         rows.append((f"(b) real OOD set ({len(oc)} clips) vs held-out", ood_res["pooled"]))
         for k, v in ood_res["per_kind"].items():
             rows.append((f"    {k} ({v['energy']['n_out']})", v))
@@ -179,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {label:<44}{e['auroc']:>13.3f}{e['aupr_out']:>7.3f}{e['fpr_at_95_tpr']:>7.3f} | "
               f"{m['auroc']:>10.3f}{m['aupr_out']:>7.3f}{m['fpr_at_95_tpr']:>7.3f}")
     print(f"   open-set protocol: {os_res['protocol']}; closed-set accuracy {os_res['closed_set_accuracy']:.3f}")
+    if results.get("knn_embedding_k10"):
+        m = results["knn_embedding_k10"]
+        print(f"   beyond energy, real OOD set: k-NN (k=10, cosine) on the bundle's embeddings of the "
+              f"{len(bank)} training clips: AUROC {m['auroc']:.3f}  AUPR {m['aupr_out']:.3f}  FPR95 {m['fpr_at_95_tpr']:.3f}")
     if tag_res:
         print("   (c) AudioSet Speech/Music tag vs energy, real OOD set:")
         for k in ("energy", "tag", "energy_plus_tag_label_free", "logistic_cv_upper_bound"):

@@ -33,7 +33,7 @@ import numpy as np
 from tympan.diagnostics._utils import to_jsonable
 from tympan.diagnostics.ood import EnergyOOD, MaxSoftmaxOOD, ood_metrics
 
-__all__ = ["AUDIOSET_MUSIC", "AUDIOSET_SPEECH", "audioset_outputs", "audioset_tag_eval", "compare_scores",
+__all__ = ["knn_score", "AUDIOSET_MUSIC", "AUDIOSET_SPEECH", "audioset_outputs", "audioset_tag_eval", "compare_scores",
            "open_set_eval", "real_ood_eval"]
 
 AUDIOSET_SPEECH = 0  # /m/09x0r "Speech" in class_labels_indices.csv
@@ -53,6 +53,17 @@ def compare_scores(logits_in: np.ndarray, logits_out: np.ndarray, temperature: f
         "positive": "out-of-distribution",
         "score_orientation": "higher = more out-of-distribution",
     }
+
+
+def knn_score(reference_embeddings: np.ndarray, embeddings: np.ndarray, k: int = 10) -> np.ndarray:
+    """Deep nearest-neighbour OOD score (Sun et al., ICML 2022): cosine distance to the k-th nearest
+    training embedding (L2-normalised penultimate features). Higher = more OOD."""
+    def unit(e: np.ndarray) -> np.ndarray:
+        e = np.asarray(e, np.float64)
+        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+    d = 1.0 - unit(embeddings) @ unit(reference_embeddings).T
+    return np.partition(d, k - 1, axis=1)[:, k - 1]
 
 
 # --------------------------------------------------------------------------- AudioSet mn04
