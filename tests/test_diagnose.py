@@ -302,3 +302,17 @@ def test_unfitted_bundle_is_an_error_not_a_silent_pass(fitted_bundle: Path, clea
     raw.save(tmp_path / "raw")
     code = _diagnose("--field-dir", str(clean_dir), "--bundle", str(tmp_path / "raw"), "--out", str(tmp_path / "o"))
     assert code == 2 and "tympan calibrate" in capsys.readouterr().err
+
+
+def test_robustness_sweep(fitted_bundle: Path, synthetic_dir: Path, tmp_path: Path,
+                          capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "rep"
+    assert _diagnose("--robustness", "--bundle", str(fitted_bundle), "--data-dir", str(synthetic_dir),
+                     "--max-clips", "10", "--out", str(out)) == 0
+    rep = json.loads((out / "report.json").read_text())
+    rows = {r["corruption"]: r for r in rep["robustness"]["rows"]}
+    assert {"clean", "white_0db", "lowpass_2k", "resample_8k", "mp3", "opus", "clipping_30"} <= set(rows)
+    assert rows["clean"]["accuracy_drop"] == 0 and rep["robustness"]["n_clips"] == 10
+    assert all(0 <= r["ece"] <= 1 for r in rows.values())
+    assert "white_0db" in capsys.readouterr().out
+    assert "Robustness under controlled corruptions" in (out / "report.html").read_text()
