@@ -100,9 +100,15 @@ def save_bundle_keeping_files(bundle: Any, directory: str | Path) -> Path:
     from tympan.bundle import META_FILE, WEIGHTS_FILE, save_bundle
     from tympan.io import atomic_dir
 
+    import os
+
     directory = Path(directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = (directory.stat().st_mode & 0o777) if directory.is_dir() else (0o777 & ~umask)
     with atomic_dir(directory) as tmp:
         save_bundle(bundle, tmp)
+        os.chmod(tmp, mode)  # mkdtemp makes 0700 folders; keep the bundle's own mode
         if directory.is_dir():
             for item in directory.iterdir():
                 if item.name in (META_FILE, WEIGHTS_FILE) or item.name.startswith("."):
