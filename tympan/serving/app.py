@@ -344,7 +344,14 @@ class Service:
         if body["uncertain"]:
             self.metrics.uncertain.inc()
         body["timing_ms"] = _elapsed_ms(request)
-        return JSONResponse(body)
+        return await self.render(body, large=len(prepared.starts) > 8 or return_logits)
+
+    async def render(self, body: dict[str, Any], large: bool) -> Response:
+        """JSON response; big bodies (explain, long recordings) are serialised off the event loop."""
+        if not large:
+            return JSONResponse(body)
+        content = await self.off_loop(_dumps, body)
+        return Response(content, media_type="application/json")
 
     async def explain(self, request: Request, data: str | bytes, top_k: int | None) -> JSONResponse:
         top_k = self.check_top_k(top_k)
@@ -355,7 +362,12 @@ class Service:
             body = await asyncio.get_running_loop().run_in_executor(
                 self.batcher.executor, lambda: predictor.explain(prepared.decoded, top_k=top_k))
         body = {"model": predictor.model_info, **body, "timing_ms": _elapsed_ms(request)}
-        return JSONResponse(body)
+        return await self.render(body, large=True)
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """What JSONResponse renders (strict JSON: NaN/inf are an error, not invalid output)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 _OBJECT_REPR = re.compile(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>")
