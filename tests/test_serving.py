@@ -205,6 +205,13 @@ def test_long_audio_timeline(client: httpx.Client) -> None:
                     for w in client.post("/predict", json={"audio_base64": b64(data), "top_k": 5}).json()["windows"]],
                    axis=0)
     assert body["top_k"][0]["probability"] == pytest.approx(mean.max(), abs=1e-5)
+    # 40 s: 39 windows, more than a batch (16): chunked through the model, one timeline
+    r = client.post("/predict/file", files={"file": ("long.wav", encode(tone(40.0), SR))},
+                    data={"return_logits": "true"})
+    assert r.status_code == 200, r.text
+    long = r.json()
+    assert len(long["windows"]) == 39 and len(long["logits"]) == 39
+    assert long["windows"][-1]["end_s"] == 40.0 and long["audio"]["duration_s"] == 40.0
 
 
 def test_explain(client: httpx.Client) -> None:
