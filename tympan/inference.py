@@ -124,6 +124,8 @@ class Predictor:
         ood = bundle.ood or {}
         self.ood_temperature = float(ood.get("temperature") or 1.0)
         thr = ood.get("threshold")
+        if str(ood.get("score", "energy")).lower() != "energy":
+            thr = None  # a threshold for another score means nothing on the energy scale
         self.ood_threshold = None if thr is None or not math.isfinite(float(thr)) else float(thr)
         self.max_seconds = max_seconds
         self.max_samples = max_samples
