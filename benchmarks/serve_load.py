@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -318,6 +319,7 @@ def main() -> int:
                 print(f"    {case:16s} {', '.join(statuses)}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=2, default=str))
+    shutil.rmtree(tmp, ignore_errors=True)
     bad = any((r.get("storm") or {}).get("server_errors", 0) for r in results)
     return 1 if bad else 0
 
