@@ -186,3 +186,36 @@ def test_modal_app_imports_and_runs_locally(synthetic_dir, tmp_path, monkeypatch
     assert (Path(row["run_dir"]) / "fold4" / "heldout.safetensors").is_file()
     row2 = modal_app.train_fold.local(5, **kwargs)
     assert row2["fold"] == 5
+
+
+ASSET = Path(__file__).resolve().parents[1] / "tympan" / "assets" / "default"
+
+
+def test_shipped_bundle_loads_with_its_heldout_predictions():
+    bundle = load_bundle(ASSET)
+    held = load_heldout(ASSET)
+    assert held["logits"].shape == (400, len(bundle.classes)) and len(held["clip_ids"]) == 400
+    assert held["classes"] == bundle.classes
+    acc = float((held["logits"].argmax(1) == held["labels"]).mean())
+    assert acc == pytest.approx(bundle.metrics["heldout_accuracy"])
+    assert all(c.startswith(f"{bundle.metrics['heldout_fold']}-") for c in held["clip_ids"])
+    prov = bundle.provenance
+    assert prov["heldout_fold"] not in prov["train_folds"] and prov["init"]["sha256"]
+    assert sum(f.stat().st_size for f in ASSET.iterdir()) < 10e6
+
+
+@pytest.mark.slow
+def test_shipped_bundle_reproduces_its_heldout_logits_from_audio(esc50_dir, tmp_path):
+    from tympan.audio import fit_length, load_audio
+
+    bundle = load_bundle(ASSET)
+    held = load_heldout(ASSET)
+    logmel = bundle.frontend_module()
+    paths = {p.stem: p for p in (esc50_dir / "audio").iterdir()}
+    ids = held["clip_ids"][:8]
+    waves = np.stack([fit_length(load_audio(paths[c], bundle.frontend.sample_rate, max_seconds=None).waveform,
+                                 bundle.frontend.clip_samples) for c in ids])
+    logits = predict_logits(bundle, logmel(torch.from_numpy(waves)))
+    # training read a float16 cache; float32 features move logits by a little, not the decision
+    np.testing.assert_allclose(logits, held["logits"][:8], atol=0.1)
+    assert np.array_equal(logits.argmax(1), held["logits"][:8].argmax(1))
