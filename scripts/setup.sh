@@ -5,6 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# System packages the tests and tools use, where we may install them (root with apt-get):
+# Chromium + driver (dashboard browser test), espeak-ng / fluidsynth / GM soundfont / sound
+# themes (the out-of-distribution set). Without them those tests skip. TYMPAN_SYSTEM_DEPS=0 skips.
+if [ "${TYMPAN_SYSTEM_DEPS:-1}" = 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  need=()
+  for pkg in chromium chromium-driver espeak-ng fluidsynth timgm6mb-soundfont sound-theme-freedesktop gnome-audio; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "installing system packages: ${need[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"; } >/dev/null 2>&1 \
+      || echo "warning: could not install ${need[*]}; the tests that need them will skip"
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
