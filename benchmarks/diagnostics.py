@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   {'':<26}{'ECE':>8}{'adaECE':>8}{'MCE':>8}{'NLL':>8}{'Brier':>8}")
     for label, m in (("before (T=1)", b), (f"after, cross-fitted", a), ("after, in-sample", cal["after_in_sample"])):
         print(f"   {label:<26}{m['ece']:>8.4f}{m['adaptive_ece']:>8.4f}{m['mce']:>8.4f}{m['nll']:>8.4f}{m['brier']:>8.4f}")
+    nf = cal["ece_noise_floor"]
+    print(f"   ECE noise floor (a perfectly calibrated model, these confidences, {b['n_samples']} clips): "
+          f"mean {nf['mean']:.4f}, 95% quantile {nf['q95']:.4f}")
     cf = cal["cross_fit"]
     print(f"   T (whole fold) {cal['temperature']:.4f}; cross-fit T {cf['temperature_mean']:.4f} ± {cf['temperature_std']:.4f}")
 

@@ -99,6 +99,9 @@ def _calibration_text(s: dict[str, Any]) -> str:
         f"Brier {b['brier']:.4f} -> {a['brier']:.4f}, accuracy {b['accuracy']:.4f}",
         f"  ({s['calibration']['protocol']})",
     ]
+    nf = s["calibration"].get("ece_noise_floor")
+    if nf:
+        lines.append(f"  ECE a perfectly calibrated model would show here: {nf['mean']:.4f} (95% quantile {nf['q95']:.4f})")
     for k, v in (s.get("reference") or {}).items():
         lines.append(f"  reference {k}: {v}")
     if s.get("ood_metrics"):
