@@ -206,10 +206,11 @@ def confusion_heatmap(d: Diagnostics, normalise: bool = True) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, x=d.classes, y=d.classes, colorscale="Blues",
                                customdata=m, hovertemplate="true %{y}<br>pred %{x}<br>%{customdata:.0f} clips<extra></extra>",
                                colorbar=dict(title="share of row" if normalise else "clips")))
-    fig.update_yaxes(title="true class", autorange="reversed")
-    fig.update_xaxes(title="predicted class", tickangle=-60)
     n = len(d.classes or [])
-    return _layout(fig, "Confusion matrix (rows = true class)", height=max(380, 14 * n + 160))
+    font = dict(size=9 if n > 30 else 11)
+    fig.update_yaxes(title="true class", autorange="reversed", tickmode="array", tickvals=d.classes, tickfont=font)
+    fig.update_xaxes(title="predicted class", tickangle=-60, tickmode="array", tickvals=d.classes, tickfont=font)
+    return _layout(fig, "Confusion matrix (rows = true class)", height=max(380, 16 * n + 200))
 
 
 def reliability(d: Diagnostics) -> go.Figure:
@@ -226,10 +227,11 @@ def reliability(d: Diagnostics) -> go.Figure:
             name += f" (T = {curve.temperature:.2f})"
         if curve.ece is not None:
             name += f", ECE {curve.ece:.3f}"
+        size = 8 if curve.count is None else 4 + 14 * np.sqrt(curve.count[ok] / max(1.0, curve.count[ok].max()))
         fig.add_trace(go.Scatter(x=curve.confidence[ok], y=curve.accuracy[ok], mode="lines+markers",
-                                 name=name, line=dict(color=colors[key]),
+                                 name=name, line=dict(color=colors[key]), marker=dict(size=size),
                                  text=None if curve.count is None else [f"{int(c)} clips" for c in curve.count[ok]]))
-    fig.update_xaxes(title="confidence (top-1 probability)", range=[0, 1])
+    fig.update_xaxes(title="confidence (top-1 probability); marker size = clips in the bin", range=[0, 1])
     fig.update_yaxes(title="accuracy", range=[0, 1])
     return _layout(fig, "Reliability diagram", height=420)
 

@@ -57,7 +57,11 @@ def render(ctx: Context) -> None:
         st.plotly_chart(plots.confusion_heatmap(diag, normalise=norm), key="confusion")
     if diag.most_confused:
         st.markdown("**Most-confused pairs**")
-        st.dataframe(pd.DataFrame(diag.most_confused), hide_index=True)
+        pairs = pd.DataFrame(diag.most_confused)
+        if "reverse_count" in pairs:  # unordered pairs, counted both ways
+            pairs = pairs.rename(columns={"true": "class A", "predicted": "class B", "count": "A predicted as B",
+                                          "reverse_count": "B predicted as A"})
+        st.dataframe(pairs, hide_index=True)
     if diag.reliability:
         st.subheader("Calibration")
         st.plotly_chart(plots.reliability(diag), key="reliability")
