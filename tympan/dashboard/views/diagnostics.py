@@ -65,7 +65,7 @@ def render(ctx: Context) -> None:
     if diag.reliability:
         st.subheader("Calibration")
         st.plotly_chart(plots.reliability(diag), key="reliability")
-        st.caption("Points below the diagonal: the model is over-confident there. Temperature scaling "
+        st.caption("Below the diagonal the model is over-confident, above it under-confident. Temperature scaling "
                    "divides the logits by one fitted number T; it changes confidence, never the ranking.")
     if diag.per_class_accuracy:
         st.subheader("Per-class accuracy")
