@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep T = 1 for a bundle without a fitted temperature (default: fit it on the clean "
                         "adaptation clips)")
     p.add_argument("--finetune-epochs", type=int, default=30)
+    p.add_argument("--replay-ratio", type=float, default=4.0, help="ESC-50 replay clips per labelled clip")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default="/tmp/tympan-bench-adaptation", help="quick-trained bundle cache")
@@ -202,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     replay = None
     if not args.no_labelled:
         try:
-            x_rep, y_rep, rep_info = replay_features(bundle, args.data_dir, len(a_idx), seed=args.seed)
+            x_rep, y_rep, rep_info = replay_features(bundle, args.data_dir, int(args.replay_ratio * len(a_idx)),
+                                                     seed=args.seed)
             replay = (x_rep, y_rep)
             print(f"labelled row: {len(a_idx)} labelled shifted clips + {rep_info['n']} clean ESC-50 replay clips "
                   f"from folds {rep_info['folds']}, head fine-tune {args.finetune_epochs} epochs after AdaBN")

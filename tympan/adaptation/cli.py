@@ -26,8 +26,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
         new, report = finetune_bundle(
             bundle, args.labels, args.field_dir, data_dir=args.data_dir, replay=not args.no_replay,
-            adabn=not args.no_adabn, last_stage=args.last_stage, heldout_fraction=args.heldout_fraction,
-            epochs=args.epochs, lr=args.lr, seed=args.seed, name=args.name,
+            replay_ratio=args.replay_ratio, adabn=not args.no_adabn, last_stage=args.last_stage,
+            heldout_fraction=args.heldout_fraction, epochs=args.epochs, lr=args.lr, seed=args.seed, name=args.name,
         )
     else:
         if args.last_stage or args.no_replay or args.no_adabn:
@@ -81,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="ESC-50 folder for replay (default: $TYMPAN_ESC50_DIR)")
     p.add_argument("--last-stage", action="store_true", help="also fine-tune the last stage (slower)")
     p.add_argument("--no-replay", action="store_true", help="fine-tune without ESC-50 replay (may forget)")
+    p.add_argument("--replay-ratio", type=float, default=4.0,
+                   help="ESC-50 replay clips per labelled field window (default 4)")
     p.add_argument("--no-adabn", action="store_true", help="skip AdaBN before the fine-tune")
     p.add_argument("--heldout-fraction", type=float, default=0.3,
                    help="share of labelled clips held out for the before/after figure (default 0.3)")

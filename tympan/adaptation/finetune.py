@@ -3,7 +3,7 @@
 For when a few field recordings are labelled (``labels.csv``: columns ``file,class``), or the
 model has no BatchNorm for AdaBN to re-estimate. Guarded against forgetting ESC-50 by
 *replay*: every epoch mixes in ESC-50 training clips (the bundle's training folds, never the
-held-out fold its provenance records), normalised with the original BatchNorm statistics while
+held-out fold its provenance records; by default four replay clips per labelled window), normalised with the original BatchNorm statistics while
 the field clips use the adapted ones, and the rest of the network stays frozen in eval mode
 (BatchNorm statistics and dropout included). A held-out part of the labelled clips (default
 30%, stratified by class where possible) gives the before/after accuracy figure recorded in
@@ -302,7 +302,7 @@ def finetune_bundle(
     *,
     data_dir: str | Path | None = None,
     replay: bool = True,
-    replay_ratio: float = 1.0,
+    replay_ratio: float = 4.0,
     adabn: bool = True,
     last_stage: bool = False,
     heldout_fraction: float = 0.3,
