@@ -78,3 +78,16 @@ def test_bad_bundles_fail_clearly(tmp_path: Path) -> None:
     (d / "bundle.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         load_bundle(d)
+
+
+def test_saved_bundle_is_readable_by_others(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        d = make_bundle().save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o755
+    assert stat.S_IMODE((d / "bundle.json").stat().st_mode) == 0o644

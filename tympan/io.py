@@ -12,6 +12,21 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path, directory: bool) -> None:
+    """Give a temporary file or folder the mode a plain ``open``/``mkdir`` would have.
+
+    mkstemp/mkdtemp create them owner-only (0600/0700); once renamed into place they must be
+    readable as any other output (e.g. a bundle served by another user).
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``."""
@@ -20,6 +35,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _default_mode(tmp_path, directory=False)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -46,6 +62,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _default_mode(tmp, directory=True)
     try:
         yield tmp
         old = None
