@@ -53,7 +53,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
               f"({lab['n_heldout_files']} files)")
     if lab and lab.get("esc50_heldout_accuracy"):
         e = lab["esc50_heldout_accuracy"]
-        print(f"  ESC-50 held-out fold {e['folds']}: {e['before']:.1%} before, {e['after']:.1%} after ({e['n']} clips)")
+        print(f"  clean ESC-50 held-out fold {e['folds']}: {e['before']:.1%} before, {e['after']:.1%} after ({e['n']} clips)")
     for w in report["warnings"]:
         print(f"  warning: {w}")
     return 0
