@@ -12,6 +12,17 @@ Examples::
     python benchmarks/esc50_cv.py --data-dir ../shared/data/esc50 --archs cnn,resnet18 --folds 5 --epochs 3
     # the table from finished runs (tympan train ... --run-dir runs/X), no retraining
     python benchmarks/esc50_cv.py --from-runs runs/mn04-f5-e30 runs/cnn-f5
+
+Measured on this project's machine (AMD EPYC, 2 cores shared with other jobs, torch 2.13 CPU,
+1 thread, no GPU), 2026-11-24; each figure is fold 5 held out, trained on folds 1-4, final
+epoch, NOT a 5-fold CV (that does not fit a CPU session; use ``--folds 1,2,3,4,5`` on a GPU,
+or ``tympan/training/modal_app.py``):
+
+| model | front end (input) | params | GFLOPs/clip | fold-5 acc. | epochs | s/epoch | total s |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| mn04, AudioSet init (shipped) | efficientat (128x500) | 0.74 M | 0.112 | 0.8975 | 30 | 56.9 | 1706 |
+| cnn from scratch | default (64x251) | 1.19 M | 1.625 | 0.785 | 25 | 60.6 | 1515 |
+| resnet18 (seed recipe, 224x224) | default (64x251) | 11.20 M | 3.470 | 0.258 (2 epochs only: cost figure) | 2 | 92.8 | 186 |
 """
 
 from __future__ import annotations
