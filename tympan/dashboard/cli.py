@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -55,7 +54,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if args.data_dir and not (args.data_dir / "meta" / "esc50.csv").is_file():
         raise TympanError(f"{args.data_dir}: not an ESC-50 folder (meta/esc50.csv is missing)")
     cmd, env = build_command(args)
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become Streamlit rather than wrap it: signals (Ctrl-C, `tympan up` stopping us, a test's
+    # terminate()) then reach the server itself, and no orphaned Streamlit outlives us.
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
