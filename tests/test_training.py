@@ -220,3 +220,25 @@ def test_shipped_bundle_reproduces_its_heldout_logits_from_audio(esc50_dir, tmp_
     # training read a float16 cache; float32 features move logits by a little, not the decision
     np.testing.assert_allclose(logits, held["logits"][:8], atol=0.1)
     assert np.array_equal(logits.argmax(1), held["logits"][:8].argmax(1))
+
+
+def test_field_augmented_copies_join_training_but_never_from_the_held_out_fold(features, synthetic_dir, tmp_path):
+    from tympan.adaptation.robust import augmented_feature_copies
+
+    extra = augmented_feature_copies(load_esc50(synthetic_dir), FRONTEND, 1, seed=0, progress=False,
+                                     root=tmp_path / "aug")
+    assert len(extra) == len(features)
+    lines: list[str] = []
+    results = run_cv(features, tiny_config(field_augment=1, epochs=1), [2], tmp_path / "run",
+                     progress=False, tensorboard=False, extra=extra, log=lines.append)
+    assert any("80 field-augmented training rows added" in line for line in lines)  # 100 minus fold 2's 20
+    assert results["folds"]["2"]["n"] == 20  # validation stays on the original clips only
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert stored["field_augment"] == 1
+
+
+def test_field_augment_option_validates():
+    from tympan.training.loop import TrainingConfigError
+
+    with pytest.raises(TrainingConfigError, match="field-augment"):
+        tiny_config(field_augment=-1).validate()

@@ -87,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             init=args.init,
+            field_augment=args.field_augment,
+            field_augment_p=args.field_augment_p,
         )
         frontend = resolve_frontend(args.frontend, args.arch, args.init)
         config.augment = AugmentConfig(
@@ -106,11 +108,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         data_dir = args.data_dir
     features, info = featureset_for(data_dir, frontend, progress=not args.quiet)
     holdout = parse_folds(holdout_text, sorted({int(f) for f in features.folds}))
+    extra = None
+    if config.field_augment:
+        from tympan.adaptation.robust import augmented_feature_copies
+        from tympan.datasets import load_esc50
+
+        extra = augmented_feature_copies(load_esc50(data_dir), frontend, config.field_augment,
+                                         seed=config.seed, p=config.field_augment_p, progress=not args.quiet)
     print(f"run dir: {run_dir}")
     print(f"arch {config.arch} {config.arch_params or ''}, front end {frontend.name}, held-out folds {holdout}, "
           f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr}, device {config.device}")
     results = run_cv(features, config, holdout, run_dir, data_info=info, progress=not args.quiet,
-                     max_folds=args.max_folds)
+                     max_folds=args.max_folds, extra=extra)
     acc = results["accuracy"]
     for fold, r in results["folds"].items():
         print(f"fold {fold}: {r['accuracy']:.4f} ({r['seconds_per_epoch']:.1f} s/epoch, {r['seconds']:.0f} s)")
@@ -159,6 +168,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--cv", action="store_true", help="hold out each of the five folds in turn")
     p.add_argument("--init", help="pretrained weights for mn04: mn04_as, a URL, a .pt or .safetensors")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--field-augment", type=int, default=0, metavar="N",
+                   help="mix N field-like corrupted copies of each training clip into training "
+                        "(noise, gain, EQ/band-limiting, codecs, reverb; see tympan.corruptions)")
+    p.add_argument("--field-augment-p", type=float, default=0.5, help="probability of each corruption")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--run-dir", help="where logs, checkpoints and results go (default runs/<time>-<arch>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")

@@ -159,6 +159,7 @@ def run_cv(
     progress: bool = True,
     tensorboard: bool = True,
     log: Callable[[str], None] = print,
+    extra: Any = None,
 ) -> dict[str, Any]:
     """Hold out each of ``holdout_folds`` in turn (training on all other folds); return results.
 
@@ -183,7 +184,9 @@ def run_cv(
     cfg_path = run_dir / CONFIG
     if cfg_path.is_file():
         stored = json.loads(cfg_path.read_text())
-        if stored["train"] != meta["train"] or stored["frontend"] != meta["frontend"]:
+        from tympan.training.loop import TrainConfig  # normalise: runs from older versions lack new keys
+
+        if TrainConfig.from_dict(stored["train"]).to_dict() != meta["train"] or stored["frontend"] != meta["frontend"]:
             raise RunDirError(f"{run_dir}: holds a run with another configuration; use a new --run-dir")
     else:
         meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -211,7 +214,7 @@ def run_cv(
         writer = writer_cls(log_dir=str(run_dir / "tb" / f"fold{fold}")) if writer_cls else None
         try:
             result = train_fold(features, train_idx, val_idx, config, fold_dir, fold=fold,
-                                writer=writer, progress=progress, log=log)
+                                writer=writer, progress=progress, log=log, extra=extra)
             if writer is not None:
                 _confusion_to_writer(writer, result.labels, result.logits, list(features.classes))
                 writer.add_hparams(

@@ -55,6 +55,10 @@ class TrainConfig:
     layer_decay: float = 0.5  # per-stage lr decay when fine-tuning a pretrained mn04
     channels_last: bool = True
     eval_batch_size: int = 64
+    #: field-like augmented copies of every training clip mixed into training (0 = off);
+    #: see :func:`tympan.adaptation.robust.augmented_feature_copies`
+    field_augment: int = 0
+    field_augment_p: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -75,6 +79,8 @@ class TrainConfig:
             raise TrainingConfigError("--batch-size must be at least 2 (BatchNorm needs pairs)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainingConfigError("--lr must be a positive number")
+        if self.field_augment < 0 or not 0 <= self.field_augment_p <= 1:
+            raise TrainingConfigError("--field-augment must be >= 0 and --field-augment-p in [0, 1]")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -153,8 +159,13 @@ def train_fold(
     writer: Any = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    extra: Any = None,
 ) -> FoldResult:
-    """Train on ``train_idx`` of a :class:`~tympan.cache.FeatureSet`, evaluate on ``val_idx``."""
+    """Train on ``train_idx`` of a :class:`~tympan.cache.FeatureSet`, evaluate on ``val_idx``.
+
+    ``extra`` is an optional second FeatureSet of training-only rows (e.g. field-augmented copies);
+    its rows from the held-out folds are never used, so nothing of the held-out clips leaks in.
+    """
     from tqdm import tqdm
 
     config.validate()
@@ -173,7 +184,10 @@ def train_fold(
         model = model.to(memory_format=torch.channels_last)
     groups = param_groups(model, config)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    n_train = len(train_idx)
+    extra_idx = np.zeros(0, dtype=np.int64)
+    if extra is not None:
+        extra_idx = np.flatnonzero(~np.isin(extra.folds, np.unique(features.folds[val_idx])))
+    n_train = len(train_idx) + len(extra_idx)
     drop_last = n_train % config.batch_size == 1  # never a batch of one (BatchNorm)
     steps = n_train // config.batch_size if drop_last else math.ceil(n_train / config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -205,6 +219,10 @@ def train_fold(
     # Training features in RAM (float16 caches stay float16 until a batch is drawn).
     x_train = torch.from_numpy(np.ascontiguousarray(features.features[np.sort(train_idx)]))
     y_train = torch.from_numpy(features.labels[np.sort(train_idx)])
+    if len(extra_idx):
+        x_train = torch.cat([x_train, torch.from_numpy(np.ascontiguousarray(extra.features[extra_idx]))])
+        y_train = torch.cat([y_train, torch.from_numpy(extra.labels[extra_idx])])
+        log(f"fold {fold}: {len(extra_idx)} field-augmented training rows added")
     val_sorted = np.sort(val_idx)
     x_val = np.ascontiguousarray(features.features[val_sorted])
     y_val = features.labels[val_sorted]
