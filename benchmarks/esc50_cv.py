@@ -21,6 +21,10 @@ or ``tympan/training/modal_app.py``):
 | model | front end (input) | params | GFLOPs/clip | fold-5 acc. | epochs | s/epoch | total s |
 | --- | --- | --- | --- | --- | --- | --- | --- |
 | mn04, AudioSet init (shipped) | efficientat (128x500) | 0.74 M | 0.112 | 0.8975 | 30 | 56.9 | 1706 |
+
+The same mn04 recipe with folds 1, 2 and 3 held out in turn (less contended CPU, ~21-24 s/epoch):
+0.930, 0.9575, 0.940; with fold 5, mean 0.931 +- 0.022 over folds {1, 2, 3, 5} (fold 4 not run).
+The 56.9 s/epoch of the fold-5 run includes epochs slowed by other jobs on the shared CPU.
 | cnn from scratch | default (64x251) | 1.19 M | 1.625 | 0.785 | 25 | 60.6 | 1515 |
 | resnet18 (seed recipe, 224x224) | default (64x251) | 11.20 M | 3.470 | 0.258 (2 epochs only: cost figure) | 2 | 92.8 | 186 |
 """
