@@ -101,6 +101,23 @@ class FrontendConfig:
         return json.dumps(d, sort_keys=True)
 
     @classmethod
+    def from_spec(cls, spec: str) -> FrontendConfig:
+        """A ``--frontend`` value: the preset ``default`` or ``efficientat``, or a JSON file of fields."""
+        if spec == "default":
+            return cls()
+        if spec == "efficientat":
+            return cls.efficientat()
+        from pathlib import Path
+
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"--frontend {spec!r}: expected default, efficientat or a JSON file")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"--frontend {spec}: not a front-end config ({exc})") from None
+
+    @classmethod
     def efficientat(cls) -> FrontendConfig:
         """EfficientAT's eval-mode pipeline (``AugmentMelSTFT``) that the mn04 weights expect.
 

@@ -51,20 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_synthetic)
 
 
-def load_frontend(spec: str):
-    """Resolve a ``--frontend`` value: a preset name or a JSON file."""
-    from tympan.features import FrontendConfig
-
-    if spec == "default":
-        return FrontendConfig()
-    if spec == "efficientat":
-        return FrontendConfig.efficientat()
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"{spec}: not a front-end preset (default, efficientat) or a JSON file")
-    return FrontendConfig.from_dict(json.loads(path.read_text()))
-
-
 def parse_folds(text: str | None) -> list[int] | None:
     if not text:
         return None
@@ -135,7 +121,9 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     from tympan.cache import featurize
     from tympan.datasets.esc50 import load_esc50
 
-    frontend = load_frontend(args.frontend)
+    from tympan.features import FrontendConfig
+
+    frontend = FrontendConfig.from_spec(args.frontend)
     dataset = load_esc50(args.data_dir, folds=parse_folds(args.folds))
     fs = featurize(dataset, frontend, root=args.cache_dir, dtype=args.dtype, progress=True)
     size_mb = fs.info["bytes"] / 1e6

@@ -30,17 +30,10 @@ def resolve_frontend(spec: str | None, arch: str, init: str | None) -> FrontendC
     """``default`` | ``efficientat`` | a JSON file; unset means efficientat for mn04, else default."""
     if spec is None:
         spec = "efficientat" if (init or arch == "mn04") else "default"
-    if spec == "default":
-        return FrontendConfig()
-    if spec == "efficientat":
-        return FrontendConfig.efficientat()
-    path = Path(spec)
-    if not path.is_file():
-        raise TrainingConfigError(f"--frontend {spec!r}: expected default, efficientat or a JSON file")
     try:
-        return FrontendConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise TrainingConfigError(f"--frontend {spec}: not a front-end config ({exc})") from None
+        return FrontendConfig.from_spec(spec)
+    except ValueError as exc:
+        raise TrainingConfigError(str(exc)) from None
 
 
 def _defaults_for(arch: str, init: str | None) -> dict[str, Any]:
