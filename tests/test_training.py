@@ -242,3 +242,10 @@ def test_field_augment_option_validates():
 
     with pytest.raises(TrainingConfigError, match="field-augment"):
         tiny_config(field_augment=-1).validate()
+
+
+def test_results_keep_folds_from_earlier_invocations(features, tmp_path):
+    cfg = tiny_config(epochs=2)
+    run_cv(features, cfg, [1], tmp_path / "run", progress=False, tensorboard=False)
+    results = run_cv(features, cfg, [2], tmp_path / "run", progress=False, tensorboard=False)
+    assert sorted(results["folds"]) == ["1", "2"] and results["accuracy"]["n_folds"] == 2

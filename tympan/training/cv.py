@@ -260,7 +260,8 @@ def _flat_hparams(config: TrainConfig) -> dict[str, Any]:
 
 def _write_results(path: Path, config: TrainConfig, holdout: list[int], done: dict[str, Any],
                    features: Any) -> dict[str, Any]:
-    ordered = {str(f): done[str(f)] for f in holdout if str(f) in done}
+    # every fold completed in this run dir counts, also those held out by an earlier invocation
+    ordered = {k: done[k] for k in sorted(done, key=int)}
     results = {
         "arch": config.arch,
         "arch_params": config.arch_params,
