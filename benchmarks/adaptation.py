@@ -33,23 +33,13 @@ import sys
 import time
 from pathlib import Path
 
+from _machine import cpu_model
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO / "tympan" / "assets" / "default"
 SWEEP = ["noise_10db", "lowpass_4k", "resample_8k", "gain_-20db", "codec_mp3"]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> str:

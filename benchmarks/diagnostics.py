@@ -39,15 +39,11 @@ PROGRESS = sys.stderr.isatty()
 DEFAULT_WEIGHTS = REPO.parent / "shared" / "weights" / "efficientat-mn04_as" / "mn04_as_mAP_432.pt"
 
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+
 def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (f"{platform.node()} | {platform.system()} {platform.release()} | {cpu} | {os.cpu_count()} logical CPUs | "
             f"python {platform.python_version()} | torch {torch.__version__} | torch threads {torch.get_num_threads()}")
 

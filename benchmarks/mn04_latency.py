@@ -18,19 +18,8 @@ import time
 
 import torch
 
+from _machine import cpu_model
 from tympan.models import build_model
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_calls(model: torch.nn.Module, x: torch.Tensor, runs: int, warmup: int) -> list[float]:

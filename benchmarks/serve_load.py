@@ -44,15 +44,11 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "esc50"
 TARGETS = {"p50_c1_ms": 20.0, "p99_c1_ms": 60.0, "clips_per_s_c16": 100.0}
 
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or cpu
+    cpu = cpu_model()
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:

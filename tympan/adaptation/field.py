@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 import soundfile as sf
 import torch
 from torch import nn
 
 from tympan.audio import DEFAULT_MAX_SECONDS, frame_windows, load_audio
 from tympan.datasets.field import scan_field_dir
+from tympan.diagnostics.ood import EnergyOOD
 from tympan.errors import AudioError, TympanError
 from tympan.features import FrontendConfig, LogMel
 
@@ -182,19 +184,6 @@ def window_logits(model: nn.Module, features: torch.Tensor, batch_size: int = 64
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-def _softmax(z: np.ndarray, t: float) -> np.ndarray:
-    z = np.asarray(z, np.float64) / t
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _energy(z: np.ndarray, t: float) -> np.ndarray:
-    z = np.asarray(z, np.float64) / t
-    m = z.max(axis=1, keepdims=True)
-    return -t * (m[:, 0] + np.log(np.exp(z - m).sum(axis=1)))
-
-
 @dataclass
 class FilePredictions:
     """Per-recording predictions, aggregated over windows as serving does."""
@@ -217,8 +206,8 @@ def aggregate(
     ood_temperature: float = 1.0, threshold: float | None = None,
 ) -> FilePredictions:
     """Mean window probabilities and energy per file."""
-    p = _softmax(logits, temperature)
-    e = _energy(logits, ood_temperature)
+    p = softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+    e = EnergyOOD.score(logits, ood_temperature)
     counts = np.bincount(file_index, minlength=n_files).astype(np.float64)
     probs = np.zeros((n_files, p.shape[1]))
     np.add.at(probs, file_index, p)
@@ -244,4 +233,3 @@ def predict_field(bundle, ff: FieldFeatures, batch_size: int = 64) -> FilePredic
     t, t_ood, thr = bundle_thresholds(bundle)
     z = window_logits(bundle.model, ff.features, batch_size)
     return aggregate(z, ff.file_index, ff.n_files, t, t_ood, thr)
-

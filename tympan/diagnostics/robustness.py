@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 
 from tympan.diagnostics._utils import to_jsonable
 from tympan.diagnostics.calibration import calibration_metrics
+from tympan.diagnostics.ood import EnergyOOD
 from tympan.errors import DataError
 
 __all__ = ["SweepItem", "default_sweep", "run_sweep"]
@@ -133,8 +135,8 @@ def run_sweep(
             w, _ = frame_windows(y, predictor.config.clip_samples)
             z = predictor.logits(w)
             logits.append(z)
-        probs = np.stack([_softmax(z, t).mean(axis=0) for z in logits])
-        energy = np.asarray([float(_energy(z, predictor.ood_temperature).mean()) for z in logits])
+        probs = np.stack([softmax(np.asarray(z, np.float64) / t, axis=1).mean(axis=0) for z in logits])
+        energy = np.asarray([float(EnergyOOD.score(z, predictor.ood_temperature).mean()) for z in logits])
         m = calibration_metrics(probs, labels)
         if item.corruption is None:
             clean_acc = m["accuracy"]
@@ -151,19 +153,6 @@ def run_sweep(
         "notes": "ECE with the bundle's temperature (15 equal-width bins); corruptions from tympan.corruptions "
                  "applied at the model's sample rate with a per-clip seed",
     })
-
-
-def _softmax(z: np.ndarray, t: float) -> np.ndarray:
-    z = np.asarray(z, np.float64) / t
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _energy(z: np.ndarray, t: float) -> np.ndarray:
-    from scipy.special import logsumexp
-
-    return -t * logsumexp(np.asarray(z, np.float64) / t, axis=1)
 
 
 def format_table(result: dict[str, Any]) -> str:
