@@ -3,6 +3,11 @@
 Starts ``tympan serve`` and ``tympan dashboard`` as child processes, waits until the API is
 ready, classifies one example clip through it so the user sees the whole path work, prints
 the URLs, and stops both on Ctrl-C. ``--check`` exits after that first prediction.
+
+Both ports are checked before anything starts (one line and exit 2 when one is taken). The
+readiness checks and the example prediction only trust the processes started here: the API
+child gets a random ``TYMPAN_INSTANCE_TOKEN`` that every response of it carries in
+``X-Tympan-Instance``, and on Linux the listening sockets must belong to the children.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import base64
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,6 +26,9 @@ import urllib.request
 from pathlib import Path
 
 from tympan.errors import TympanError
+from tympan.ports import check_port_free, listened_by
+
+INSTANCE_HEADER = "X-Tympan-Instance"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,18 +40,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--example", type=Path, default=None, help="clip to classify once the API is up")
     p.add_argument("--check", action="store_true", help="exit after the first prediction (for scripts and CI)")
     p.add_argument("--no-dashboard", action="store_true")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="largest upload, for the API and the dashboard's upload widget alike (20 MiB)")
     p.set_defaults(func=cmd_up)
 
 
-def _wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 180.0) -> None:
+def _check_alive(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is not None:
+            raise TympanError(f"{' '.join(map(str, p.args[:5]))} exited with code {p.returncode}")
+
+
+def _check_ours(child: subprocess.Popen, port: int, response, token: str | None) -> None:
+    """Refuse to go on talking to a server that is not ``child`` (another process on the port)."""
+    if token is not None and response.headers.get(INSTANCE_HEADER) != token:
+        raise TympanError(f"port {port} is answered by another server, not the one `tympan up` started")
+    if listened_by(port, child.pid) is False:
+        raise TympanError(f"port {port} is held by another process, not the one `tympan up` started")
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen], child: subprocess.Popen, port: int,
+                token: str | None = None, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise TympanError(f"{' '.join(map(str, p.args[:4]))} exited with code {p.returncode}")
+        _check_alive(procs)
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
+                    _check_ours(child, port, r, token)
                     return
         except (urllib.error.URLError, OSError):
             pass
@@ -64,27 +89,40 @@ def _example_clip(explicit: Path | None) -> Path | None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    check_port_free(args.host, args.api_port, "--api-port")
+    if not args.no_dashboard:
+        if args.dashboard_port == args.api_port:
+            raise TympanError(f"--api-port and --dashboard-port are both {args.api_port}; choose two ports")
+        check_port_free(args.host, args.dashboard_port, "--dashboard-port")
     api = f"http://{args.host}:{args.api_port}"
+    token = secrets.token_hex(16)
+    env = {**os.environ, "TYMPAN_INSTANCE_TOKEN": token}
+    if args.max_body_bytes is not None:  # one setting for the API's limit and the upload widget's
+        env["TYMPAN_MAX_BODY_BYTES"] = str(args.max_body_bytes)
     serve = [sys.executable, "-m", "tympan", "serve", "--host", args.host, "--port", str(args.api_port)]
     if args.bundle:
         serve += ["--bundle", str(args.bundle)]
-    procs = [subprocess.Popen(serve)]
+    server = subprocess.Popen(serve, env=env)
+    procs = [server]
     try:
         if not args.no_dashboard:
             procs.append(subprocess.Popen([
                 sys.executable, "-m", "tympan", "dashboard", "--port", str(args.dashboard_port),
-                "--api-url", api,
-            ]))
-        _wait_ready(f"{api}/ready", procs)
+                "--address", args.host, "--api-url", api,
+            ], env={k: v for k, v in env.items() if k != "TYMPAN_INSTANCE_TOKEN"}))
+        _wait_ready(f"{api}/ready", procs, server, args.api_port, token)
         print(f"API        {api}  (docs: {api}/docs)")
         if not args.no_dashboard:
-            _wait_ready(f"http://{args.host}:{args.dashboard_port}/_stcore/health", procs)
+            _wait_ready(f"http://{args.host}:{args.dashboard_port}/_stcore/health", procs, procs[1],
+                        args.dashboard_port)
             print(f"dashboard  http://{args.host}:{args.dashboard_port}")
         clip = _example_clip(args.example)
         if clip is not None:
             body = json.dumps({"audio_base64": base64.b64encode(clip.read_bytes()).decode(), "top_k": 3}).encode()
             req = urllib.request.Request(f"{api}/predict", data=body, headers={"Content-Type": "application/json"})
+            _check_alive(procs)
             with urllib.request.urlopen(req, timeout=60) as r:
+                _check_ours(server, args.api_port, r, token)
                 result = json.load(r)
             top = ", ".join(f"{c['label']} {c['probability']:.2f}" for c in result["top_k"])
             flag = " [out of distribution]" if result["ood"]["out_of_distribution"] else ""

@@ -26,12 +26,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_dashboard)
 
 
+def upload_limit_mb(env: dict[str, str] | None = None) -> int:
+    """The upload widget's limit (Streamlit's ``server.maxUploadSize``, MiB): the API's body limit.
+
+    Both come from the same setting, ``TYMPAN_MAX_BODY_BYTES`` (default 20 MiB), so the
+    dashboard never accepts a file the API would refuse as too large (rounded down to whole MiB).
+    """
+    from tympan.serving.settings import Settings
+
+    return max(1, Settings.from_env(env).max_body_bytes // (1024 * 1024))
+
+
 def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The ``streamlit run`` command line and environment for ``args``."""
     from tympan.dashboard import APP_PATH
 
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_PATH), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           "--server.maxUploadSize", str(upload_limit_mb())]
     if args.address:
         cmd += ["--server.address", args.address]
     if args.headless:
@@ -47,8 +59,9 @@ def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    if not 1 <= args.port <= 65535:
-        raise ValueError(f"--port {args.port}: must be 1..65535")
+    from tympan.ports import check_port_free
+
+    check_port_free(args.address or "0.0.0.0", args.port, "--port")  # Streamlit's default: all interfaces
     if importlib.util.find_spec("streamlit") is None:
         raise TympanError("streamlit is not installed: pip install 'tympan[dashboard]'")
     if args.data_dir and not (args.data_dir / "meta" / "esc50.csv").is_file():

@@ -18,6 +18,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -29,8 +30,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
 import torch
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
@@ -57,6 +59,8 @@ log = logging.getLogger("tympan.serving")
 ENDPOINTS = frozenset({"/", "/predict", "/predict/file", "/explain", "/explain/file", "/health",
                        "/ready", "/model", "/metrics", "/docs", "/redoc", "/openapi.json",
                        "/docs/oauth2-redirect"})
+#: the ``method`` label of ``tympan_requests_total``: anything else is "other" (bounded series)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: reachable without the bearer token (probes and the API's own documentation)
 OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 INTERNAL_ERROR = {"error": "internal_error", "detail": "internal server error (a bug in tympan; it has been logged)"}
@@ -65,12 +69,14 @@ ERROR_STATUS = {NotAudioError: 415, AudioTooLongError: 413}
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "missing or wrong bearer token (only when TYMPAN_API_KEY is set)"},
-    413: {"model": ErrorResponse, "description": "body or recording too large (`body_too_large`, `audio_too_long`)"},
+    408: {"model": ErrorResponse, "description": "the request body stalled (`read_timeout`)"},
+    413: {"model": ErrorResponse, "description": "body or recording too large (`body_too_large`, `audio_too_long`, "
+          "`decode_budget_exceeded`)"},
     415: {"model": ErrorResponse, "description": "not audio / unsupported format (`not_audio`)"},
     422: {"model": ErrorResponse, "description": "invalid request or unusable audio (`invalid_request`, "
           "`invalid_base64`, `empty_audio`, `truncated_audio`, `non_finite_samples`, `bad_sample_rate`)"},
     503: {"model": ErrorResponse, "description": "model still loading (`not_ready`) or too many requests "
-          "in flight (`overloaded`); both with Retry-After"},
+          "or request-body bytes in flight (`overloaded`); both with Retry-After"},
 }
 
 
@@ -129,8 +135,9 @@ async def _send_json(send: Callable, status: int, body: dict[str, Any], headers:
 class MetricsMiddleware:
     """Counts every response by endpoint and status (500 for exceptions) and times it."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, instance: str | None = None) -> None:
         self.app, self.metrics = app, metrics
+        self.instance = instance.encode("latin-1") if instance else b""
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -145,6 +152,8 @@ class MetricsMiddleware:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = int(message["status"]), True
+                if self.instance:
+                    message = {**message, "headers": [*message.get("headers", []), (b"x-tympan-instance", self.instance)]}
             await send(message)
 
         try:
@@ -154,9 +163,10 @@ class MetricsMiddleware:
             if started:
                 raise
             status = 500
-            await _send_json(send, 500, INTERNAL_ERROR)
+            await _send_json(send_wrapper, 500, INTERNAL_ERROR)
         finally:
-            self.metrics.requests.labels(endpoint, scope.get("method", ""), str(status)).inc()
+            method = scope.get("method", "")
+            self.metrics.requests.labels(endpoint, method if method in METHODS else "other", str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
@@ -178,25 +188,78 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+class BodyBudget:
+    """Bytes of request bodies held by all requests at once (admission control)."""
+
+    def __init__(self, limit: int, gauge: Any = None) -> None:
+        self.limit, self.held, self.gauge = int(limit), 0, gauge
+
+    def take(self, n: int) -> bool:
+        if self.held + n > self.limit:
+            return False
+        self._set(self.held + n)
+        return True
+
+    def give(self, n: int) -> None:
+        self._set(self.held - n)
+
+    def _set(self, held: int) -> None:
+        self.held = held
+        if self.gauge is not None:
+            self.gauge.set(held)
+
+
 class BodyLimitMiddleware:
     """Refuse bodies over ``limit`` bytes: by Content-Length up front, and while reading.
 
     The body is read here (it would be buffered by the app anyway) and replayed to the app,
-    so an oversized or lying upload never reaches a parser.
+    so an oversized or lying upload never reaches a parser. Before a byte is read, the declared
+    Content-Length is reserved in the shared :class:`BodyBudget` (503 ``overloaded`` with
+    Retry-After when all requests' bodies would exceed it); chunked bodies take from it as they
+    arrive. Each read waits at most ``read_timeout`` seconds and the whole body at most
+    ``body_timeout``: a stalled upload gets 408 ``read_timeout`` and its connection is closed.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, budget: BodyBudget | None = None,
+                 read_timeout: float | None = None, body_timeout: float | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.app, self.limit = app, int(limit)
+        self.budget = budget or BodyBudget(4 * self.limit)
+        self.read_timeout, self.body_timeout, self.metrics = read_timeout, body_timeout, metrics
+
+    def _refuse(self, send: Callable, status: int, code: str, detail: str,
+                headers: list | None = None) -> Awaitable[None]:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(code).inc()
+        return _send_json(send, status, {"error": code, "detail": detail},
+                          [(b"connection", b"close"), *(headers or [])])
 
     def _too_large(self, send: Callable, size: str) -> Awaitable[None]:
-        return _send_json(send, 413, {"error": "body_too_large",
-                                      "detail": f"request body is {size}; the limit is {self.limit} bytes"},
-                          [(b"connection", b"close")])
+        return self._refuse(send, 413, "body_too_large", f"request body is {size}; the limit is {self.limit} bytes")
+
+    def _busy(self, send: Callable, n: int) -> Awaitable[None]:
+        return self._refuse(send, 503, "overloaded",
+                            f"server busy: {self.budget.held} bytes of request bodies in flight, {n} more would "
+                            f"exceed the budget of {self.budget.limit}; retry shortly", [(b"retry-after", b"1")])
+
+    async def _receive(self, receive: Callable, deadline: float | None) -> dict[str, Any] | None:
+        """The next message, or None when the client stalled past the read or body timeout."""
+        wait = self.read_timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            wait = left if wait is None else min(wait, left)
+        if wait is None:
+            return await receive()
+        try:
+            return await asyncio.wait_for(receive(), max(wait, 0.0))
+        except asyncio.TimeoutError:
+            return None
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
+        held = 0
         if declared is not None:
             try:
                 n = int(declared)
@@ -204,28 +267,49 @@ class BodyLimitMiddleware:
                 return await _send_json(send, 400, {"error": "bad_request", "detail": "invalid Content-Length"})
             if n > self.limit:
                 return await self._too_large(send, f"{n} bytes (Content-Length)")
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.limit:
-                return await self._too_large(send, f"over {self.limit} bytes (read so far: {total})")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body, replayed = b"".join(chunks), False
+            if not self.budget.take(n):
+                return await self._busy(send, n)
+            held = n
+        try:
+            deadline = None if self.body_timeout is None else time.monotonic() + self.body_timeout
+            chunks, total = [], 0
+            while True:
+                message = await self._receive(receive, deadline)
+                if message is None:
+                    chunks.clear()
+                    return await self._refuse(
+                        send, 408, "read_timeout",
+                        f"the request body stalled (read {total} bytes; each read may wait {self.read_timeout:g} s, "
+                        f"the whole body {self.body_timeout:g} s)")
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > self.limit:
+                    chunks.clear()
+                    return await self._too_large(send, f"over {self.limit} bytes (read so far: {total})")
+                if total > held:  # chunked, or more than declared: count it as it arrives
+                    if not self.budget.take(total - held):
+                        chunks.clear()
+                        return await self._busy(send, total - held)
+                    held = total
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body, replayed = b"".join(chunks), False
+            chunks.clear()
 
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            async def replay() -> dict[str, Any]:
+                nonlocal replayed, body
+                if not replayed:
+                    replayed = True
+                    message, body = {"type": "http.request", "body": body, "more_body": False}, b""
+                    return message
+                return await receive()
 
-        await self.app(scope, replay, send)
+            await self.app(scope, replay, send)
+        finally:
+            self.budget.give(held)
 
 
 # ---------------------------------------------------------------------------------- service
@@ -299,6 +383,7 @@ class Service:
 
         def work() -> Prepared:
             raw = decode_base64(data) if isinstance(data, str) else data
+            check_decode_budget(raw, self.settings)
             return predictor.prepare(raw)
 
         self.decoding += 1
@@ -363,6 +448,59 @@ class Service:
                 self.batcher.executor, lambda: predictor.explain(prepared.decoded, top_k=top_k))
         body = {"model": predictor.model_info, **body, "timing_ms": _elapsed_ms(request)}
         return await self.render(body, large=True)
+
+
+def check_decode_budget(data: bytes, settings: Settings) -> None:
+    """Refuse uploads whose header promises far more samples than their size can honestly hold.
+
+    A 232 kB FLAC of silence decodes to 64 M samples (256 MB of float32, seconds of CPU): the
+    header's frames x channels must fit ``max(max_samples_per_byte x size, min_decode_samples)``
+    (see :meth:`Settings.decode_budget`). Unreadable headers are left to the decoder, which
+    names the problem.
+    """
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - the decoder classifies undecodable input
+        return
+    frames, channels = int(info.frames), max(int(info.channels), 1)
+    if not 0 < frames < 0x7FFF_FFFF:  # unknown length: the decoder's own limits apply
+        return
+    total, budget = frames * channels, settings.decode_budget(len(data))
+    if total > budget:
+        raise RequestError(
+            413, "decode_budget_exceeded",
+            f"{len(data)} bytes of {info.format} promise {frames} frames x {channels} channels = {total} samples "
+            f"({total / max(len(data), 1):.0f} per byte); the limit is {budget} samples "
+            f"(max({settings.max_samples_per_byte:g} per byte, {settings.min_decode_samples}))")
+
+
+def strip_paths(value: Any) -> Any:
+    """``value`` with absolute file-system paths (build-machine provenance) cut to their last part."""
+    if isinstance(value, dict):
+        return {k: strip_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_paths(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return _ABS_PATH.sub(lambda m: m.group("name") or "", value)
+    return value
+
+
+_ABS_PATH = re.compile(r"(?<![\w:/.~-])(?:~|[A-Za-z]:)?[/\\](?:[^\s/\\]+[/\\])*(?P<name>[^\s/\\]+)")
+
+
+def describe_model(predictor: Predictor, include: str | None) -> dict[str, Any]:
+    """``GET /model``: ``Predictor.describe()`` without local paths; the bundle's heavy drift
+    ``reference`` only with ``?include=reference``."""
+    body = dict(predictor.describe())
+    reference = body.pop("reference", None)
+    wanted = {part.strip() for part in (include or "").split(",") if part.strip()}
+    unknown = wanted - {"reference"}
+    if unknown:
+        raise RequestError(422, "invalid_request",
+                           f"include: unknown value(s) {', '.join(sorted(unknown))}; the only one is 'reference'")
+    if "reference" in wanted:
+        body["reference"] = reference if reference is not None else (predictor.bundle.reference or None)
+    return strip_paths(body)
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
@@ -499,11 +637,14 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
         return await service.explain(request, await file.read(), top_k)
 
     @app.get("/health", response_model=Status, tags=["ops"], summary="Process is up")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.head("/health", tags=["ops"], summary="As GET /health, without a body (load balancers)")
+    async def health() -> Response:
+        return JSONResponse({"status": "ok"})  # X-Tympan-Instance: added to every response when set
 
     @app.get("/ready", response_model=Status, tags=["ops"], summary="200 once the model is loaded and warmed",
              responses={503: {"model": ErrorResponse}})
+    @app.head("/ready", tags=["ops"], summary="As GET /ready, without a body (load balancers)",
+              responses={503: {"model": ErrorResponse}})
     async def ready() -> Response:
         if service.ready:
             return JSONResponse({"status": "ready"})
@@ -513,8 +654,10 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
 
     @app.get("/model", response_model=ModelInfo, tags=["ops"], summary="Model bundle description",
              responses={503: {"model": ErrorResponse}})
-    async def model() -> Response:
-        return JSONResponse(service.require_ready().describe())
+    async def model(include: str | None = Query(
+            None, description="`reference`: also return the bundle's drift reference (large)")) -> Response:
+        body = describe_model(service.require_ready(), include)
+        return await service.render(body, large="reference" in body)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
@@ -525,14 +668,16 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
         return {"service": "tympan", "version": __version__, "docs": "/docs", "contract": "docs/api.md"}
 
     # -------------------------------------------------------------- middleware (inner first)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes,
+                       budget=BodyBudget(settings.inflight_body_budget, metrics.body_bytes), read_timeout=settings.read_timeout_s,
+                       body_timeout=settings.body_timeout_s, metrics=metrics)
     if settings.api_key:
         app.add_middleware(AuthMiddleware, api_key=settings.api_key)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, instance=settings.instance_token)
     return app
 
 

@@ -23,6 +23,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=None, help="torch threads (default: cores / workers)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--log-level", default=None, help="uvicorn log level (info)")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (20 MB)")
+    p.add_argument("--max-inflight-body-bytes", type=int, default=None,
+                   help="request-body bytes all requests may hold at once; beyond it 503 (4 x max body)")
+    p.add_argument("--read-timeout", type=float, default=None, dest="read_timeout_s",
+                   help="seconds to wait for a request's headers and for each piece of its body (10)")
+    p.add_argument("--body-timeout", type=float, default=None, dest="body_timeout_s",
+                   help="seconds a whole request body may take to arrive (120)")
+    p.add_argument("--keep-alive-timeout", type=float, default=None, dest="keep_alive_timeout_s",
+                   help="seconds an idle keep-alive connection stays open (5)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="classify audio files offline with a model bundle")
@@ -62,19 +71,26 @@ def _passive_openmp() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from tympan.ports import check_port_free
+
     _bundle_dir(args.bundle)  # a bad --bundle fails before anything else happens
+    check_port_free(args.host, args.port, "--port")  # one line, before the model loads
     _passive_openmp()
     try:
         import uvicorn
     except ModuleNotFoundError:
         raise BundleError("serving needs the 'serve' extra: pip install 'tympan[serve]'") from None
     from tympan.serving.app import create_app
+    from tympan.serving.server import uvicorn_config
     from tympan.serving.settings import Settings
 
     bundle = _bundle_dir(args.bundle)
     overrides = {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
                  "torch_threads": args.torch_threads, "device": args.device,
-                 "workers": args.workers, "log_level": args.log_level}
+                 "workers": args.workers, "log_level": args.log_level,
+                 "max_body_bytes": args.max_body_bytes, "max_inflight_body_bytes": args.max_inflight_body_bytes,
+                 "read_timeout_s": args.read_timeout_s, "body_timeout_s": args.body_timeout_s,
+                 "keep_alive_timeout_s": args.keep_alive_timeout_s}
     settings = Settings.from_env(**overrides)
     common = {"host": args.host, "port": args.port, "log_level": settings.log_level,
               "timeout_graceful_shutdown": 5}
@@ -83,9 +99,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for key, value in overrides.items():
             if value is not None:
                 os.environ[f"TYMPAN_{key.upper()}"] = str(value)
-        uvicorn.run("tympan.serving.app:create_app_from_env", factory=True, workers=args.workers, **common)
+        uvicorn.run("tympan.serving.app:create_app_from_env", factory=True, workers=args.workers,
+                    http="tympan.serving.server:TimedH11Protocol",  # reads TYMPAN_READ_TIMEOUT_S
+                    timeout_keep_alive=settings.keep_alive_timeout_s, **common)
     else:
-        uvicorn.run(create_app(bundle, settings), **common)
+        config = uvicorn_config(create_app(bundle, settings), settings, args.host, args.port,
+                                timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:
+            raise BundleError(f"the server did not start on {args.host}:{args.port} (see the log above)")
     return 0
 
 

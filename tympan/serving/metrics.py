@@ -10,7 +10,11 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
 
 class Metrics:
-    """Request counts by endpoint and status, latency, batch sizes, OOD rate."""
+    """Request counts by endpoint and status, latency, batch sizes, OOD rate.
+
+    Every label takes values from a fixed set (endpoints and methods outside it are "other"),
+    so no client can grow the number of series.
+    """
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -34,6 +38,8 @@ class Metrics:
                                 ["code"], registry=r)
         self.queue = Gauge("tympan_batch_queue_depth", "requests waiting for the model", registry=r)
         self.ready = Gauge("tympan_ready", "1 once the model is loaded and warmed", registry=r)
+        self.body_bytes = Gauge("tympan_inflight_body_bytes", "request-body bytes held by requests in flight "
+                                "(admission control budget: TYMPAN_MAX_INFLIGHT_BODY_BYTES)", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

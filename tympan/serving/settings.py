@@ -35,6 +35,26 @@ class Settings:
     max_wait_ms: float = 2.0
     #: requests decoded or waiting for the model at once; beyond it 503 `overloaded` (back-pressure)
     max_in_flight: int = 64
+    #: request-body bytes held by all requests at once (admission control, before a byte is read:
+    #: Content-Length is reserved up front, chunked bodies count as they arrive); beyond it 503
+    #: `overloaded` with Retry-After. None = 4 x max_body_bytes
+    max_inflight_body_bytes: int | None = None
+    #: longest wait, in seconds, for a request's headers (from the connection or its first byte)
+    #: and for each next piece of its body; beyond it the connection is closed (headers) or
+    #: answered 408 `read_timeout` (body)
+    read_timeout_s: float = 10.0
+    #: longest time, in seconds, a whole request body may take to arrive (408 `read_timeout`)
+    body_timeout_s: float = 120.0
+    #: an idle keep-alive connection is closed after this many seconds (uvicorn's timeout_keep_alive)
+    keep_alive_timeout_s: float = 5.0
+    #: decode budget: an upload may decode to at most max(max_samples_per_byte x its size,
+    #: min_decode_samples) samples (frames x channels, from its header); beyond it 413
+    #: `decode_budget_exceeded`. Bounds what a tiny, highly compressible file can cost
+    max_samples_per_byte: float = 64.0
+    min_decode_samples: int = 4_000_000
+    #: a token /health returns in the X-Tympan-Instance header (``tympan up`` checks it is
+    #: talking to the server it started)
+    instance_token: str | None = None
     #: torch intra-op threads; None = the cores this process may use (divided among workers)
     torch_threads: int | None = None
     #: threads that decode uploads (off the event loop)
@@ -70,10 +90,25 @@ class Settings:
             problems.append("torch_threads must be >= 1")
         if self.max_in_flight < 1:
             problems.append("max_in_flight must be >= 1")
+        if self.max_inflight_body_bytes is not None and self.max_inflight_body_bytes < self.max_body_bytes:
+            problems.append("max_inflight_body_bytes must be >= max_body_bytes")
+        if min(self.read_timeout_s, self.body_timeout_s, self.keep_alive_timeout_s) <= 0:
+            problems.append("read_timeout_s, body_timeout_s and keep_alive_timeout_s must be positive")
+        if self.max_samples_per_byte <= 0 or self.min_decode_samples < 1:
+            problems.append("max_samples_per_byte and min_decode_samples must be positive")
         if self.decode_threads < 1 or self.workers < 1:
             problems.append("decode_threads and workers must be >= 1")
         if problems:
             raise ValueError("invalid server settings: " + "; ".join(problems))
+
+    @property
+    def inflight_body_budget(self) -> int:
+        """Bytes of request bodies all requests may hold at once (``max_inflight_body_bytes``)."""
+        return self.max_inflight_body_bytes or 4 * self.max_body_bytes
+
+    def decode_budget(self, n_bytes: int) -> int:
+        """Most samples (frames x channels) an upload of ``n_bytes`` may decode to."""
+        return max(int(self.max_samples_per_byte * n_bytes), self.min_decode_samples)
 
     @property
     def threads(self) -> int:
@@ -104,9 +139,9 @@ class Settings:
 def _parse(name: str, raw: str) -> Any:
     default = {f.name: f for f in dataclasses.fields(Settings)}[name].default
     try:
-        if name in ("api_key", "device", "log_level"):
+        if name in ("api_key", "device", "log_level", "instance_token"):
             return raw
-        if name == "torch_threads":
+        if name in ("torch_threads", "max_inflight_body_bytes"):
             return int(raw)
         if name == "warmup_batch_sizes":
             return tuple(int(v) for v in raw.split(",") if v.strip())

@@ -1,0 +1,384 @@
+"""Attacks on a REAL ``tympan serve`` (uvicorn, the shipped bundle) in its own process.
+
+Each test talks raw sockets or httpx to the server on 127.0.0.1 and checks statuses and the
+server process's memory (``/proc/<pid>/status``: VmRSS now, VmHWM the peak). Every loop is
+bounded in count and in time. Measured numbers are printed (``pytest -s`` shows them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import random
+import re
+import select
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+MiB = 1024 * 1024
+BODY_LIMIT = 4 * MiB
+BUDGET = 12 * MiB  # three full-size bodies at once
+READ_TIMEOUT = 2.0
+KEEP_ALIVE = 1.0
+TOKEN = "abuse-test-instance"
+
+
+# ----------------------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of ``pid`` in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def rss(pid: int) -> int:
+    return proc_status(pid)["VmRSS"]
+
+
+class RssSampler:
+    """Peak RSS of ``pid`` sampled every 20 ms while the ``with`` block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss(self.pid))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> RssSampler:
+        self.peak = rss(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
+        if m and all(dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")).get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def series(text: str, name: str) -> set[str]:
+    return {line.split(" ")[0] for line in text.splitlines() if line.startswith(name + "{")}
+
+
+def read_response(sock: socket.socket, timeout: float) -> tuple[int | None, dict[str, str], float]:
+    """(status or None when closed without one, headers, seconds until answered or closed)."""
+    t0 = time.monotonic()
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    elapsed = time.monotonic() - t0
+    if not data.startswith(b"HTTP/1.1 "):
+        return None, {}, elapsed
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in (h.partition(":") for h in head[1:]))
+    return int(head[0].split()[1]), headers, elapsed
+
+
+def closed_within(sock: socket.socket, timeout: float) -> float | None:
+    """Seconds until the server closes ``sock`` (reading and dropping what it sends), or None."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        ready, _, _ = select.select([sock], [], [], 0.1)
+        if ready:
+            try:
+                if not sock.recv(65536):
+                    return time.monotonic() - t0
+            except ConnectionResetError:
+                return time.monotonic() - t0
+    return None
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def post_head(port: int, path: str, length: int | None, ctype: str = "application/octet-stream") -> bytes:
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\n"
+            f"{framing}\r\n\r\n").encode()
+
+
+def tone_wav(seconds: float = 1.0, sr: int = 16_000) -> bytes:
+    t = np.arange(int(seconds * sr)) / sr
+    buf = io.BytesIO()
+    sf.write(buf, 0.3 * np.sin(2 * np.pi * 440 * t), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------ server
+class ServeProcess:
+    """``python -m tympan serve`` on a free port, with tight limits and timeouts."""
+
+    def __init__(self, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "TYMPAN_MAX_BODY_BYTES": str(BODY_LIMIT),
+                    "TYMPAN_MAX_INFLIGHT_BODY_BYTES": str(BUDGET), "TYMPAN_READ_TIMEOUT_S": str(READ_TIMEOUT),
+                    "TYMPAN_BODY_TIMEOUT_S": "30", "TYMPAN_KEEP_ALIVE_TIMEOUT_S": str(KEEP_ALIVE),
+                    "TYMPAN_TORCH_THREADS": "1", "TYMPAN_WARMUP_BATCH_SIZES": "1", "TYMPAN_MAX_BATCH_SIZE": "4",
+                    "TYMPAN_INSTANCE_TOKEN": TOKEN, "TYMPAN_LOG_LEVEL": "warning", **env}
+
+    def __enter__(self) -> ServeProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tympan", "serve", "--port", str(self.port)],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tympan serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.proc.kill()
+        raise RuntimeError("tympan serve did not become ready in 240 s")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=10).text
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServeProcess() as live:
+        yield live
+
+
+def mb(n: float) -> str:
+    return f"{n / MiB:.1f} MiB"
+
+
+# ---------------------------------------------------------------------------- /metrics
+def test_unknown_methods_and_paths_add_no_series(server: ServeProcess) -> None:
+    server.metrics()  # the scrape's own series exists before the baseline
+    before = series(server.metrics(), "tympan_requests_total")
+    rng = random.Random(0)
+    statuses = set()
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        for i in range(300):
+            assert time.monotonic() < deadline, "300 requests took over 60 s"
+            method = "M" + "".join(rng.choices(string.ascii_uppercase + string.digits, k=8))
+            path = "/" + "".join(rng.choices(string.ascii_lowercase, k=10)) if i % 2 else "/health"
+            statuses.add(c.request(method, path).status_code)
+    after = series(server.metrics(), "tympan_requests_total")
+    new = after - before
+    print(f"\n300 random methods: statuses {sorted(statuses)}, new series {sorted(new)}")
+    assert statuses <= {404, 405} and len(new) <= 2
+    assert all('method="other"' in s for s in new)
+    assert not any(re.search(r'method="M[A-Z0-9]{8}"', s) for s in after)
+
+
+# ---------------------------------------------------------------------------- timeouts
+def test_stalled_bodies_get_408_and_are_released(server: ServeProcess) -> None:
+    base = rss(server.pid)
+    socks = []
+    with RssSampler(server.pid) as sampler:
+        for _ in range(6):  # 6 x 1.5 MiB declared = 9 MiB < budget: all admitted, all stall
+            s = connect(server.port)
+            s.sendall(post_head(server.port, "/predict/file", 3 * MiB // 2, "multipart/form-data; boundary=x"))
+            s.sendall(b"\0" * MiB)  # 1 MiB of 1.5, then nothing
+            socks.append(s)
+        held = metric(server.metrics(), "tympan_inflight_body_bytes")
+        answers = [read_response(s, READ_TIMEOUT + 8) for s in socks]
+        closes = [closed_within(s, 5) for s in socks]
+    for s in socks:
+        s.close()
+    time.sleep(0.3)
+    after, gauge = rss(server.pid), metric(server.metrics(), "tympan_inflight_body_bytes")
+    print(f"\nstalled bodies: held {mb(held)} while stalled; answers {[(a[0], round(a[2], 2)) for a in answers]}; "
+          f"closed after {[round(c, 2) if c is not None else None for c in closes]} s; RSS {mb(base)} -> peak "
+          f"{mb(sampler.peak)} -> after {mb(after)}; gauge after {gauge}")
+    assert held == 6 * (3 * MiB // 2)
+    assert [a[0] for a in answers] == [408] * 6 and all(a[2] < READ_TIMEOUT + 6 for a in answers)
+    assert all(a[1].get("connection") == "close" for a in answers)
+    assert all(c is not None for c in closes)
+    assert gauge == 0
+    assert sampler.peak - base < 64 * MiB and after - base < 32 * MiB
+    assert httpx.get(server.url + "/ready", timeout=10).status_code == 200
+
+
+def test_slow_headers_and_idle_connections_are_closed(server: ServeProcess) -> None:
+    silent = connect(server.port)  # connects, sends nothing
+    slow = connect(server.port)  # starts a request, never finishes its headers
+    slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty")
+    idle = connect(server.port)  # one request, then keep-alive idle
+    idle.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+    status, headers, _ = read_response(idle, 10)
+    assert status == 200 and headers.get("x-tympan-instance") == TOKEN
+    t_idle = closed_within(idle, KEEP_ALIVE + 5)
+    status_slow, _, t_slow = read_response(slow, READ_TIMEOUT + 5)
+    t_silent = closed_within(silent, READ_TIMEOUT + 5)
+    print(f"\nidle keep-alive closed after {t_idle} s (timeout {KEEP_ALIVE}); slow headers: {status_slow} after "
+          f"{t_slow:.2f} s; silent connection closed after {t_silent} s (read timeout {READ_TIMEOUT})")
+    for s in (silent, slow, idle):
+        s.close()
+    assert t_idle is not None and t_idle < KEEP_ALIVE + 2
+    assert status_slow == 408 and t_slow < READ_TIMEOUT + 3
+    assert t_silent is not None  # within READ_TIMEOUT (+ what the other waits took)
+
+
+# -------------------------------------------------------------------- admission control
+def _upload_burst(port: int, n: int, size: int, chunked: bool) -> list[int | None]:
+    """``n`` concurrent uploads of ``size`` bytes of garbage; their statuses."""
+    socks = []
+    for _ in range(n):
+        s = connect(port)
+        s.sendall(post_head(port, "/predict/file", None if chunked else size,
+                            "multipart/form-data; boundary=x"))
+        socks.append(s)
+    statuses: list[int | None] = [None] * n
+    if not chunked:  # those refused are answered before they send a byte of body
+        for i, s in enumerate(socks):
+            ready, _, _ = select.select([s], [], [], 0.5 if i == 0 else 0.05)
+            if ready:
+                statuses[i], headers, _ = read_response(s, 5)
+                assert statuses[i] == 503 and headers.get("retry-after") == "1", (statuses[i], headers)
+    block = b"\0" * (256 * 1024)
+
+    def send_all(i: int, s: socket.socket) -> None:
+        if statuses[i] is not None:
+            return
+        try:
+            for _ in range(size // len(block)):
+                s.sendall(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+            if chunked:
+                s.sendall(b"0\r\n\r\n")
+        except OSError:  # refused mid-body: the server closed the connection
+            pass
+        statuses[i] = read_response(s, 30)[0]
+
+    threads = [threading.Thread(target=send_all, args=(i, s)) for i, s in enumerate(socks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for s in socks:
+        s.close()
+    return statuses
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_concurrent_large_uploads_are_admitted_within_budget(server: ServeProcess, chunked: bool) -> None:
+    size = 3 * MiB
+    base = rss(server.pid)
+    t0 = time.monotonic()
+    with RssSampler(server.pid) as sampler:
+        statuses = _upload_burst(server.port, 40, size, chunked)
+    took = time.monotonic() - t0
+    after = rss(server.pid)
+    text = server.metrics()
+    counts = {s: statuses.count(s) for s in set(statuses)}
+    print(f"\n40 x {mb(size)} {'chunked' if chunked else 'Content-Length'} uploads in {took:.1f} s: {counts}; RSS "
+          f"{mb(base)} -> peak {mb(sampler.peak)} (+{mb(sampler.peak - base)}) -> after {mb(after)}; "
+          f"in-flight body bytes after: {metric(text, 'tympan_inflight_body_bytes')}")
+    assert counts.get(503, 0) >= 40 - BUDGET // size - 4 and set(counts) <= {503, 415, 422, None}
+    assert counts.get(415, 0) + counts.get(422, 0) >= 1  # some were admitted (and then refused as not audio)
+    # 40 x 3 MiB = 120 MiB offered; the budget (12 MiB) and a few copies of it may be held
+    assert sampler.peak - base < 5 * BUDGET, mb(sampler.peak - base)
+    assert metric(text, "tympan_inflight_body_bytes") == 0
+    r = httpx.post(server.url + "/predict/file", files={"file": ("a.wav", tone_wav())}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+# -------------------------------------------------------------------------- decode budget
+def silence_flac(seconds: float, sr: int, channels: int) -> bytes:
+    buf = io.BytesIO()
+    block = np.zeros((sr * 10, channels), np.int16)
+    with sf.SoundFile(buf, "w", sr, channels, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(int(seconds // 10)):
+            f.write(block)
+    return buf.getvalue()
+
+
+def test_decode_budget_refuses_a_tiny_file_that_decodes_huge(server: ServeProcess) -> None:
+    data = silence_flac(590, 16_000, 4)  # under 600 s and 64 M samples: only the budget stops it
+    samples = 590 * 16_000 * 4
+    base = rss(server.pid)
+    with RssSampler(server.pid) as sampler:
+        t0 = time.monotonic()
+        r = httpx.post(server.url + "/predict/file", files={"file": ("silence.flac", data)}, timeout=60)
+        took = time.monotonic() - t0
+    print(f"\n{len(data)} bytes of FLAC silence promising {samples} samples ({samples / len(data):.0f} per byte): "
+          f"{r.status_code} {r.json()['error']} in {took:.2f} s; RSS peak +{mb(sampler.peak - base)}")
+    assert r.status_code == 413 and r.json()["error"] == "decode_budget_exceeded"
+    assert "per byte" in r.json()["detail"] and "\n" not in r.json()["detail"]
+    assert took < 5 and sampler.peak - base < 32 * MiB
+    # a short silence stays under the floor and is classified
+    small = silence_flac(10, 16_000, 1)
+    assert httpx.post(server.url + "/predict/file", files={"file": ("s.flac", small)}, timeout=60).status_code == 200
+
+
+# ------------------------------------------------------------------------- /model, HEAD
+def test_model_has_no_local_paths_or_reference_unless_asked(server: ServeProcess) -> None:
+    r = httpx.get(server.url + "/model", timeout=30)
+    assert r.status_code == 200
+    assert "reference" not in r.json() and len(r.content) < 200_000, len(r.content)
+    assert not re.search(r'"(/work|/home|/root|/tmp|/Users)/', r.text), re.findall(r'"/[^"]*"', r.text)[:5]
+    assert "mn04_as_mAP_432.pt" in r.text  # the file's name is kept, its directory is not
+    full = httpx.get(server.url + "/model", params={"include": "reference"}, timeout=30)
+    assert full.status_code == 200 and full.json()["reference"] and len(full.content) > 300_000
+    assert not re.search(r"/work/", full.text)
+    bad = httpx.get(server.url + "/model", params={"include": "everything"}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_request"
+    print(f"\n/model {len(r.content)} bytes; with ?include=reference {len(full.content)} bytes")
+
+
+def test_head_probes_answer_like_get(server: ServeProcess) -> None:
+    for path in ("/health", "/ready"):
+        get, head = httpx.get(server.url + path), httpx.head(server.url + path)
+        assert head.status_code == get.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert head.headers.get("x-tympan-instance") == TOKEN
