@@ -106,12 +106,14 @@ def split_per_class(labels: np.ndarray, groups: list[str], n_adapt: int, seed: i
 
 
 def evaluate(model, ff, labels: np.ndarray, temperature: float) -> tuple[float, float]:
-    from tympan.adaptation.field import aggregate, window_logits
-    from tympan.diagnostics.calibration import expected_calibration_error
+    from tympan.adaptation.field import window_logits
+    from tympan.inference import TrustParams, aggregate
+    from tympan.stats.calibration import expected_calibration_error
 
-    preds = aggregate(window_logits(model, ff.features), ff.file_index, ff.n_files, temperature)
+    preds = aggregate(window_logits(model, ff.features), TrustParams(temperature=temperature), ff.file_index,
+                      ff.n_files)
     acc = float((preds.predicted == labels).mean())
-    return acc, float(expected_calibration_error(preds.probs, labels, n_bins=15))
+    return acc, float(expected_calibration_error(preds.probabilities, labels, n_bins=15))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if t == 1.0 and not args.no_fit_temperature:
         # never fitted: fit it on the clean adaptation clips (held-out fold, not evaluated on)
         from tympan.adaptation.field import window_logits
-        from tympan.diagnostics.temperature import TemperatureScaler
+        from tympan.stats.temperature import TemperatureScaler
 
         clean_a = from_waveforms([waves[i] for i in a_idx], fe)
         z_a = window_logits(bundle.model, clean_a.features)

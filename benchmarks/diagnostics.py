@@ -59,17 +59,18 @@ def shifts() -> dict[str, object]:
 def shifted_clipset(predictor, ds, name: str, shift, digest: str):
     """Analyse the held-out clips under ``shift`` once (cached in the diagnostics cache)."""
     from tympan.diagnostics.field import ClipSet, analyse_sources
-    from tympan.diagnostics.fit import _cache_dir, _save_npz
+    from tympan.cache import diagnostics_cache_dir
+    from tympan.io import save_npz_atomic
 
     key = hashlib.sha256(f"bench-v1|{name}|{digest}|{ds.fingerprint()}".encode()).hexdigest()[:20]
-    path = _cache_dir() / f"bench-{key}.npz"
+    path = diagnostics_cache_dir() / f"bench-{key}.npz"
     if path.is_file():
         with np.load(path) as d:
             a = {k: d[k] for k in d.files}
         return ClipSet(list(ds.clip_ids), a["acoustic"], a["embeddings"], a["logits"], a["probabilities"],
                        a["energy"], a["n_windows"], json.loads(str(a["formats"])))
     cs = analyse_sources(predictor, list(zip(ds.clip_ids, ds.files)), transform=shift, progress=PROGRESS, desc=name)
-    _save_npz(path, acoustic=cs.acoustic, embeddings=cs.embeddings, logits=cs.logits,
+    save_npz_atomic(path, acoustic=cs.acoustic, embeddings=cs.embeddings, logits=cs.logits,
               probabilities=cs.probabilities, energy=cs.energy, n_windows=cs.n_windows,
               formats=np.asarray(json.dumps(cs.formats)))
     return cs
@@ -91,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     from tympan.bundle import load_bundle
     from tympan.datasets import load_esc50
     from tympan.diagnostics.field import analyse_folder, drift_checks, make_predictor
-    from tympan.diagnostics.fit import (_weights_digest, calibrate_heldout, esc50_clipset, fit_bundle,
-                                        read_heldout, resolve_bundle_dir, save_bundle_keeping_files)
-    from tympan.diagnostics.openset import (audioset_outputs, audioset_tag_eval, knn_score, open_set_eval,
-                                           real_ood_eval)
-    from tympan.diagnostics.openset import _m as _m_local
-    from tympan.diagnostics.ood import EnergyOOD
+    from openset import audioset_outputs, audioset_tag_eval, knn_score, metrics_of, open_set_eval, real_ood_eval
+
+    from tympan.bundle import read_heldout, resolve_bundle_dir, save_bundle, weights_fingerprint
+    from tympan.diagnostics.calibrate import fit_bundle
+    from tympan.diagnostics.reference import esc50_clipset
+    from tympan.stats.temperature import calibrate_heldout
+    from tympan.stats.ood import EnergyOOD
 
     t0 = time.perf_counter()
     print(f"machine: {machine()}")
@@ -104,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(bundle_dir)
     if not (bundle.reference or {}).get("acoustic"):
         tmp = Path(tempfile.mkdtemp(prefix="tympan-bench-")) / "bundle"
-        save_bundle_keeping_files(bundle, tmp)
-        for n in ("heldout.safetensors", "heldout.json"):
-            (tmp / n).write_bytes((bundle_dir / n).read_bytes())
+        save_bundle(bundle, tmp, heldout=read_heldout(bundle_dir))
         print(f"bundle {bundle_dir} has no drift reference: fitting a copy in {tmp}")
         fit_bundle(tmp, data_dir=args.data_dir, progress=PROGRESS, log=print)
         bundle_dir = tmp
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. calibration ------------------------------------------------------------------------
     ho = read_heldout(bundle_dir)
-    cal = calibrate_heldout(ho["logits"], ho["labels"])["summary"]
+    cal = calibrate_heldout(ho.logits, ho.labels)["summary"]
     b, a = cal["before"], cal["after"]
     results["calibration"] = cal
     print(f"\n== calibration on {bundle.ood.get('fitted_on')} (accuracy {b['accuracy']:.4f})")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. OOD ----------------------------------------------------------------------------------
     predictor = make_predictor(bundle_dir)
     esc = load_esc50(args.data_dir)
-    held_ids = set(ho["clip_ids"])
+    held_ids = set(ho.clip_ids)
     ho_mask = np.asarray([c in held_ids for c in esc.clip_ids])
     held_ds = esc.subset(ho_mask)
     print("\n== OOD detection (positive class = out-of-distribution; FPR95 = OOD share accepted at 95% TPR)")
@@ -154,14 +154,14 @@ def main(argv: list[str] | None = None) -> int:
             with open(man, newline="") as f:
                 kinds_by = {r["file"]: r["kind"] for r in csv.DictReader(f)}
         kinds = [kinds_by.get(i, Path(i).parts[0]) for i in oc.ids]
-        ood_res = real_ood_eval(ho["logits"], oc.logits, kinds, temperature=bundle.temperature)
+        ood_res = real_ood_eval(ho.logits, oc.logits, kinds, temperature=bundle.temperature)
         results["real_ood"] = ood_res
         # beyond energy: k-NN on the bundle's penultimate embeddings (training clips as the bank)
         train_ds = esc.subset(np.isin(esc.folds, [int(f) for f in (bundle.provenance or {}).get("train_folds")
                                                    or sorted(set(esc.folds.tolist()) - {5})]))
         bank = esc50_clipset(predictor, train_ds, progress=PROGRESS).embeddings
         held_cs_for_knn = esc50_clipset(predictor, held_ds, progress=PROGRESS)
-        knn = _m_local(knn_score(bank, held_cs_for_knn.embeddings, 10), knn_score(bank, oc.embeddings, 10))
+        knn = metrics_of(knn_score(bank, held_cs_for_knn.embeddings, 10), knn_score(bank, oc.embeddings, 10))
         results["knn_embedding_k10"] = knn
         rows.append((f"(b) real OOD set ({len(oc)} clips) vs held-out", ood_res["pooled"]))
         for k, v in ood_res["per_kind"].items():
@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         as_in = audioset_outputs(held_ds.files, args.weights, progress=PROGRESS)
         # held-out order = heldout.json order
         pos = {c: i for i, c in enumerate(held_ds.clip_ids)}
-        order = np.asarray([pos[c] for c in ho["clip_ids"]])
+        order = np.asarray([pos[c] for c in ho.clip_ids])
         as_out = audioset_outputs(ood_files, args.weights, progress=PROGRESS)
-        e_in, e_out = EnergyOOD.score(ho["logits"]), EnergyOOD.score(oc.logits)
+        e_in, e_out = EnergyOOD.score(ho.logits), EnergyOOD.score(oc.logits)
         tag_res = audioset_tag_eval(e_in, e_out, as_in["logits"][order], as_out["logits"])
         results["audioset_tags"] = tag_res
         _ = scan_field_dir
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== drift: reference = {bundle.reference.get('fitted_on')}; field samples of {args.sample} "
           f"held-out clips, {args.reps} per condition; flagged = overall verdict 'drift'")
     clean = esc50_clipset(predictor, held_ds, progress=PROGRESS)
-    digest = _weights_digest(predictor.model) + bundle.frontend.fingerprint()
+    digest = weights_fingerprint(predictor.model) + bundle.frontend.fingerprint()
     conditions = {"clean (false alarm)": clean}
     for name, shift in shifts().items():
         conditions[name] = shifted_clipset(predictor, held_ds, name, shift, digest)
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
           f"false alarms {fa:.2f} (<= 0.05: {'met' if fa <= 0.05 else 'NOT met'})")
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.json:
-        from tympan.diagnostics._utils import to_jsonable
+        from tympan.io import to_jsonable
         from tympan.io import write_json_atomic
 
         write_json_atomic(args.json, to_jsonable(results))

@@ -33,7 +33,7 @@ from tympan.corruptions import gain, lowpass
 from tympan.datasets import load_esc50
 from tympan.errors import TympanError
 from tympan.features import FrontendConfig, LogMel
-from tympan.inference import energy_score
+from tympan.stats.ood import EnergyOOD
 from tympan.models import build_model
 
 FRONTEND = FrontendConfig(clip_seconds=2.0)
@@ -75,7 +75,7 @@ def world(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     bundle = Bundle(model=model, arch="cnn", arch_params={"width": 8}, classes=ds.classes, frontend=FRONTEND,
                     temperature=1.3, name="tiny",
                     ood={"score": "energy", "temperature": 1.0,
-                         "threshold": float(np.quantile(energy_score(z), 0.95))},
+                         "threshold": float(np.quantile(EnergyOOD.score(z), 0.95))},
                     metrics={"heldout_accuracy": float((z.argmax(1) == ds.labels[held]).mean())},
                     provenance={"heldout_fold": 5, "trained_by": "test"})
     root = tmp_path_factory.mktemp("adapt")
@@ -241,7 +241,7 @@ def test_labelled_finetune_records_before_after(world, tmp_path):
 
 
 def test_augmented_feature_copies_are_cached_and_keep_folds(synthetic_dir, tmp_path):
-    from tympan.adaptation.robust import augmented_feature_copies
+    from tympan.training.field_augment import augmented_feature_copies
 
     ds = load_esc50(synthetic_dir)
     ds = ds.subset(np.arange(len(ds)) % 10 == 0)  # 10 clips

@@ -265,7 +265,7 @@ def test_diagnostics_page_without_diagnostics(tmp_path: Path, monkeypatch: pytes
 
 
 def test_drift_page_reads_a_diagnose_report(app: AppTest) -> None:
-    from tympan.diagnostics.drift import FeatureDriftDetector
+    from tympan.stats.drift import FeatureDriftDetector
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(300, 3))
@@ -325,16 +325,17 @@ def test_drift_page_runs_diagnose_on_a_folder(app: AppTest, tmp_path: Path, monk
 
 
 def test_diagnostics_written_by_the_diagnostics_package_are_read() -> None:
-    fit = pytest.importorskip("tympan.diagnostics.fit")
-    from tympan.diagnostics.ood import EnergyOOD
+    from tympan.diagnostics.heldout import heldout_diagnostics
+    from tympan.stats.ood import EnergyOOD
+    from tympan.stats.temperature import calibrate_heldout
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(5), 20)
     logits = rng.normal(size=(100, 5)) + 3 * np.eye(5)[y]
-    cal = fit.calibrate_heldout(logits, y)
+    cal = calibrate_heldout(logits, y)
     det = EnergyOOD().fit(logits)
-    raw = fit.heldout_diagnostics(logits, y, [f"c{i}" for i in range(100)], CLASSES, calibration=cal,
-                                  detector=det, evaluated_on="test", ood_logits=rng.normal(size=(30, 5)))
+    raw = heldout_diagnostics(logits, y, [f"c{i}" for i in range(100)], CLASSES, calibration=cal,
+                              detector=det, evaluated_on="test", ood_logits=rng.normal(size=(30, 5)))
     d = parse_diagnostics(json.loads(json.dumps(raw)))
     assert not d.missing and d.classes == CLASSES
     assert set(d.reliability) == {"before", "after"} and set(d.ood_histograms) == {"in", "out"}
@@ -431,7 +432,7 @@ def test_client_errors_are_one_readable_line(api_url: str) -> None:
 
 def test_features_table_is_cached_on_disk_without_pickle(synthetic_dir: Path, tmp_path: Path) -> None:
     from tympan.dashboard.features_table import compute_features_table, describe_nearest, features_of_audio
-    from tympan.diagnostics.acoustic import FEATURE_NAMES
+    from tympan.stats.acoustic import FEATURE_NAMES
 
     calls = []
     t1 = compute_features_table(synthetic_dir, cache_dir=tmp_path, progress=lambda i, n: calls.append(i))

@@ -61,7 +61,7 @@ def _train_tiny_bundle(data_dir: Path, dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def fitted_bundle(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tympan.diagnostics.fit import fit_bundle
+    from tympan.diagnostics.calibrate import fit_bundle
 
     torch.set_num_threads(1)
     dest = _train_tiny_bundle(synthetic_dir, tmp_path_factory.mktemp("bundle") / "tiny")
@@ -109,7 +109,7 @@ def _diagnose(*argv: str) -> int:
 # --------------------------------------------------------------------------- fitting
 def test_fit_sets_trust_parameters_and_round_trips(fitted_bundle: Path) -> None:
     from tympan.diagnostics import EmbeddingDriftDetector, FeatureDriftDetector
-    from tympan.diagnostics.fit import read_heldout
+    from tympan.bundle import read_heldout
 
     b = load_bundle(fitted_bundle)
     assert b.temperature > 0 and b.temperature != 1.0
@@ -119,7 +119,7 @@ def test_fit_sets_trust_parameters_and_round_trips(fitted_bundle: Path) -> None:
     ho = read_heldout(fitted_bundle)
     from tympan.diagnostics import EnergyOOD
 
-    assert np.mean(EnergyOOD.score(ho["logits"]) <= b.ood["threshold"]) >= 0.95
+    assert np.mean(EnergyOOD.score(ho.logits) <= b.ood["threshold"]) >= 0.95
     ref = b.reference
     det = FeatureDriftDetector.from_dict(ref["acoustic"])
     assert det.n_reference_ == 80  # synthetic folds 1-4
@@ -285,7 +285,7 @@ def test_exit_code_policy() -> None:
 
 def test_acoustic_cache_is_reused(synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tympan.datasets import load_esc50
-    from tympan.diagnostics import fit
+    from tympan.diagnostics import reference as fit
 
     ds = load_esc50(synthetic_dir, folds=[1])
     first = fit.esc50_acoustic(ds, 16000, progress=False)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tympan.bundle import load_bundle
+from tympan.bundle import load_bundle, read_heldout
 from tympan.cache import featurize
 from tympan.cli import main
 from tympan.datasets import load_esc50
@@ -20,7 +20,6 @@ from tympan.training import (
     TrainConfig,
     bundle_from_run,
     evaluate,
-    load_heldout,
     predict_logits,
     run_cv,
     train_fold,
@@ -47,14 +46,14 @@ def features(synthetic_dir, tmp_path_factory):
 def test_trains_to_high_accuracy(features, tmp_path):
     results = run_cv(features, tiny_config(), [1], tmp_path / "run", progress=False, tensorboard=False)
     assert results["folds"]["1"]["accuracy"] >= 0.9
-    held = load_heldout(tmp_path / "run" / "fold1")
-    assert held["logits"].shape == (20, 5) and held["logits"].dtype == np.float32
-    assert len(held["clip_ids"]) == 20
+    held = read_heldout(tmp_path / "run" / "fold1")
+    assert held.logits.shape == (20, 5) and held.logits.dtype == np.float32
+    assert len(held.clip_ids) == 20
     # held-out clips are exactly fold 1's, in the logits' order, labels aligned
     fold1 = [c for c, f in zip(features.clip_ids, features.folds) if f == 1]
-    assert sorted(held["clip_ids"]) == sorted(fold1)
-    idx = [features.clip_ids.index(c) for c in held["clip_ids"]]
-    assert np.array_equal(held["labels"], features.labels[idx])
+    assert sorted(held.clip_ids) == sorted(fold1)
+    idx = [features.clip_ids.index(c) for c in held.clip_ids]
+    assert np.array_equal(held.labels, features.labels[idx])
 
 
 def test_cv_writes_one_result_per_fold_and_resumes(features, tmp_path):
@@ -104,10 +103,10 @@ def test_bundle_from_training_predicts_identically(features, synthetic_dir, tmp_
     bundle = load_bundle(out)
     assert bundle.frontend == FRONTEND and bundle.metrics["heldout_fold"] == 2
     assert bundle.provenance["seed"] == 0 and bundle.provenance["epochs"] == 8
-    held = load_heldout(out)
-    idx = [features.clip_ids.index(c) for c in held["clip_ids"]]
+    held = read_heldout(out)
+    idx = [features.clip_ids.index(c) for c in held.clip_ids]
     logits = predict_logits(bundle, np.asarray(features.features[idx]))
-    np.testing.assert_allclose(logits, held["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits, held.logits, rtol=1e-5, atol=1e-5)
     # batch-size independent, eval mode
     one = predict_logits(bundle, np.asarray(features.features[idx]), batch_size=1)
     np.testing.assert_allclose(one, logits, rtol=1e-5, atol=1e-5)
@@ -194,12 +193,12 @@ ASSET = Path(__file__).resolve().parents[1] / "tympan" / "assets" / "default"
 
 def test_shipped_bundle_loads_with_its_heldout_predictions():
     bundle = load_bundle(ASSET)
-    held = load_heldout(ASSET)
-    assert held["logits"].shape == (400, len(bundle.classes)) and len(held["clip_ids"]) == 400
-    assert held["classes"] == bundle.classes
-    acc = float((held["logits"].argmax(1) == held["labels"]).mean())
+    held = read_heldout(ASSET)
+    assert held.logits.shape == (400, len(bundle.classes)) and len(held.clip_ids) == 400
+    assert held.classes == bundle.classes
+    acc = float((held.logits.argmax(1) == held.labels).mean())
     assert acc == pytest.approx(bundle.metrics["heldout_accuracy"])
-    assert all(c.startswith(f"{bundle.metrics['heldout_fold']}-") for c in held["clip_ids"])
+    assert all(c.startswith(f"{bundle.metrics['heldout_fold']}-") for c in held.clip_ids)
     prov = bundle.provenance
     assert prov["heldout_fold"] not in prov["train_folds"] and prov["init"]["sha256"]
     assert sum(f.stat().st_size for f in ASSET.iterdir()) < 10e6
@@ -210,20 +209,20 @@ def test_shipped_bundle_reproduces_its_heldout_logits_from_audio(esc50_dir, tmp_
     from tympan.audio import fit_length, load_audio
 
     bundle = load_bundle(ASSET)
-    held = load_heldout(ASSET)
+    held = read_heldout(ASSET)
     logmel = bundle.frontend_module()
     paths = {p.stem: p for p in (esc50_dir / "audio").iterdir()}
-    ids = held["clip_ids"][:8]
+    ids = held.clip_ids[:8]
     waves = np.stack([fit_length(load_audio(paths[c], bundle.frontend.sample_rate, max_seconds=None).waveform,
                                  bundle.frontend.clip_samples) for c in ids])
     logits = predict_logits(bundle, logmel(torch.from_numpy(waves)))
     # training read a float16 cache; float32 features move logits by a little, not the decision
-    np.testing.assert_allclose(logits, held["logits"][:8], atol=0.1)
-    assert np.array_equal(logits.argmax(1), held["logits"][:8].argmax(1))
+    np.testing.assert_allclose(logits, held.logits[:8], atol=0.1)
+    assert np.array_equal(logits.argmax(1), held.logits[:8].argmax(1))
 
 
 def test_field_augmented_copies_join_training_but_never_from_the_held_out_fold(features, synthetic_dir, tmp_path):
-    from tympan.adaptation.robust import augmented_feature_copies
+    from tympan.training.field_augment import augmented_feature_copies
 
     extra = augmented_feature_copies(load_esc50(synthetic_dir), FRONTEND, 1, seed=0, progress=False,
                                      root=tmp_path / "aug")

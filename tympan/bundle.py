@@ -1,31 +1,53 @@
-"""The model bundle: a folder with ``model.safetensors`` and ``bundle.json``.
+"""The model bundle and its whole lifecycle: a folder with ``model.safetensors`` and ``bundle.json``.
 
 It carries everything that must travel with the weights so that every consumer (training,
 serving, diagnostics, dashboard) agrees: classes, front-end config, fitted temperature, OOD
 score and threshold, drift reference statistics, metrics and provenance. Loading never
 unpickles anything: safetensors for tensors, JSON for the rest.
+
+This module owns every step of a bundle's life, so no other package writes bundle files:
+
+- locating one (:func:`resolve_bundle_dir`: ``--bundle``, ``$TYMPAN_BUNDLE``, the shipped one);
+- saving atomically (:func:`save_bundle`; the folder at the path is always a complete bundle,
+  old or new, see :func:`tympan.io.replace_dir`), optionally keeping the folder's other files
+  and writing held-out predictions inside the same switch;
+- held-out predictions (``heldout.safetensors`` + ``heldout.json``): the logits of a fold the
+  model never trained on, stamped with the :func:`weights_fingerprint` of the weights that
+  produced them, so calibration can refuse logits of other weights (:func:`check_heldout`).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tympan.errors import BundleError
 from tympan.features import FrontendConfig, LogMel
-from tympan.io import atomic_dir
+from tympan.io import atomic_dir, recover_dir
 from tympan.models import UnknownArchitectureError, build_model
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "bundle.json"
+HELDOUT_TENSORS = "heldout.safetensors"
+HELDOUT_META = "heldout.json"
+BUNDLE_ENV = "TYMPAN_BUNDLE"
+
+
+class StaleHeldoutError(BundleError):
+    """Held-out predictions that other weights produced (or of unknown origin)."""
 
 
 @dataclass
@@ -72,9 +94,14 @@ class Bundle:
             "extra": self.extra,
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the bundle atomically (a crash leaves the previous bundle, or none)."""
-        return save_bundle(self, directory)
+    def save(self, directory: str | Path, *, keep_files: bool = False,
+             heldout: HeldoutPredictions | None = None) -> Path:
+        """Write the bundle atomically; see :func:`save_bundle`."""
+        return save_bundle(self, directory, keep_files=keep_files, heldout=heldout)
+
+    @property
+    def weights_fingerprint(self) -> str:
+        return weights_fingerprint(self.model)
 
     def replace(self, **changes: Any) -> Bundle:
         """A copy with some fields changed (the model is deep-copied only if not given)."""
@@ -83,21 +110,169 @@ class Bundle:
         return Bundle(**fields)
 
 
-def save_bundle(bundle: Bundle, directory: str | Path) -> Path:
+def weights_fingerprint(model: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """sha256 (first 20 hex digits) of every tensor's name, dtype, shape and bytes, in name order.
+
+    Independent of file layout and safetensors metadata: the same weights give the same print
+    however they were saved.
+    """
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    h = hashlib.sha256()
+    for k, v in sorted(state.items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def save_bundle(bundle: Bundle, directory: str | Path, *, keep_files: bool = False,
+                heldout: HeldoutPredictions | None = None) -> Path:
+    """Write ``bundle`` to ``directory`` in one atomic switch.
+
+    The new folder is assembled beside the old one and swapped in (:func:`tympan.io.atomic_dir`):
+    a crash at any point leaves the complete previous bundle (or none, on a first save).
+    ``keep_files`` copies the existing folder's other files (e.g. ``heldout.*``) into the new
+    one; ``heldout`` writes held-out predictions into it (they must come from these weights).
+    """
     directory = Path(directory)
     meta = bundle.metadata()
     text = json.dumps(meta, indent=2, allow_nan=False)  # fail before touching the disk
     state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
+    if heldout is not None:
+        check_heldout(heldout, bundle)
     with atomic_dir(directory) as tmp:
+        if keep_files and directory.is_dir():
+            for item in directory.iterdir():
+                if item.name in (META_FILE, WEIGHTS_FILE) or item.name.startswith("."):
+                    continue
+                if heldout is not None and item.name in (HELDOUT_TENSORS, HELDOUT_META):
+                    continue
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "arch": bundle.arch})
         (tmp / META_FILE).write_text(text + "\n", encoding="utf-8")
+        if heldout is not None:
+            heldout.write(tmp)
     return directory
+
+
+# --------------------------------------------------------------------------- held-out predictions
+@dataclass
+class HeldoutPredictions:
+    """Logits of clips the model never trained on, and which weights produced them."""
+
+    logits: np.ndarray  # (n, K) float32
+    labels: np.ndarray  # (n,) int64
+    clip_ids: list[str]
+    classes: list[str] | None = None
+    #: :func:`weights_fingerprint` of the producing weights; None in files written before it existed
+    weights_sha256: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        self.logits = np.asarray(self.logits, np.float32)
+        self.labels = np.asarray(self.labels, np.int64)
+        self.clip_ids = [str(c) for c in self.clip_ids]
+        if self.logits.ndim != 2 or len(self.labels) != len(self.logits) or len(self.logits) == 0:
+            raise BundleError(f"{self.path or 'held-out predictions'}: logits {self.logits.shape} and "
+                              f"labels {self.labels.shape} do not match")
+        if len(self.clip_ids) != len(self.labels):
+            raise BundleError(f"{self.path or 'held-out predictions'}: {len(self.clip_ids)} clip ids for "
+                              f"{len(self.labels)} held-out clips")
+
+    @property
+    def fold(self) -> Any:
+        return self.meta.get("fold")
+
+    def write(self, directory: str | Path) -> None:
+        """``heldout.safetensors`` then ``heldout.json`` (the json last: it marks completion)."""
+        from safetensors.numpy import save_file as save_np
+
+        from tympan.io import atomic_path, write_json_atomic
+
+        directory = Path(directory)
+        with atomic_path(directory / HELDOUT_TENSORS) as tmp:
+            save_np({"logits": np.ascontiguousarray(self.logits), "labels": np.ascontiguousarray(self.labels)},
+                    str(tmp))
+        meta = {**self.meta, "clip_ids": self.clip_ids, "n": len(self.clip_ids),
+                "weights_sha256": self.weights_sha256}
+        if self.classes is not None:
+            meta["classes"] = list(self.classes)
+        write_json_atomic(directory / HELDOUT_META, meta)
+
+
+def read_heldout(path: str | Path) -> HeldoutPredictions:
+    """Held-out predictions from a folder with ``heldout.safetensors`` + ``heldout.json``, or either file."""
+    from safetensors.numpy import load_file as load_np
+
+    p = Path(path)
+    if p.is_dir():
+        tensors, meta_path = p / HELDOUT_TENSORS, p / HELDOUT_META
+    elif p.suffix == ".json":
+        tensors, meta_path = p.with_suffix(".safetensors"), p
+    else:
+        tensors, meta_path = p, p.with_suffix(".json")
+    if not tensors.is_file():
+        raise BundleError(f"{tensors}: no held-out predictions (heldout.safetensors is written by "
+                          "`tympan train`; pass --heldout FILE)")
+    try:
+        arrays = load_np(str(tensors))
+        logits, labels = arrays["logits"], arrays["labels"]
+    except Exception as exc:  # safetensors raises its own types
+        raise BundleError(f"{tensors}: cannot read held-out logits/labels ({exc})") from None
+    meta: dict[str, Any] = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{meta_path}: not valid JSON ({exc})") from None
+    ids = meta.pop("clip_ids", None) or [str(i) for i in range(len(labels))]
+    classes = meta.pop("classes", None)
+    fp = meta.pop("weights_sha256", None)
+    meta.pop("n", None)
+    return HeldoutPredictions(logits, labels, ids, classes, fp, meta, str(tensors))
+
+
+def check_heldout(heldout: HeldoutPredictions, bundle: Bundle) -> None:
+    """Raise :class:`StaleHeldoutError` unless ``bundle``'s weights produced these logits."""
+    if heldout.classes and list(heldout.classes) != list(bundle.classes):
+        raise BundleError(f"{heldout.path}: held-out classes differ from the bundle's classes")
+    if heldout.logits.shape[1] != bundle.n_classes:
+        raise BundleError(f"{heldout.path}: {heldout.logits.shape[1]} logit columns for "
+                          f"{bundle.n_classes} classes")
+    want = weights_fingerprint(bundle.model)
+    if heldout.weights_sha256 is None:
+        raise StaleHeldoutError(f"{heldout.path}: held-out predictions do not say which weights produced "
+                                f"them (no weights_sha256); they cannot be trusted for bundle {bundle.name}")
+    if heldout.weights_sha256 != want:
+        raise StaleHeldoutError(f"{heldout.path}: held-out predictions come from other weights "
+                                f"({heldout.weights_sha256}) than bundle {bundle.name} ({want})")
+
+
+# --------------------------------------------------------------------------- locating bundles
+def default_bundle_dir() -> Path:
+    """The bundle shipped with tympan (``tympan/assets/default``)."""
+    return Path(__file__).resolve().parent / "assets" / "default"
+
+
+def resolve_bundle_dir(arg: str | Path | None = None) -> Path:
+    """``--bundle``, else ``$TYMPAN_BUNDLE``, else the shipped bundle; fail with one clear line."""
+    env = os.environ.get(BUNDLE_ENV)
+    path = Path(arg) if arg else Path(env) if env else default_bundle_dir()
+    recover_dir(path)
+    if not path.is_dir():
+        hint = "" if arg else f" (no --bundle given, ${BUNDLE_ENV} unset, and no shipped default bundle)"
+        raise BundleError(f"{path}: no such bundle directory{hint}")
+    if not (path / META_FILE).is_file():
+        raise BundleError(f"{path}: not a model bundle ({META_FILE} is missing)")
+    return path
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
     """Read and check ``bundle.json`` without touching the weights."""
     directory = Path(directory)
     meta_path = directory / META_FILE
+    recover_dir(directory)  # a save killed mid-switch left the old folder aside
     if not directory.is_dir():
         raise BundleError(f"{directory}: no such bundle directory")
     if not meta_path.is_file():

@@ -37,6 +37,11 @@ def cache_root(root: str | Path | None = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "tympan" / "features"
 
 
+def diagnostics_cache_dir(root: str | Path | None = None) -> Path:
+    """Where diagnostics cache per-clip results (acoustic features, model outputs)."""
+    return cache_root(root) / "diagnostics"
+
+
 @dataclass
 class FeatureSet:
     """Cached log-mels of a data set, aligned with its clips."""

@@ -9,7 +9,7 @@ name "lowpass(cutoff_hz=4000)" and rebuild it.
 
 Who uses it: the diagnostics robustness sweep, the adaptation benchmark
 (``benchmarks/adaptation.py``) and robust training (:func:`random_field_augment`, via
-``tympan.adaptation.robust.augmented_feature_copies``). :data:`SHIFTS` lists the named
+``tympan.training.field_augment.augmented_feature_copies``). :data:`SHIFTS` lists the named
 standard shifts those share.
 
 Conventions: SNR and gain in dB; filters are zero-phase (``scipy.signal.sosfiltfilt``), so

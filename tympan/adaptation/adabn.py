@@ -46,7 +46,7 @@ from tympan.adaptation.field import (
     FieldFeatures,
     FilePredictions,
     NoBatchNormError,
-    bundle_thresholds,
+    bundle_params,
     load_field,
     predict_field,
 )
@@ -127,8 +127,8 @@ def field_summary(fp: FilePredictions, classes: list[str]) -> dict[str, Any]:
     """OOD rate, mean confidence and predicted-class distribution of per-file predictions."""
     return {
         "n_files": int(len(fp.energy)),
-        "ood_rate": None if fp.ood is None else float(fp.ood.mean()),
-        "n_ood": None if fp.ood is None else int(fp.ood.sum()),
+        "ood_rate": None if fp.threshold is None else float(fp.out_of_distribution.mean()),
+        "n_ood": None if fp.threshold is None else int(fp.out_of_distribution.sum()),
         "mean_confidence": float(fp.confidence.mean()),
         "mean_energy": float(fp.energy.mean()),
         "predicted_classes": _distribution(fp.predicted, classes),
@@ -143,7 +143,8 @@ def recheck(bundle: Bundle, before: FilePredictions, after: FilePredictions) -> 
     warning says when the field clips show they no longer hold: the share of clips flagged
     OOD moved by more than 5 points, or the mean confidence by more than 0.05.
     """
-    t, _, thr = bundle_thresholds(bundle)
+    params = bundle_params(bundle)
+    t, thr = params.temperature, params.ood_threshold
     b, a = field_summary(before, bundle.classes), field_summary(after, bundle.classes)
     changed = float(np.mean(before.predicted != after.predicted))
     checks: dict[str, Any] = {

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tympan.adaptation.adabn import field_summary
-from tympan.adaptation.field import FieldFeatures, bundle_thresholds, load_field, predict_field
+from tympan.adaptation.field import FieldFeatures, bundle_params, load_field, predict_field
 from tympan.bundle import Bundle, load_bundle
 
 
@@ -67,7 +67,7 @@ def compare_bundles(
             ff = cache.get(fp) or load_field(field_dir, b.frontend)
             cache[fp] = ff
         preds = predict_field(b, ff)
-        t, _, thr = bundle_thresholds(b)
+        t, thr = bundle_params(b).temperature, bundle_params(b).ood_threshold
         side = {"bundle": b.name, "temperature": t, "ood_threshold": thr, **field_summary(preds, b.classes)}
         targets = _targets(labels, ff, b.classes)
         if targets is not None:

@@ -3,9 +3,8 @@
 Shared by unlabelled adaptation (:mod:`.adabn`), the labelled fine-tune (:mod:`.finetune`)
 and the before/after evidence (:mod:`.compare`). A recording is cut into the model's windows
 exactly as serving cuts it (:func:`tympan.audio.frame_windows`, 50% overlap), each window goes
-through the bundle's own front end, and a file's prediction is the mean of its windows'
-calibrated probabilities (its OOD score the mean of their energy scores), as ``/predict``
-reports it.
+through the bundle's own front end, and window logits become a file's answer through the one
+prediction path, :func:`tympan.inference.aggregate`, as ``/predict`` reports it.
 """
 
 from __future__ import annotations
@@ -17,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.special import softmax
 import soundfile as sf
 import torch
 from torch import nn
 
 from tympan.audio import DEFAULT_MAX_SECONDS, frame_windows, load_audio
+from tympan.bundle import Bundle
 from tympan.datasets.field import scan_field_dir
-from tympan.diagnostics.ood import EnergyOOD
 from tympan.errors import AudioError, TympanError
 from tympan.features import FrontendConfig, LogMel
+from tympan.inference import Predictor, RecordingScores, TrustParams, aggregate
 
 
 #: Default cap on field windows held in memory (cnn: 64 KB each; mn04: 256 KB each).
@@ -184,52 +183,16 @@ def window_logits(model: nn.Module, features: torch.Tensor, batch_size: int = 64
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-@dataclass
-class FilePredictions:
-    """Per-recording predictions, aggregated over windows as serving does."""
-
-    probs: np.ndarray  # (n_files, n_classes): mean of window softmax(z / T)
-    energy: np.ndarray  # (n_files,): mean of window energy scores (higher = more OOD)
-    ood: np.ndarray | None  # (n_files,) bool, None without a fitted threshold
-
-    @property
-    def predicted(self) -> np.ndarray:
-        return self.probs.argmax(axis=1)
-
-    @property
-    def confidence(self) -> np.ndarray:
-        return self.probs.max(axis=1)
+#: Per-recording predictions of field audio: :class:`tympan.inference.RecordingScores`.
+FilePredictions = RecordingScores
 
 
-def aggregate(
-    logits: np.ndarray, file_index: np.ndarray, n_files: int, temperature: float = 1.0,
-    ood_temperature: float = 1.0, threshold: float | None = None,
-) -> FilePredictions:
-    """Mean window probabilities and energy per file."""
-    p = softmax(np.asarray(logits, np.float64) / temperature, axis=1)
-    e = EnergyOOD.score(logits, ood_temperature)
-    counts = np.bincount(file_index, minlength=n_files).astype(np.float64)
-    probs = np.zeros((n_files, p.shape[1]))
-    np.add.at(probs, file_index, p)
-    energy = np.bincount(file_index, weights=e, minlength=n_files)
-    probs /= np.maximum(counts, 1)[:, None]
-    energy = energy / np.maximum(counts, 1)
-    ood = None if threshold is None else energy > threshold
-    return FilePredictions(probs, energy, ood)
+def bundle_params(bundle: Bundle) -> TrustParams:
+    """The bundle's temperature and OOD threshold, read as serving reads them."""
+    return TrustParams.from_bundle(bundle)
 
 
-def bundle_thresholds(bundle) -> tuple[float, float, float | None]:
-    """``(temperature, ood_temperature, ood_threshold or None)`` of a bundle."""
-    import math
-
-    ood = bundle.ood or {}
-    thr = ood.get("threshold")
-    thr = None if thr is None or not math.isfinite(float(thr)) else float(thr)
-    return float(bundle.temperature or 1.0), float(ood.get("temperature") or 1.0), thr
-
-
-def predict_field(bundle, ff: FieldFeatures, batch_size: int = 64) -> FilePredictions:
-    """The bundle's per-file predictions on already featurised field audio."""
-    t, t_ood, thr = bundle_thresholds(bundle)
-    z = window_logits(bundle.model, ff.features, batch_size)
-    return aggregate(z, ff.file_index, ff.n_files, t, t_ood, thr)
+def predict_field(bundle: Bundle, ff: FieldFeatures) -> RecordingScores:
+    """The bundle's per-file predictions on already featurised field audio (the one path)."""
+    _, z = Predictor(bundle).forward_features(ff.features)
+    return aggregate(z, bundle_params(bundle), ff.file_index, ff.n_files)

@@ -30,13 +30,13 @@ from tympan.adaptation.adabn import adapt_batchnorm, adaptation_record, finish_b
 from tympan.adaptation.field import (
     AdaptationError,
     FieldFeatures,
-    aggregate,
-    bundle_thresholds,
+    bundle_params,
     load_field,
     predict_field,
     window_logits,
 )
 from tympan.bundle import Bundle
+from tympan.inference import TrustParams, aggregate
 
 METHOD = "finetune-head"
 #: The module(s) that map the embedding to logits, per architecture (``classify``'s weights).
@@ -292,7 +292,7 @@ def _split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray,
 
 def _file_accuracy(model: nn.Module, ff: FieldFeatures, targets: np.ndarray, t: float) -> float:
     z = window_logits(model, ff.features)
-    return float((aggregate(z, ff.file_index, ff.n_files, t).predicted == targets).mean())
+    return float((aggregate(z, TrustParams(temperature=t), ff.file_index, ff.n_files).predicted == targets).mean())
 
 
 def finetune_bundle(
@@ -314,7 +314,7 @@ def finetune_bundle(
 ) -> tuple[Bundle, dict[str, Any]]:
     """Fine-tune ``bundle`` on the labelled field clips of ``labels`` (see the module doc)."""
     labelled = read_labels(labels, bundle.classes, field_dir)
-    t, _, _ = bundle_thresholds(bundle)
+    t = bundle_params(bundle).temperature
     lf = load_field([p for p, _ in labelled], bundle.frontend)
     lf.root = Path(field_dir) if field_dir is not None else Path(labels).parent
     target_of = {p: c for p, c in labelled}

@@ -2,7 +2,7 @@
 
 Every clip is decoded with the one decoder (:func:`tympan.audio.load_audio`) at
 ``sample_rate`` (16 kHz, the default front end's rate) and described with
-:func:`tympan.diagnostics.acoustic.acoustic_features` (spectral centroid, bandwidth, roll-off,
+:func:`tympan.stats.acoustic.acoustic_features` (spectral centroid, bandwidth, roll-off,
 flatness, RMS, zero-crossing rate, MFCCs, ...). Alongside, the time-averaged log-mel of each
 clip (the default front end, 64 bands) feeds the dashboard's "mean log-mel per class" view.
 
@@ -27,7 +27,7 @@ import pandas as pd
 from tympan.audio import load_audio
 from tympan.cache import cache_root
 from tympan.datasets.esc50 import ESC50, load_esc50
-from tympan.diagnostics.acoustic import FEATURE_NAMES, acoustic_features
+from tympan.stats.acoustic import FEATURE_NAMES, acoustic_features
 from tympan.io import atomic_path
 
 TABLE_VERSION = 1

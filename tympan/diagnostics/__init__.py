@@ -1,28 +1,20 @@
-"""Diagnostics that tell a user when to distrust the served CNN.
+"""Diagnostic pipelines: the statistics of :mod:`tympan.stats` applied to bundles and folders.
 
-Pure array arithmetic, one concern per module:
-
-* :mod:`.confusion` -- confusion matrix, per-class scores, most-confused pairs.
-* :mod:`.calibration` -- ECE / adaptive ECE / MCE / Brier / NLL, reliability diagram.
-* :mod:`.temperature` -- temperature scaling and leave-one-group-out cross-fitting.
-* :mod:`.ood` -- energy and max-softmax OOD scores (higher = more OOD), metrics.
-* :mod:`.acoustic` -- per-clip acoustic descriptors (librosa).
-* :mod:`.drift` -- train-vs-field drift with effect-size-gated verdicts.
-* :mod:`.fit` -- fit a bundle's temperature, OOD threshold, drift reference (``tympan calibrate``).
-* :mod:`.field` -- analyse field recordings and run every drift check (``diagnose --field-dir``).
+* :mod:`.calibrate` -- fit a bundle's temperature, OOD threshold, drift reference and held-out
+  diagnostics (``tympan calibrate``); :mod:`.heldout` builds the diagnostics block and
+  :mod:`.reference` the drift reference.
+* :mod:`.field` -- analyse recordings through the one prediction path and run every drift
+  check (``diagnose --field-dir``).
 * :mod:`.report` -- ``report.json`` + self-contained ``report.html``.
-* :mod:`.robustness` -- accuracy / ECE under controlled corruptions.
-* :mod:`.openset` -- OOD evaluation: open-set split, real OOD set, AudioSet tags.
+* :mod:`.robustness` -- accuracy / ECE of the held-out fold under controlled corruptions.
 
-The last five load torch and the model code, so they are imported lazily (``fit_bundle``,
+The statistics themselves (arrays in, numbers out) are re-exported here for convenience; the
+pipelines load torch and the model code, so they are imported lazily (``fit_bundle``,
 ``drift_checks``, ... resolve on first use).
-
-Everything fitted follows scikit-learn conventions; every report has a
-JSON-serialisable ``to_dict()`` (or is a plain dict).
 """
 
-from tympan.diagnostics.acoustic import FEATURE_NAMES, acoustic_feature_matrix, acoustic_features
-from tympan.diagnostics.calibration import (
+from tympan.stats.acoustic import FEATURE_NAMES, acoustic_feature_matrix, acoustic_features
+from tympan.stats.calibration import (
     ReliabilityCurve,
     adaptive_calibration_error,
     brier_score,
@@ -33,14 +25,14 @@ from tympan.diagnostics.calibration import (
     reliability_curve,
     reliability_figure,
 )
-from tympan.diagnostics.confusion import (
+from tympan.stats.confusion import (
     ConfusedPair,
     ConfusionReport,
     confusion_figure,
     confusion_report,
     most_confused_pairs,
 )
-from tympan.diagnostics.drift import (
+from tympan.stats.drift import (
     DRIFT,
     INSUFFICIENT,
     NEGLIGIBLE,
@@ -58,22 +50,19 @@ from tympan.diagnostics.drift import (
     population_stability_index,
     prediction_counts,
 )
-from tympan.diagnostics.ood import EnergyOOD, MaxSoftmaxOOD, fpr_at_tpr, ood_metrics
-from tympan.diagnostics.temperature import CrossFitResult, TemperatureScaler, cross_fit_temperature
+from tympan.stats.ood import EnergyOOD, MaxSoftmaxOOD, fpr_at_tpr, ood_metrics
+from tympan.stats.temperature import CrossFitResult, TemperatureScaler, cross_fit_temperature
 
 _LAZY = {
-    "fit_bundle": "tympan.diagnostics.fit",
-    "calibrate_heldout": "tympan.diagnostics.fit",
-    "heldout_diagnostics": "tympan.diagnostics.fit",
-    "read_heldout": "tympan.diagnostics.fit",
+    "fit_bundle": "tympan.diagnostics.calibrate",
+    "calibrate_heldout": "tympan.stats.temperature",
+    "heldout_diagnostics": "tympan.diagnostics.heldout",
+    "read_heldout": "tympan.bundle",
     "analyse_folder": "tympan.diagnostics.field",
     "analyse_sources": "tympan.diagnostics.field",
     "drift_checks": "tympan.diagnostics.field",
     "write_report": "tympan.diagnostics.report",
     "run_sweep": "tympan.diagnostics.robustness",
-    "open_set_eval": "tympan.diagnostics.openset",
-    "real_ood_eval": "tympan.diagnostics.openset",
-    "audioset_tag_eval": "tympan.diagnostics.openset",
 }
 
 

@@ -80,7 +80,8 @@ def _log(args: argparse.Namespace) -> Any:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from tympan.diagnostics.fit import fit_bundle, resolve_bundle_dir
+    from tympan.bundle import resolve_bundle_dir
+    from tympan.diagnostics.calibrate import fit_bundle
 
     folds = [int(f) for f in args.train_folds.split(",")] if args.train_folds else None
     summary = fit_bundle(resolve_bundle_dir(args.bundle), heldout=args.heldout, data_dir=args.data_dir,
@@ -120,7 +121,7 @@ def _model_block(predictor: Any, bundle_dir: Path) -> dict[str, Any]:
 def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress: bool = True,
                  fail_on: str = "any") -> tuple[dict[str, Any], dict[str, Any]]:
     """Analyse ``field_dir`` and run every drift check; returns ``(report, html_extras)``."""
-    from tympan.diagnostics.drift import decode_array
+    from tympan.io import decode_array
     from tympan.diagnostics.field import analyse_folder, drift_checks, exit_code_for
     from tympan.errors import DataError
 
@@ -197,7 +198,8 @@ def _print_field(report: dict[str, Any]) -> None:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from tympan.diagnostics.field import make_predictor
-    from tympan.diagnostics.fit import fit_bundle, resolve_bundle_dir
+    from tympan.bundle import resolve_bundle_dir
+    from tympan.diagnostics.calibrate import fit_bundle
     from tympan.diagnostics.report import REPORT_VERSION, now_iso, write_report
     from tympan.errors import DataError
 

@@ -8,13 +8,14 @@ benchmark, a field recording for ``diagnose --field-dir``) goes through :func:`a
          --Predictor.prepare--> 50%-overlapping model windows --bundle front end--> model.embed
          --model.classify--> logits per window
 
-Per recording, as the HTTP API aggregates it: calibrated probabilities = mean over windows of
-``softmax(z / T)``; energy OOD score = mean over windows of ``-T_E logsumexp(z / T_E)``;
-embedding = mean over windows of the penultimate embedding.
+Per recording, through the one prediction path (:func:`tympan.inference.aggregate`, as the HTTP
+API aggregates it): calibrated probabilities = mean over windows of ``softmax(z / T)``; energy OOD
+score = mean over windows of ``-T_E logsumexp(z / T_E)``; embedding = mean over windows of the
+penultimate embedding.
 
 Checks (:func:`drift_checks`), each with a plain verdict and a minimum sample size:
 
-* ``acoustic``: :class:`~tympan.diagnostics.drift.FeatureDriftDetector` per acoustic feature
+* ``acoustic``: :class:`~tympan.stats.drift.FeatureDriftDetector` per acoustic feature
   (KS with Benjamini-Hochberg correction, Wasserstein in reference-std units, PSI).
   ``source_sr`` and ``duration_s`` describe the file, not the sound, and are reported in
   ``recording_format`` instead (the model resamples and windows every recording).
@@ -36,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from tympan.diagnostics._utils import to_jsonable
-from tympan.diagnostics.acoustic import FEATURE_NAMES, acoustic_features
-from tympan.diagnostics.drift import (
+from tympan.inference import Predictor, aggregate
+from tympan.io import to_jsonable
+from tympan.stats.acoustic import FEATURE_NAMES, acoustic_features
+from tympan.stats.drift import (
     DRIFT,
     INSUFFICIENT,
     NEGLIGIBLE,
@@ -48,12 +49,12 @@ from tympan.diagnostics.drift import (
     EmbeddingDriftDetector,
     FeatureDriftDetector,
     confidence_shift,
-    decode_array,
     label_shift,
     ood_rate_shift,
     overall_verdict,
     prediction_counts,
 )
+from tympan.io import decode_array
 
 __all__ = [
     "ALPHA_PER_CHECK",
@@ -64,6 +65,7 @@ __all__ = [
     "analyse_sources",
     "drift_checks",
     "exit_code_for",
+    "format_summary",
     "make_predictor",
 ]
 
@@ -117,37 +119,9 @@ class ClipSet:
         )
 
 
-def make_predictor(bundle: Any) -> Any:
+def make_predictor(bundle: Any) -> Predictor:
     """The serving :class:`tympan.inference.Predictor` for ``bundle`` (a Bundle or a folder)."""
-    from tympan.inference import Predictor
-
-    return bundle if hasattr(bundle, "prepare") and hasattr(bundle, "features") else Predictor(bundle)
-
-
-def _softmax(z: np.ndarray, t: float) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64) / float(t)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _energy(z: np.ndarray, t: float) -> np.ndarray:
-    from scipy.special import logsumexp
-
-    return -float(t) * logsumexp(np.asarray(z, dtype=np.float64) / float(t), axis=1)
-
-
-def _forward(predictor: Any, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings ``(B, D)`` and logits ``(B, K)`` of model windows, through the bundle front end."""
-    model = predictor.model
-    embs, logits = [], []
-    with torch.inference_mode():
-        for lo in range(0, len(windows), 32):
-            feats = predictor.features(windows[lo : lo + 32])
-            e = model.embed(feats)
-            embs.append(e.float().cpu().numpy())
-            logits.append(model.classify(e).float().cpu().numpy())
-    return np.concatenate(embs), np.concatenate(logits)
+    return bundle if isinstance(bundle, Predictor) else Predictor(bundle)
 
 
 def analyse_sources(
@@ -173,8 +147,6 @@ def analyse_sources(
     from tympan.errors import AudioError
 
     sr = int(predictor.config.sample_rate)
-    temperature = float(predictor.temperature)
-    t_energy = float(predictor.ood_temperature)
     ids, acoustic, embs, logits, probs, energy, nwin, formats, bad = [], [], [], [], [], [], [], [], []
     items = list(sources) if total is None else sources
     bar = tqdm(items, desc=desc, unit="file", disable=not progress, total=total or len(items), leave=False)
@@ -193,11 +165,12 @@ def analyse_sources(
             acoustic.append([feats[k] for k in FEATURE_NAMES])
         if with_model:
             prepared = predictor.prepare(dataclasses.replace(decoded, waveform=y))
-            e, z = _forward(predictor, prepared.windows)
-            embs.append(e.mean(axis=0))
+            e, z = predictor.forward(prepared.windows)
+            scores = aggregate(z, predictor.params, embeddings=e)  # the one prediction path
+            embs.append(scores.embeddings[0])
             logits.append(z.mean(axis=0))
-            probs.append(_softmax(z, temperature).mean(axis=0))
-            energy.append(float(_energy(z, t_energy).mean()))
+            probs.append(scores.probabilities[0])
+            energy.append(float(scores.energy[0]))
             nwin.append(len(z))
         ids.append(str(clip_id))
         formats.append({
@@ -244,7 +217,7 @@ def analyse_folder(
 
 
 # --------------------------------------------------------------------------- the checks
-def _format_summary(formats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def format_summary(formats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     rates: dict[str, int] = {}
     chans: dict[str, int] = {}
     kinds: dict[str, int] = {}
@@ -269,7 +242,7 @@ def _format_summary(formats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def recording_format(field: ClipSet, reference: Mapping[str, Any] | None) -> dict[str, Any]:
     """File-level differences (sample rate, length): informative, not part of the verdict."""
     ref = dict((reference or {}).get("format") or {})
-    fld = _format_summary(field.formats)
+    fld = format_summary(field.formats)
     notes = []
     ref_rates = set(ref.get("sample_rates", {}))
     new_rates = sorted(set(fld["sample_rates"]) - ref_rates, key=float) if ref_rates else []

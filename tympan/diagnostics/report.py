@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tympan.diagnostics._utils import to_jsonable
+from tympan.io import to_jsonable
 
 __all__ = ["REPORT_VERSION", "render_html", "write_report"]
 
@@ -305,7 +305,7 @@ def _model_section(diag: Mapping[str, Any] | None, figs: _Figures) -> str:
         out.append(figs(_reliability_figure(diag["reliability"])))
     conf = diag.get("confusion") or {}
     if conf.get("matrix") is not None:
-        from tympan.diagnostics.confusion import confusion_figure
+        from tympan.stats.confusion import confusion_figure
 
         out.append(figs(confusion_figure(np.asarray(conf["matrix"]), conf.get("class_names") or [],
                                          title="Confusion matrix (held-out, rows = true class)")))

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
 
-from tympan.diagnostics._utils import to_jsonable
-from tympan.diagnostics.calibration import calibration_metrics
-from tympan.diagnostics.ood import EnergyOOD
+from tympan.io import to_jsonable
+from tympan.stats.calibration import calibration_metrics
 from tympan.errors import DataError
+from tympan.inference import Predictor, aggregate
 
 __all__ = ["SweepItem", "default_sweep", "run_sweep"]
 
@@ -73,7 +72,7 @@ def heldout_clips(bundle_dir: str | Path, data_dir: str | Path | None, max_clips
     """Held-out clip ids, files and labels of the bundle (seeded subset of ``max_clips``)."""
     from tympan.bundle import read_metadata
     from tympan.datasets import load_esc50
-    from tympan.diagnostics.fit import read_heldout
+    from tympan.bundle import read_heldout
 
     bundle_dir = Path(bundle_dir)
     meta = read_metadata(bundle_dir)
@@ -87,7 +86,7 @@ def heldout_clips(bundle_dir: str | Path, data_dir: str | Path | None, max_clips
         raise DataError(f"{ds.root}: its classes differ from the bundle's")
     by_id = {c: i for i, c in enumerate(ds.clip_ids)}
     if (bundle_dir / "heldout.json").is_file():
-        ids = read_heldout(bundle_dir)["clip_ids"]
+        ids = read_heldout(bundle_dir).clip_ids
         where = f"held-out clips of {bundle_dir.name} (heldout.json)"
     elif prov.get("heldout_fold") is not None:
         ids = [c for c, f in zip(ds.clip_ids, ds.folds) if int(f) == int(prov["heldout_fold"])]
@@ -105,7 +104,7 @@ def heldout_clips(bundle_dir: str | Path, data_dir: str | Path | None, max_clips
 
 
 def run_sweep(
-    predictor: Any,
+    predictor: Predictor,
     bundle_dir: str | Path,
     *,
     data_dir: str | Path | None = None,
@@ -128,15 +127,15 @@ def run_sweep(
     rows = []
     clean_acc = None
     for item in tqdm(items, desc="robustness", unit="corruption", disable=not progress):
-        logits = []
+        logits, index = [], []
         for pos, y in enumerate(waves):
             if item.corruption is not None:
                 y = corruptions.apply(item.corruption, y, sr, np.random.default_rng([seed, pos]), **item.params)
             w, _ = frame_windows(y, predictor.config.clip_samples)
-            z = predictor.logits(w)
-            logits.append(z)
-        probs = np.stack([softmax(np.asarray(z, np.float64) / t, axis=1).mean(axis=0) for z in logits])
-        energy = np.asarray([float(EnergyOOD.score(z, predictor.ood_temperature).mean()) for z in logits])
+            logits.append(predictor.logits(w))
+            index.append(np.full(len(w), pos))
+        scores = aggregate(np.concatenate(logits), predictor.params, np.concatenate(index), len(waves))
+        probs, energy = scores.probabilities, scores.energy
         m = calibration_metrics(probs, labels)
         if item.corruption is None:
             clean_acc = m["accuracy"]

@@ -103,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     holdout = parse_folds(holdout_text, sorted({int(f) for f in features.folds}))
     extra = None
     if config.field_augment:
-        from tympan.adaptation.robust import augmented_feature_copies
+        from tympan.training.field_augment import augmented_feature_copies
         from tympan.datasets import load_esc50
 
         extra = augmented_feature_copies(load_esc50(data_dir), frontend, config.field_augment,

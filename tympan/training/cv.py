@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tympan.bundle import Bundle
+from tympan.bundle import Bundle, HeldoutPredictions, read_heldout, weights_fingerprint
 from tympan.errors import TympanError
 from tympan.features import FrontendConfig
 from tympan.io import atomic_path, write_json_atomic
@@ -94,44 +94,16 @@ def _summary(folds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def save_heldout(fold_dir: Path, result: FoldResult, classes: list[str]) -> None:
-    """Write ``heldout.safetensors`` + ``heldout.json`` (the json last: it marks completion)."""
-    with atomic_path(fold_dir / "heldout.safetensors") as tmp:
-        save_file(
-            {"logits": torch.from_numpy(np.ascontiguousarray(result.logits, np.float32)),
-             "labels": torch.from_numpy(np.ascontiguousarray(result.labels, np.int64))},
-            str(tmp),
-        )
-    write_json_atomic(
-        fold_dir / "heldout.json",
-        {
-            "fold": result.fold,
-            "clip_ids": result.clip_ids,
-            "classes": list(classes),
-            "accuracy": result.accuracy,
-            "n": len(result.clip_ids),
-            "epochs": result.epochs,
-            "seconds": result.seconds,
-            "seconds_per_epoch": result.seconds_per_epoch,
-            "device": result.device,
-            "history": result.history,
-            "note": "logits of the final-epoch model on a fold it never trained on",
-        },
+def heldout_of(result: FoldResult, classes: list[str]) -> HeldoutPredictions:
+    """A fold's held-out predictions, stamped with the fingerprint of the weights that made them."""
+    return HeldoutPredictions(
+        logits=result.logits, labels=result.labels, clip_ids=list(result.clip_ids), classes=list(classes),
+        weights_sha256=weights_fingerprint(result.model),
+        meta={"fold": result.fold, "accuracy": result.accuracy, "epochs": result.epochs,
+              "seconds": result.seconds, "seconds_per_epoch": result.seconds_per_epoch,
+              "device": result.device, "history": result.history,
+              "note": "logits of the final-epoch model on a fold it never trained on"},
     )
-
-
-def load_heldout(directory: str | Path) -> dict[str, Any]:
-    """Read held-out predictions from a fold dir or a bundle dir: logits, labels, clip ids."""
-    directory = Path(directory)
-    tensors = load_file(str(directory / "heldout.safetensors"))
-    meta = json.loads((directory / "heldout.json").read_text())
-    return {
-        "logits": tensors["logits"].numpy(),
-        "labels": tensors["labels"].numpy(),
-        "clip_ids": meta["clip_ids"],
-        "classes": meta.get("classes"),
-        "meta": meta,
-    }
 
 
 def _confusion_to_writer(writer: Any, labels: np.ndarray, logits: np.ndarray, classes: list[str]) -> None:
@@ -227,7 +199,7 @@ def run_cv(
                 writer.close()
         with atomic_path(fold_dir / "model.safetensors") as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, str(tmp))
-        save_heldout(fold_dir, result, list(features.classes))
+        heldout_of(result, list(features.classes)).write(fold_dir)
         done[str(fold)] = {
             "accuracy": result.accuracy,
             "n": len(result.clip_ids),
@@ -282,8 +254,8 @@ def bundle_from_run(run_dir: str | Path, out_dir: str | Path, fold: int | None =
                     name: str | None = None, extra_provenance: dict[str, Any] | None = None) -> Path:
     """Write a bundle from one completed fold of a run (default: the last completed one).
 
-    Also copies that fold's held-out predictions into the bundle folder (``heldout.*``), the
-    data that calibration and the OOD threshold are fitted on.
+    The fold's held-out predictions go into the bundle folder in the same atomic save
+    (``heldout.*``, fingerprinted): the data calibration and the OOD threshold are fitted on.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     meta = json.loads((run_dir / CONFIG).read_text())
@@ -334,11 +306,10 @@ def bundle_from_run(run_dir: str | Path, out_dir: str | Path, fold: int | None =
         provenance=provenance,
         name=name or f"{cfg.arch}-esc50-fold{fold}",
     )
-    bundle.save(out_dir)
-    src = run_dir / f"fold{fold}"
-    for fname in ("heldout.safetensors", "heldout.json"):
-        with atomic_path(out_dir / fname) as tmp:
-            tmp.write_bytes((src / fname).read_bytes())
+    heldout = read_heldout(run_dir / f"fold{fold}")
+    if heldout.weights_sha256 is None:  # run dirs written before fingerprints: the pair was saved together
+        heldout.weights_sha256 = weights_fingerprint(model)
+    bundle.save(out_dir, heldout=heldout)
     return out_dir
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
     channels_last: bool = True
     eval_batch_size: int = 64
     #: field-like augmented copies of every training clip mixed into training (0 = off);
-    #: see :func:`tympan.adaptation.robust.augmented_feature_copies`
+    #: see :func:`tympan.training.field_augment.augmented_feature_copies`
     field_augment: int = 0
     field_augment_p: float = 0.5
 

@@ -83,7 +83,7 @@ def render(ctx: Context) -> None:
         return
     frame = table.frame
     st.caption(f"{len(frame)} clips of {what}, measured at {table.sample_rate // 1000} kHz with "
-               "`tympan.diagnostics.acoustic` (statistics over non-silent frames).")
+               "`tympan.stats.acoustic` (statistics over non-silent frames).")
     c1, c2 = st.columns([3, 1])
     classes = c1.multiselect("Classes (none chosen = all)", table.classes, default=[], key="ac_classes") \
         or table.classes

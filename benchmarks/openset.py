@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from tympan.diagnostics._utils import to_jsonable
-from tympan.diagnostics.ood import EnergyOOD, MaxSoftmaxOOD, ood_metrics
+from tympan.io import to_jsonable
+from tympan.stats.ood import EnergyOOD, MaxSoftmaxOOD, ood_metrics
 
 __all__ = ["knn_score", "AUDIOSET_MUSIC", "AUDIOSET_SPEECH", "audioset_outputs", "audioset_tag_eval", "compare_scores",
            "open_set_eval", "real_ood_eval"]
@@ -40,7 +40,7 @@ AUDIOSET_SPEECH = 0  # /m/09x0r "Speech" in class_labels_indices.csv
 AUDIOSET_MUSIC = 137  # /m/04rlf "Music"
 
 
-def _m(s_in: np.ndarray, s_out: np.ndarray) -> dict[str, Any]:
+def metrics_of(s_in: np.ndarray, s_out: np.ndarray) -> dict[str, Any]:
     m = ood_metrics(s_in, s_out)
     return {k: m[k] for k in ("auroc", "aupr_out", "aupr_in", "fpr_at_95_tpr", "n_in", "n_out")}
 
@@ -48,8 +48,8 @@ def _m(s_in: np.ndarray, s_out: np.ndarray) -> dict[str, Any]:
 def compare_scores(logits_in: np.ndarray, logits_out: np.ndarray, temperature: float = 1.0) -> dict[str, Any]:
     """Energy (T_E = 1) vs max-softmax (at ``temperature``) on the same in/out logits."""
     return {
-        "energy": _m(EnergyOOD.score(logits_in, 1.0), EnergyOOD.score(logits_out, 1.0)),
-        "max_softmax": _m(MaxSoftmaxOOD.score(logits_in, temperature), MaxSoftmaxOOD.score(logits_out, temperature)),
+        "energy": metrics_of(EnergyOOD.score(logits_in, 1.0), EnergyOOD.score(logits_out, 1.0)),
+        "max_softmax": metrics_of(MaxSoftmaxOOD.score(logits_in, temperature), MaxSoftmaxOOD.score(logits_out, temperature)),
         "positive": "out-of-distribution",
         "score_orientation": "higher = more out-of-distribution",
     }
@@ -95,9 +95,10 @@ def audioset_outputs(files: Sequence[Path], weights: str | Path, *, progress: bo
     for f in files:
         h.update(str(Path(f).name).encode())
         h.update(Path(f).read_bytes())
-    from tympan.diagnostics.fit import _cache_dir, _save_npz
+    from tympan.cache import diagnostics_cache_dir
+    from tympan.io import save_npz_atomic
 
-    path = _cache_dir() / f"audioset-{h.hexdigest()[:20]}.npz"
+    path = diagnostics_cache_dir() / f"audioset-{h.hexdigest()[:20]}.npz"
     if cache and path.is_file():
         with np.load(path) as d:
             return {"embeddings": d["embeddings"], "logits": d["logits"]}
@@ -121,7 +122,7 @@ def audioset_outputs(files: Sequence[Path], weights: str | Path, *, progress: bo
         flush()
     out = {"embeddings": np.concatenate(embs).astype(np.float32), "logits": np.concatenate(logits).astype(np.float32)}
     if cache:
-        _save_npz(path, **out)
+        save_npz_atomic(path, **out)
     return out
 
 
@@ -191,11 +192,11 @@ def audioset_tag_eval(energy_in: np.ndarray, energy_out: np.ndarray, as_logits_i
                            method="decision_function")
     return to_jsonable({
         "tag_score": "max(sigmoid(Speech), sigmoid(Music)) of the original mn04_as AudioSet head",
-        "energy": _m(energy_in, energy_out),
-        "tag": _m(t_in, t_out),
-        "energy_plus_tag_label_free": {**_m(comb_in, comb_out),
+        "energy": metrics_of(energy_in, energy_out),
+        "tag": metrics_of(t_in, t_out),
+        "energy_plus_tag_label_free": {**metrics_of(comb_in, comb_out),
                                        "how": "z(energy) + z(tag), both standardised on in-distribution clips only"},
-        "logistic_cv_upper_bound": {**_m(lr[y == 0], lr[y == 1]),
+        "logistic_cv_upper_bound": {**metrics_of(lr[y == 0], lr[y == 1]),
                                     "how": "5-fold cross-validated logistic regression on (energy, tag); uses OOD "
                                            "labels, so optimistic"},
         "tag_in_distribution_quantiles": {q: float(np.quantile(t_in, float(q))) for q in ("0.5", "0.95", "0.99")},

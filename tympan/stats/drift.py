@@ -40,7 +40,6 @@ quantiles of 2000 values are accurate to ~1-2 percentile points.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +51,7 @@ from sklearn.base import BaseEstimator
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from tympan.diagnostics._utils import json_float, to_jsonable
+from tympan.io import decode_array, encode_array, json_float, to_jsonable
 
 __all__ = [
     "DRIFT",
@@ -65,8 +64,6 @@ __all__ = [
     "FeatureDriftDetector",
     "FeatureDriftReport",
     "confidence_shift",
-    "decode_array",
-    "encode_array",
     "label_shift",
     "mmd2_unbiased",
     "ood_rate_shift",
@@ -86,23 +83,6 @@ FORMAT_VERSION = 1
 # --------------------------------------------------------------------------- #
 # compact, exact array storage for JSON bundles
 # --------------------------------------------------------------------------- #
-def encode_array(a: np.ndarray, dtype: str = "float32") -> dict[str, Any]:
-    """``{"dtype", "shape", "base64"}`` with little-endian raw bytes (exact, ~1.33 B/byte)."""
-    arr = np.ascontiguousarray(np.asarray(a).astype(np.dtype(dtype).newbyteorder("<")))
-    return {
-        "dtype": str(np.dtype(dtype)),
-        "shape": list(arr.shape),
-        "base64": base64.b64encode(arr.tobytes()).decode("ascii"),
-    }
-
-
-def decode_array(data: Mapping[str, Any]) -> np.ndarray:
-    """Inverse of :func:`encode_array`."""
-    dt = np.dtype(data["dtype"]).newbyteorder("<")
-    raw = base64.b64decode(data["base64"])
-    return np.frombuffer(raw, dtype=dt).reshape(data["shape"]).astype(np.dtype(data["dtype"]))
-
-
 # --------------------------------------------------------------------------- #
 # per-feature drift
 # --------------------------------------------------------------------------- #

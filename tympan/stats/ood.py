@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from sklearn.utils.validation import check_is_fitted
 
-from tympan.diagnostics._utils import json_float
+from tympan.io import json_float
 
 __all__ = ["EnergyOOD", "MaxSoftmaxOOD", "fpr_at_tpr", "ood_metrics"]
 

@@ -2,38 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from scipy.special import softmax
 
-__all__ = ["as_probabilities", "json_float", "logits_to_probabilities", "to_jsonable"]
-
-
-def json_float(value: Any) -> float | None:
-    """Plain Python float, or ``None`` for NaN/inf (strict JSON has neither)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Recursively turn numpy scalars/arrays into plain Python, NaN/inf into ``None``."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return json_float(obj)
-    return obj
+__all__ = ["as_probabilities", "logits_to_probabilities"]
 
 
 def as_probabilities(probs: Any) -> np.ndarray:

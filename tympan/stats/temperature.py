@@ -19,8 +19,9 @@ from sklearn.base import BaseEstimator
 from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.utils.validation import check_is_fitted
 
-from tympan.diagnostics._utils import logits_to_probabilities, to_jsonable
-from tympan.diagnostics.calibration import expected_calibration_error
+from tympan.stats._utils import logits_to_probabilities
+from tympan.io import to_jsonable
+from tympan.stats.calibration import calibration_metrics, ece_noise_floor, expected_calibration_error
 
 __all__ = ["CrossFitResult", "TemperatureScaler", "cross_fit_temperature"]
 
@@ -194,3 +195,57 @@ def cross_fit_temperature(
             "ece": expected_calibration_error(probs, y, n_bins),
         },
     )
+
+
+#: reliability bins of the reported calibration numbers (equal width)
+N_BINS = 15
+
+
+def split_groups(labels: np.ndarray, n_splits: int = 5, seed: int = 0) -> np.ndarray:
+    """Seeded split of clips into ``n_splits`` groups, stratified by class when every class allows."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    y = np.asarray(labels)
+    n_splits = int(min(n_splits, len(y)))
+    if n_splits < 2:
+        raise ValueError("cross-fitting needs at least two held-out clips")
+    counts = np.bincount(y)
+    splitter = (StratifiedKFold(n_splits, shuffle=True, random_state=seed)
+                if counts[counts > 0].min() >= n_splits else KFold(n_splits, shuffle=True, random_state=seed))
+    groups = np.empty(len(y), dtype=np.int64)
+    for g, (_, idx) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        groups[idx] = g
+    return groups
+
+
+def calibrate_heldout(
+    logits: np.ndarray, labels: np.ndarray, *, n_splits: int = 5, seed: int = 0, n_bins: int = N_BINS
+) -> dict[str, Any]:
+    """Temperature on the whole fold + honest (cross-fitted) before/after calibration numbers."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64)
+    scaler = TemperatureScaler().fit(z, y)
+    groups = split_groups(y, n_splits, seed)
+    cf = cross_fit_temperature(z, y, groups, n_bins=n_bins)
+    raw = logits_to_probabilities(z)
+    in_sample = scaler.predict_proba(z)
+    protocol = (f"temperature fitted on all {len(y)} held-out clips; 'after' numbers are cross-fitted: "
+                f"the held-out clips are split into {len(np.unique(groups))} seeded, class-stratified "
+                f"parts and each part is scaled by a temperature fitted on the other parts")
+    return {
+        "scaler": scaler,
+        "cross_fit": cf,
+        "probs_before": raw,
+        "probs_after": cf.probabilities,
+        "summary": {
+            "temperature": scaler.temperature_,
+            "temperature_at_bound": scaler.at_bound_,
+            "protocol": protocol,
+            "n_bins": n_bins,
+            "before": calibration_metrics(raw, y, n_bins),
+            "after": calibration_metrics(cf.probabilities, y, n_bins),
+            "after_in_sample": calibration_metrics(in_sample, y, n_bins),
+            "ece_noise_floor": ece_noise_floor(cf.probabilities, n_bins=n_bins),
+            "cross_fit": cf.to_dict(),
+        },
+    }

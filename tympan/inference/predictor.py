@@ -1,22 +1,16 @@
-"""The one place that turns audio into calibrated predictions: :class:`Predictor`.
+"""Audio in, a typed prediction out: :class:`Predictor`.
 
-decoded audio -> overlapping windows -> LogMel -> model -> logits -> calibrated probabilities
-(softmax(logits / T), T = the bundle's fitted temperature) + energy OOD score and flag.
+decoded audio -> overlapping windows -> LogMel -> model -> (embeddings, logits) per window ->
+:func:`tympan.inference.prediction.predict_recording` (calibrated probabilities, energy OOD
+score and flag, uncertainty).
 
 The HTTP server (``tympan.serving``) and ``tympan predict`` both call it, and the server's
 micro-batcher hands it the windows of several requests at once (:meth:`Predictor.logits`), so
 one forward pass serves many requests. The front end is built from the bundle's own
 ``FrontendConfig``, so serving cannot compute features the model was not trained on.
 
-``uncertain`` is true when any of these holds (thresholds in :class:`UncertaintyPolicy`):
-
-- the clip is out of distribution (energy score above the bundle's fitted threshold);
-- the top-1 calibrated probability is below ``min_confidence`` (default 0.40);
-- the gap between the top-1 and top-2 probabilities is below ``min_margin`` (default 0.10).
-
-``uncertain_reasons`` names each one that fired, and also carries the note
-``"no OOD threshold fitted"`` when the bundle has none (that note alone does not set
-``uncertain``: there is no evidence either way).
+How window logits become a recording's answer is defined once, in
+:mod:`tympan.inference.prediction`.
 """
 
 from __future__ import annotations
@@ -24,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -36,40 +29,17 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from torch import nn
+
 from tympan.audio import DEFAULT_MAX_SECONDS, AudioSource, Decoded, frame_windows, load_audio
 from tympan.bundle import META_FILE, Bundle, load_bundle
+from tympan.contracts.prediction import AudioInfo, ModelRef, Prediction, PredictResponse
 from tympan.errors import AudioTooLongError
+from tympan.inference.prediction import TrustParams, UncertaintyPolicy, predict_recording
+from tympan.inference.saliency import explain_window
 
-NO_THRESHOLD_NOTE = "no OOD threshold fitted"
 #: most decoded samples (frames x channels) one upload may hold: 600 s of 48 kHz stereo fits
 DEFAULT_MAX_SAMPLES = 64_000_000
-AGGREGATE = "mean of window probabilities; OOD score = mean of window energy scores"
-
-
-@dataclass(frozen=True)
-class UncertaintyPolicy:
-    """When a prediction is flagged ``uncertain`` (besides being out of distribution)."""
-
-    min_confidence: float = 0.40
-    min_margin: float = 0.10
-
-
-def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Energy OOD score ``-T * logsumexp(z / T)`` per row (higher = more OOD; Liu et al. 2020).
-
-    Same formula as ``tympan.diagnostics.ood.EnergyOOD.score``, in float64 for stability.
-    """
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    m = z.max(axis=1, keepdims=True)
-    return -float(temperature) * (m[:, 0] + np.log(np.exp(z - m).sum(axis=1)))
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Calibrated probabilities ``softmax(z / T)`` per row, float64."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def bundle_version(bundle: Bundle, directory: str | Path | None = None) -> str:
@@ -79,6 +49,18 @@ def bundle_version(bundle: Bundle, directory: str | Path | None = None) -> str:
     else:  # exactly the text save_bundle writes
         data = (json.dumps(bundle.metadata(), indent=2, allow_nan=False) + "\n").encode()
     return hashlib.sha256(data).hexdigest()[:12]
+
+
+class EmbedAndClassify(nn.Module):
+    """``x -> (embed(x), classify(embed(x)))``: one traced graph gives both (model protocol)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.model.embed(x)
+        return e, self.model.classify(e)
 
 
 @dataclass
@@ -120,21 +102,31 @@ class Predictor:
         self.config = bundle.frontend
         self.classes = list(bundle.classes)
         self.n_classes = len(self.classes)
-        self.temperature = float(bundle.temperature or 1.0)
-        ood = bundle.ood or {}
-        self.ood_temperature = float(ood.get("temperature") or 1.0)
-        thr = ood.get("threshold")
-        if str(ood.get("score", "energy")).lower() != "energy":
-            thr = None  # a threshold for another score means nothing on the energy scale
-        self.ood_threshold = None if thr is None or not math.isfinite(float(thr)) else float(thr)
+        self.params = TrustParams.from_bundle(bundle, policy)
         self.max_seconds = max_seconds
         self.max_samples = max_samples
-        self.policy = policy or UncertaintyPolicy()
         self.max_chunk = max(1, int(max_chunk))
         self.version = bundle_version(bundle, directory)
         self._lock = threading.Lock()  # one forward at a time; hooks (explain) need it too
         #: a frozen, conv/BN-folded TorchScript copy for ``logits`` (CPU), or None: eager
         self.fast_model = self._optimized() if optimize and self.device.type == "cpu" else None
+
+    # the bundle's fitted numbers, read once into ``params``
+    @property
+    def temperature(self) -> float:
+        return self.params.temperature
+
+    @property
+    def ood_temperature(self) -> float:
+        return self.params.ood_temperature
+
+    @property
+    def ood_threshold(self) -> float | None:
+        return self.params.ood_threshold
+
+    @property
+    def policy(self) -> UncertaintyPolicy:
+        return self.params.policy
 
     def _optimized(self) -> torch.nn.Module | None:
         """Trace + freeze + ``optimize_for_inference`` a copy of the model, if it agrees.
@@ -154,10 +146,12 @@ class Predictor:
             x = self.features((rng.standard_normal((3, self.config.clip_samples)) * 0.05).astype(np.float32))
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")
-                traced = torch.jit.trace(copy.deepcopy(self.model).eval(), x[:1], check_trace=False)
+                both = EmbedAndClassify(copy.deepcopy(self.model)).eval()
+                traced = torch.jit.trace(both, x[:1], check_trace=False)
                 fast = torch.jit.optimize_for_inference(traced.eval())
-                want, got = self.model(x), fast(x)
-            if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+                want, got = EmbedAndClassify(self.model)(x), fast(x)
+            if any(g.shape != w.shape or not torch.allclose(g, w, rtol=1e-4, atol=1e-4)
+                   for g, w in zip(got, want, strict=True)):
                 log.warning("optimized model disagrees with the eager one; serving eager")
                 return None
             return fast
@@ -169,6 +163,10 @@ class Predictor:
     @property
     def model_info(self) -> dict[str, str]:
         return {"name": self.bundle.name, "arch": self.bundle.arch, "version": self.version}
+
+    @property
+    def model_ref(self) -> ModelRef:
+        return ModelRef(**self.model_info)
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /model`` returns."""
@@ -221,17 +219,36 @@ class Predictor:
         x = torch.as_tensor(np.asarray(windows, dtype=np.float32)).to(self.device)
         return self.frontend(x)
 
+    def forward_features(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings ``(B, D)`` and logits ``(B, K)`` of log-mels ``(B, 1, n_mels, frames)``."""
+        net = self.fast_model or EmbedAndClassify(self.model)
+        embs, out = [], []
+        with self._lock, torch.inference_mode():
+            for lo in range(0, features.shape[0], self.max_chunk):
+                e, z = net(features[lo : lo + self.max_chunk].to(self.device).float())
+                embs.append(e.float().cpu().numpy())
+                out.append(z.float().cpu().numpy())
+        if not out:
+            return np.zeros((0, 0), np.float32), np.zeros((0, self.n_classes), np.float32)
+        return np.concatenate(embs), np.concatenate(out)
+
+    def forward(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings ``(B, D)`` and logits ``(B, K)`` of windows ``(B, clip_samples)``, batched."""
+        windows = np.asarray(windows, dtype=np.float32)
+        embs, out = [], []
+        for lo in range(0, windows.shape[0], self.max_chunk):
+            with torch.inference_mode():
+                feats = self.features(windows[lo : lo + self.max_chunk])
+            e, z = self.forward_features(feats)
+            embs.append(e)
+            out.append(z)
+        if not out:
+            return np.zeros((0, 0), np.float32), np.zeros((0, self.n_classes), np.float32)
+        return np.concatenate(embs), np.concatenate(out)
+
     def logits(self, windows: np.ndarray) -> np.ndarray:
         """Raw logits ``(B, n_classes)`` of windows ``(B, clip_samples)``: one batched pass."""
-        windows = np.asarray(windows, dtype=np.float32)
-        out = []
-        with self._lock, torch.inference_mode():
-            for lo in range(0, windows.shape[0], self.max_chunk):
-                feats = self.features(windows[lo : lo + self.max_chunk])
-                out.append((self.fast_model or self.model)(feats).float().cpu().numpy())
-        if not out:
-            return np.zeros((0, self.n_classes), np.float32)
-        return np.concatenate(out)
+        return self.forward(windows)[1]
 
     def logits_many(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
         """Logits of several requests' windows in one forward pass, split back per request."""
@@ -250,67 +267,34 @@ class Predictor:
         return time.perf_counter() - start
 
     # -------------------------------------------------------------------- post-processing
-    def _top(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
-        idx = np.argsort(-probs, kind="stable")[:k]
-        return [{"label": self.classes[i], "index": int(i), "probability": round(float(probs[i]), 6)}
-                for i in idx]
+    def prediction(self, prepared: Prepared, logits: np.ndarray, *, top_k: int = 3,
+                   return_logits: bool = False) -> Prediction:
+        """The typed :class:`Prediction` of one request's window logits (the one path)."""
+        cfg, duration = self.config, prepared.decoded.source_duration
+        starts = np.asarray(prepared.starts, np.float64) / cfg.sample_rate
+        ends = np.minimum(starts + cfg.clip_seconds, duration)
+        return predict_recording(logits, self.params, self.classes, starts_s=starts, ends_s=ends,
+                                 top_k=top_k, return_logits=return_logits)
 
-    def result(
-        self,
-        prepared: Prepared,
-        logits: np.ndarray,
-        *,
-        top_k: int = 3,
-        return_logits: bool = False,
-    ) -> dict[str, Any]:
-        """The ``/predict`` response body (less ``timing_ms``) from one request's logits."""
-        k = max(1, min(int(top_k), self.n_classes))
-        probs = softmax(logits, self.temperature)
-        scores = energy_score(logits, self.ood_temperature)
-        thr = self.ood_threshold
-        cfg, d = self.config, prepared.decoded
-        duration = d.source_duration
-        windows = []
-        for i, start in enumerate(prepared.starts):
-            s = float(start) / cfg.sample_rate
-            windows.append({
-                "start_s": round(s, 3),
-                "end_s": round(min(s + cfg.clip_seconds, duration), 3),
-                "top_k": self._top(probs[i], k),
-                "ood_score": round(float(scores[i]), 4),
-                "out_of_distribution": bool(thr is not None and scores[i] > thr),
-            })
-        mean_p = probs.mean(axis=0)
-        score = float(scores.mean())
-        ood = bool(thr is not None and score > thr)
-        order = np.sort(mean_p)[::-1]
-        top1 = float(order[0])
-        margin = float(order[0] - order[1]) if len(order) > 1 else 1.0
-        reasons = []
-        if ood:
-            reasons.append(f"out of distribution: energy score {score:.3f} > threshold {thr:.3f}")
-        if top1 < self.policy.min_confidence:
-            reasons.append(f"top-1 probability {top1:.3f} < {self.policy.min_confidence:g}")
-        if margin < self.policy.min_margin:
-            reasons.append(f"top-1/top-2 margin {margin:.3f} < {self.policy.min_margin:g}")
-        uncertain = bool(reasons)
-        if thr is None:
-            reasons.append(NO_THRESHOLD_NOTE)
-        body: dict[str, Any] = {
-            "model": self.model_info,
-            "top_k": self._top(mean_p, k),
-            "ood": {"score_name": "energy", "score": round(score, 4), "threshold": thr,
-                    "out_of_distribution": ood},
-            "uncertain": uncertain,
-            "uncertain_reasons": reasons,
-            "audio": {"duration_s": round(duration, 4), "sample_rate": d.source_sample_rate,
-                      "channels": d.source_channels, "format": d.format, "subtype": d.subtype},
-            "windows": windows,
-            "aggregate": AGGREGATE,
-            "temperature": self.temperature,
-        }
-        if return_logits:
-            body["logits"] = [[float(v) for v in row] for row in np.asarray(logits, np.float32)]
+    def response(self, prepared: Prepared, logits: np.ndarray, *, top_k: int = 3,
+                 return_logits: bool = False, timing_ms: float = 0.0) -> PredictResponse:
+        """The validated ``/predict`` body: the prediction plus model, audio and timing."""
+        d = prepared.decoded
+        pred = self.prediction(prepared, logits, top_k=top_k, return_logits=return_logits)
+        return PredictResponse(
+            **dict(pred), model=self.model_ref,
+            audio=AudioInfo(duration_s=round(d.source_duration, 4), sample_rate=d.source_sample_rate,
+                            channels=d.source_channels, format=d.format, subtype=d.subtype),
+            warnings=list(getattr(d, "warnings", None) or []),
+            timing_ms=round(float(timing_ms), 2),
+        )
+
+    def result(self, prepared: Prepared, logits: np.ndarray, *, top_k: int = 3,
+               return_logits: bool = False) -> dict[str, Any]:
+        """The ``/predict`` response body as JSON-ready dict (``timing_ms`` 0 until the caller sets it)."""
+        body = self.response(prepared, logits, top_k=top_k, return_logits=return_logits).model_dump()
+        if body.get("logits") is None:
+            body.pop("logits", None)
         return body
 
     # ------------------------------------------------------------------------- offline use
@@ -331,8 +315,6 @@ class Predictor:
 
     def explain(self, source: AudioSource | Decoded, *, top_k: int = 3) -> dict[str, Any]:
         """What the model saw for the first window, and where it looked (``/explain``)."""
-        from tympan.diagnostics.interpret import explain_window
-
         prepared = self.prepare(source)
         with self._lock:
             out = explain_window(self.model, self.frontend, prepared.windows[0], self.classes,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from tympan.diagnostics._utils import to_jsonable
+from tympan.io import to_jsonable
 
 __all__ = [
     "ConfusedPair",
