@@ -34,6 +34,12 @@ class SampleRateError(AudioError):
     code = "bad_sample_rate"
 
 
+class SampleRangeError(AudioError):
+    """Finite samples far outside any audio level (float files holding other data)."""
+
+    code = "samples_out_of_range"
+
+
 class AudioTooLongError(AudioError):
     code = "audio_too_long"
 
