@@ -101,19 +101,50 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """One line per file (greppable): what it holds, then its metadata and warnings, or why not."""
     from tympan.audio import load_audio
+    from tympan.recording_meta import (
+        MODEL_BAND_HZ,
+        read_recording_metadata,
+        recording_statistics,
+    )
 
+    sources = {"guano": "GUANO Timestamp", "audiomoth_comment": "the AudioMoth comment",
+               "bext": "BWF bext OriginationDate/Time", "filename": "the file name"}
     status = 0
     for path in args.files:
         try:
-            d = load_audio(path, None)
+            meta = read_recording_metadata(path)
+        except FileNotFoundError:
+            meta = None
+        lying = [f"warning: {meta.extension_warning}"] if meta is not None and meta.extension_warning else []
+        try:
+            d = load_audio(path, None, salvage=True)
         except (AudioError, FileNotFoundError) as exc:
-            print(f"{path}: error: {exc.__class__.__name__}: {exc}")
+            print("; ".join([f"{path}: error: {exc.__class__.__name__}: {exc}", *lying]))
             status = 2
             continue
         peak = float(abs(d.waveform).max()) if d.waveform.size else 0.0
-        print(f"{path}: {d.format}/{d.subtype}, {d.source_sample_rate} Hz, {d.source_channels} ch, "
-              f"{d.source_duration:.3f} s, peak {peak:.3f}")
+        parts = [f"{path}: {d.format}/{d.subtype}, {d.source_sample_rate} Hz, {d.source_channels} ch, "
+                 f"{d.source_duration:.3f} s, peak {peak:.3f}"]
+        parts += [f"warning: {note}" for note in d.warnings] + lying
+        if meta is not None and meta.start_time is not None:
+            zone = "" if meta.start_time.tzinfo else ", no time zone given"
+            source = sources.get(meta.start_time_source or "", meta.start_time_source)
+            parts.append(f"start time {meta.start_time.isoformat()} (from {source}{zone})")
+        else:
+            parts.append("start time unknown")
+        stats = recording_statistics(d.waveform, d.sample_rate)
+        parts.append(f"clipping {100 * stats.clipping_share:.2f}% of samples at |x| >= 0.999")
+        band = f"content above the model's band ({MODEL_BAND_HZ / 1000:g} kHz)"
+        parts.append(f"{band}: n/a at {d.sample_rate} Hz" if stats.share_above_band is None
+                     else f"{band}: {100 * stats.share_above_band:.1f}% of spectral energy")
+        if meta is not None:
+            for label, fields in (("GUANO", meta.guano), ("INFO", meta.info), ("bext", meta.bext)):
+                shown = {k: v for k, v in fields.items() if v}
+                if shown:
+                    parts.append(f"{label} " + json.dumps(shown, ensure_ascii=False))
+        print("; ".join(parts))
     return status
 
 
