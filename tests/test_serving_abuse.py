@@ -251,6 +251,7 @@ def test_stalled_bodies_get_408_and_are_released(server: ServeProcess) -> None:
 
 
 def test_slow_headers_and_idle_connections_are_closed(server: ServeProcess) -> None:
+    t0 = time.monotonic()
     silent = connect(server.port)  # connects, sends nothing
     slow = connect(server.port)  # starts a request, never finishes its headers
     slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty")
@@ -259,15 +260,17 @@ def test_slow_headers_and_idle_connections_are_closed(server: ServeProcess) -> N
     status, headers, _ = read_response(idle, 10)
     assert status == 200 and headers.get("x-tympan-instance") == TOKEN
     t_idle = closed_within(idle, KEEP_ALIVE + 5)
-    status_slow, _, t_slow = read_response(slow, READ_TIMEOUT + 5)
+    status_slow, _, _ = read_response(slow, READ_TIMEOUT + 5)
+    t_slow = time.monotonic() - t0  # since the connection opened
     t_silent = closed_within(silent, READ_TIMEOUT + 5)
+    t_silent = None if t_silent is None else time.monotonic() - t0
     print(f"\nidle keep-alive closed after {t_idle} s (timeout {KEEP_ALIVE}); slow headers: {status_slow} after "
-          f"{t_slow:.2f} s; silent connection closed after {t_silent} s (read timeout {READ_TIMEOUT})")
+          f"{t_slow:.2f} s; silent connection closed after {t_silent:.2f} s (read timeout {READ_TIMEOUT})")
     for s in (silent, slow, idle):
         s.close()
     assert t_idle is not None and t_idle < KEEP_ALIVE + 2
-    assert status_slow == 408 and t_slow < READ_TIMEOUT + 3
-    assert t_silent is not None  # within READ_TIMEOUT (+ what the other waits took)
+    assert status_slow == 408 and READ_TIMEOUT - 0.5 < t_slow < READ_TIMEOUT + 3
+    assert t_silent is not None and t_silent < READ_TIMEOUT + 3
 
 
 # -------------------------------------------------------------------- admission control
@@ -382,3 +385,13 @@ def test_head_probes_answer_like_get(server: ServeProcess) -> None:
         assert head.status_code == get.status_code == 200 and head.content == b""
         assert head.headers["content-type"] == get.headers["content-type"]
         assert head.headers.get("x-tympan-instance") == TOKEN
+    with connect(server.port) as s:  # on the wire: headers, then nothing (not even the GET body)
+        s.sendall(f"HEAD /ready HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+        data, deadline = b"", time.monotonic() + 3
+        while time.monotonic() < deadline and select.select([s], [], [], 0.3)[0]:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and rest == b"", data
