@@ -12,15 +12,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from tympan.bundle import Bundle, load_bundle
+from tympan.bundle import Bundle, HeldoutPredictions, load_bundle
 from tympan.features import FrontendConfig
 
 
 # --------------------------------------------------------------------------- fixtures
 def _train_tiny_bundle(data_dir: Path, dest: Path) -> Path:
     """A width-8 CNN trained for a few epochs on synthetic folds 1-4; fold 5's logits as held-out."""
-    from safetensors.torch import save_file
-
     from tympan.cache import featurize
     from tympan.datasets import load_esc50
     from tympan.models import build_model
@@ -51,11 +49,9 @@ def _train_tiny_bundle(data_dir: Path, dest: Path) -> Path:
     bundle = Bundle(model=model, arch="cnn", arch_params={"width": 8}, classes=list(fs.classes), frontend=frontend,
                     provenance={"train_folds": [1, 2, 3, 4], "heldout_fold": 5, "data": {"root": str(data_dir)}},
                     name="tiny-test")
-    bundle.save(dest)
-    save_file({"logits": torch.from_numpy(np.ascontiguousarray(logits)),
-               "labels": torch.from_numpy(fs.labels[held].copy())}, str(dest / "heldout.safetensors"))
-    (dest / "heldout.json").write_text(json.dumps({
-        "fold": 5, "clip_ids": [c for c, h in zip(fs.clip_ids, held) if h], "classes": list(fs.classes)}))
+    heldout = HeldoutPredictions(logits, fs.labels[held], [c for c, h in zip(fs.clip_ids, held) if h],
+                                 list(fs.classes), weights_sha256=bundle.weights_fingerprint, meta={"fold": 5})
+    bundle.save(dest, heldout=heldout)
     return dest
 
 

@@ -15,13 +15,13 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tympan.audio import fit_length, load_audio
-from tympan.datasets.esc50 import ESC50
 from tympan.features import FrontendConfig, LogMel
 from tympan.io import atomic_dir
 
@@ -63,14 +63,30 @@ class FeatureSet:
         return np.flatnonzero(np.isin(self.folds, np.asarray(folds)))
 
 
-def cache_key(dataset: ESC50, frontend: FrontendConfig, dtype: str) -> str:
+@runtime_checkable
+class LabelledClips(Protocol):
+    """What the cache needs of a data set (``tympan.datasets.ESC50`` is one): labelled clip files."""
+
+    clip_ids: list[str]
+    files: list[Path]
+    labels: np.ndarray
+    folds: np.ndarray
+    classes: list[str]
+    root: Path
+
+    def __len__(self) -> int: ...
+
+    def fingerprint(self) -> str: ...
+
+
+def cache_key(dataset: LabelledClips, frontend: FrontendConfig, dtype: str) -> str:
     h = hashlib.sha256()
     h.update(f"v{CACHE_VERSION}|{dtype}|{frontend.fingerprint()}|{dataset.fingerprint()}".encode())
     return h.hexdigest()[:20]
 
 
 def featurize(
-    dataset: ESC50,
+    dataset: LabelledClips,
     frontend: FrontendConfig,
     *,
     root: str | Path | None = None,
@@ -109,7 +125,7 @@ def _decode(path: Path, frontend: FrontendConfig) -> np.ndarray:
     return fit_length(wave, frontend.clip_samples)
 
 
-def _build(entry: Path, dataset: ESC50, frontend: FrontendConfig, dtype: str,
+def _build(entry: Path, dataset: LabelledClips, frontend: FrontendConfig, dtype: str,
            batch_size: int, progress: bool, device: str) -> None:
     from tqdm import tqdm
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tympan.contracts.prediction import ClassScore, OODInfo, Prediction, WindowPrediction
-from tympan.stats._utils import logits_to_probabilities
+from tympan.stats.probabilities import logits_to_probabilities
 from tympan.stats.ood import EnergyOOD
 
 __all__ = [

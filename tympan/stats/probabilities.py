@@ -1,4 +1,4 @@
-"""Small helpers shared by the diagnostics modules (validation, JSON-safe values)."""
+"""Probability helpers shared by the statistics (validation, numerically stable softmax)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator
 from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.utils.validation import check_is_fitted
 
-from tympan.stats._utils import logits_to_probabilities
+from tympan.stats.probabilities import logits_to_probabilities
 from tympan.io import to_jsonable
 from tympan.stats.calibration import calibration_metrics, ece_noise_floor, expected_calibration_error
 
