@@ -21,14 +21,13 @@ from tympan.download import DownloadError
 from tympan.models import build_model
 from tympan.models.convert import (
     MN04_AS_SHA256,
-    MN04_HEAD_PREFIXES,
     CheckpointMismatchError,
     convert_checkpoint,
     download_pretrained,
     load_pretrained,
     resolve_init,
 )
-from tympan.models.mn04 import mn04_param_groups
+from tympan.models.mn04 import MN04_HEAD_PREFIXES, mn04_param_groups
 
 KEY_LIST = Path(__file__).parent / "data" / "mn04_state_dict_keys.txt"
 REPO = Path(__file__).resolve().parents[1]

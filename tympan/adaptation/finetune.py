@@ -37,10 +37,9 @@ from tympan.adaptation.field import (
 )
 from tympan.bundle import Bundle
 from tympan.inference import TrustParams, aggregate
+from tympan.models import UnknownArchitectureError, get_spec
 
 METHOD = "finetune-head"
-#: The module(s) that map the embedding to logits, per architecture (``classify``'s weights).
-HEAD_MODULES = {"cnn": ("fc",), "mn04": ("classifier",)}
 
 
 class LabelsError(AdaptationError):
@@ -91,8 +90,14 @@ def read_labels(path: str | Path, classes: list[str], field_dir: str | Path | No
 
 
 def head_prefixes(model: nn.Module, arch: str, last_stage: bool = False) -> list[str]:
-    """Names of the modules to train: the head, plus the last stage if asked."""
-    head = list(HEAD_MODULES.get(arch, ()))
+    """Names of the modules to train: the head, plus the last stage if asked.
+
+    The head is the architecture spec's ``head_modules`` (``classify``'s weights).
+    """
+    try:
+        head = list(get_spec(arch).head_modules)
+    except UnknownArchitectureError:
+        head = []
     if not head:  # unknown architecture: its last Linear layer
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not linears:

@@ -26,7 +26,13 @@ def _block(c_in: int, c_out: int, pool: tuple[int, int]) -> nn.Sequential:
     )
 
 
-@register_model("cnn")
+@register_model(
+    "cnn",
+    frontend="default",
+    train_defaults={"epochs": 40, "batch_size": 32, "lr": 2e-3},
+    head_prefixes=("fc.",),
+    head_modules=("fc",),
+)
 class CNN(nn.Module):
     """VGG-style CNN; ``width=32`` gives ~1.2 M parameters, ``width=8`` a tiny test model."""
 

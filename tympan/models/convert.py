@@ -32,8 +32,6 @@ MN04_AS_SHA256 = "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c45332
 PRETRAINED: dict[str, tuple[str, str, str, int]] = {
     "mn04_as": (MN04_AS_URL, MN04_AS_SHA256, "mn04", 527),
 }
-#: What to leave out of a pretrained mn04 to fine-tune it with a new output layer.
-MN04_HEAD_PREFIXES: tuple[str, ...] = ("classifier.5.",)
 
 _MAX_LISTED = 10  # problems named per category in an error message
 
@@ -168,8 +166,9 @@ def load_pretrained(
 ) -> nn.Module:
     """Load a ``.safetensors`` checkpoint into ``model`` after an exact key/shape check.
 
-    ``skip_prefixes`` (e.g. :data:`MN04_HEAD_PREFIXES`) leaves those parameters at their
-    initialisation and ignores them in the file, for fine-tuning with a new output layer.
+    ``skip_prefixes`` (an :class:`~tympan.models.registry.ArchSpec`'s ``head_prefixes``)
+    leaves those parameters at their initialisation and ignores them in the file, for
+    fine-tuning with a new output layer.
     Returns ``model``.
     """
     path = Path(path)
@@ -187,6 +186,19 @@ def load_pretrained(
     if left or result.unexpected_keys:  # unreachable after check_state_dict; kept as a guard
         raise CheckpointMismatchError(f"{path}: not loaded: {left + list(result.unexpected_keys)}")
     return model
+
+
+def load_efficientat(
+    model: nn.Module,
+    init: str | Path,
+    skip_prefixes: Iterable[str] = (),
+    cache_dir: Path | None = None,
+) -> nn.Module:
+    """Resolve an EfficientAT ``--init`` (:func:`resolve_init`) and load it (:func:`load_pretrained`).
+
+    The pretrained loader of the ``mn04`` :class:`~tympan.models.registry.ArchSpec`.
+    """
+    return load_pretrained(model, resolve_init(init, cache_dir=cache_dir), skip_prefixes=skip_prefixes)
 
 
 # --------------------------------------------------------------------------- download

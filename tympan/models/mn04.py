@@ -23,12 +23,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tympan.models.registry import register_model
+from tympan.models.registry import register_model, uniform_param_groups
 
 #: BatchNorm settings of EfficientAT's MobileNetV3 (TensorFlow-style), kept so fine-tuning
 #: from the official weights moves the running statistics as slowly as their training did.
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
+#: The output layer (``classifier.5``): what to leave out of a pretrained mn04 to fine-tune it
+#: with a new label set.
+MN04_HEAD_PREFIXES: tuple[str, ...] = ("classifier.5.",)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -160,7 +163,37 @@ class InvertedResidual(nn.Module):
         return out + x if self.use_residual else out
 
 
-@register_model("mn04")
+def training_param_groups(
+    model: nn.Module,
+    base_lr: float,
+    *,
+    weight_decay: float = 0.0,
+    layer_decay: float = 0.5,
+    pretrained: bool = False,
+) -> list[dict[str, Any]]:
+    """Layer-wise lrs (:func:`mn04_param_groups`) when fine-tuning pretrained weights, else one lr."""
+    if pretrained:
+        return mn04_param_groups(model, base_lr, decay=layer_decay, weight_decay=weight_decay)  # type: ignore[arg-type]
+    return uniform_param_groups(model, base_lr, weight_decay=weight_decay)
+
+
+def load_audioset(model: nn.Module, init: str, skip_prefixes: tuple[str, ...] = MN04_HEAD_PREFIXES) -> nn.Module:
+    """``--init``: EfficientAT AudioSet weights (``mn04_as``, a URL or a file), head left out."""
+    from tympan.models.convert import load_efficientat
+
+    return load_efficientat(model, init, skip_prefixes=skip_prefixes)
+
+
+@register_model(
+    "mn04",
+    frontend="efficientat",  # the pipeline the AudioSet weights were trained on
+    train_defaults={"epochs": 40, "batch_size": 32, "lr": 2e-3},
+    finetune_defaults={"epochs": 12, "batch_size": 32, "lr": 2e-3},
+    head_prefixes=MN04_HEAD_PREFIXES,
+    head_modules=("classifier",),
+    param_groups=training_param_groups,
+    pretrained=load_audioset,
+)
 class MN04(nn.Module):
     """EfficientAT MobileNetV3 (``mn04_as`` at the defaults) with an MLP head.
 

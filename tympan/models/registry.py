@@ -10,16 +10,116 @@ the dashboard rely on (and nothing else):
 - ``classify(e)`` maps that embedding to logits, so ``forward(x) == classify(embed(x))``;
 - ``stages``: names of submodules (``dict(model.named_modules())`` keys) whose outputs are the
   feature maps drawn by interpretability tools, in order from input to output.
+
+Everything else tympan knows about an architecture (its default front end, training
+defaults, classifier head, optimizer groups, pretrained weights) lives in one
+:class:`ArchSpec`, registered together with the class by :func:`register_model`.
+``tests/test_models_contract.py`` checks every registered spec against its model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
 
 from torch import nn
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+class ParamGroupsFn(Protocol):
+    """Optimizer param groups for ``model`` (AdamW dicts with ``params``, ``lr``, ``name``)."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        base_lr: float,
+        *,
+        weight_decay: float = 0.0,
+        layer_decay: float = 1.0,
+        pretrained: bool = False,
+    ) -> list[dict[str, Any]]: ...
+
+
+#: ``loader(model, init, skip_prefixes)``: resolve ``init`` (a name, URL or path), load it into
+#: ``model`` leaving parameters under ``skip_prefixes`` (the new head) as initialised.
+PretrainedLoader = Callable[[nn.Module, str, tuple[str, ...]], nn.Module]
+
+#: ``tympan train`` defaults for an architecture that declares none (the from-scratch recipe).
+DEFAULT_TRAIN_DEFAULTS: Mapping[str, Any] = MappingProxyType({"epochs": 40, "batch_size": 32, "lr": 2e-3})
+
+
+def uniform_param_groups(
+    model: nn.Module,
+    base_lr: float,
+    *,
+    weight_decay: float = 0.0,
+    layer_decay: float = 1.0,
+    pretrained: bool = False,
+) -> list[dict[str, Any]]:
+    """One learning rate for every parameter; weight decay on matrices/kernels only (not 1-d)."""
+    del layer_decay, pretrained  # one lr for all: nothing is layer-wise here
+    decayed = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    plain = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [
+        {"name": "weights", "params": decayed, "lr": base_lr, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": plain, "lr": base_lr, "weight_decay": 0.0},
+    ]
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True, eq=False)
+class ArchSpec:
+    """Everything tympan knows about one architecture, in one place.
+
+    Why: training, the CLI, pretrained loading and adaptation each used to branch on the
+    architecture's name; a new architecture had to be taught to every one of them. With a
+    spec, adding one is a class plus its :func:`register_model` line, and the contract test
+    covers it automatically. Frozen, so no caller can change another's view of an arch.
+    """
+
+    #: the name in ``--arch`` and ``bundle.json``
+    name: str
+    #: the model class (or any ``(n_classes, **params) -> nn.Module`` callable)
+    factory: Callable[..., nn.Module]
+    #: default front end: anything :meth:`tympan.features.FrontendConfig.from_spec` accepts
+    frontend: str = "default"
+    #: :class:`~tympan.training.loop.TrainConfig` field values ``tympan train`` starts from
+    train_defaults: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_TRAIN_DEFAULTS)
+    #: further overrides when fine-tuning from pretrained weights (``--init``)
+    finetune_defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: parameter-name prefixes of the output layer: the parameters whose shape depends on
+    #: ``n_classes``, left out of a pretrained checkpoint and re-initialised for a new label set
+    head_prefixes: tuple[str, ...] = ()
+    #: modules ``classify`` uses (the head that labelled adaptation fine-tunes); empty: the
+    #: last ``nn.Linear``
+    head_modules: tuple[str, ...] = ()
+    #: optimizer param groups (see :class:`ParamGroupsFn`); the default is one lr for all
+    param_groups: ParamGroupsFn = uniform_param_groups
+    #: loads ``--init`` weights; ``None``: the architecture trains from scratch only
+    pretrained: PretrainedLoader | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train_defaults", _frozen(self.train_defaults))
+        object.__setattr__(self, "finetune_defaults", _frozen(self.finetune_defaults))
+        object.__setattr__(self, "head_prefixes", tuple(self.head_prefixes))
+        object.__setattr__(self, "head_modules", tuple(self.head_modules))
+
+    def training_defaults(self, pretrained: bool = False) -> dict[str, Any]:
+        """``train_defaults``, with ``finetune_defaults`` on top when ``pretrained``."""
+        out = dict(self.train_defaults)
+        if pretrained:
+            out.update(self.finetune_defaults)
+        return out
+
+    def build(self, n_classes: int, **params: Any) -> nn.Module:
+        return self.factory(n_classes=n_classes, **params)
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
 
 
 class UnknownArchitectureError(KeyError):
@@ -29,16 +129,46 @@ class UnknownArchitectureError(KeyError):
         return str(self.args[0])
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Class decorator: make ``name`` buildable by :func:`build_model`."""
+def register_model(
+    name: str,
+    *,
+    frontend: str = "default",
+    train_defaults: Mapping[str, Any] = DEFAULT_TRAIN_DEFAULTS,
+    finetune_defaults: Mapping[str, Any] | None = None,
+    head_prefixes: tuple[str, ...] = (),
+    head_modules: tuple[str, ...] = (),
+    param_groups: ParamGroupsFn = uniform_param_groups,
+    pretrained: PretrainedLoader | None = None,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Class decorator: make ``name`` buildable by :func:`build_model`, with its :class:`ArchSpec`.
+
+    The keyword arguments are the spec's fields (see :class:`ArchSpec`).
+    """
 
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"architecture {name!r} is registered twice")
-        _REGISTRY[name] = factory
+        register_spec(ArchSpec(
+            name=name,
+            factory=factory,
+            frontend=frontend,
+            train_defaults=train_defaults,
+            finetune_defaults=finetune_defaults or {},
+            head_prefixes=head_prefixes,
+            head_modules=head_modules,
+            param_groups=param_groups,
+            pretrained=pretrained,
+        ))
         return factory
 
     return wrap
+
+
+def register_spec(spec: ArchSpec) -> ArchSpec:
+    """Register a ready-made :class:`ArchSpec` (what :func:`register_model` does for a class)."""
+    old = _REGISTRY.get(spec.name)
+    if old is not None and old.factory is not spec.factory:
+        raise ValueError(f"architecture {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
 
 
 def available_models() -> list[str]:
@@ -47,16 +177,20 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(name: str, n_classes: int, **params: Any) -> nn.Module:
-    """Instantiate architecture ``name``; unknown names fail with the list of known ones."""
+def get_spec(name: str) -> ArchSpec:
+    """The :class:`ArchSpec` of ``name``; unknown names fail with the list of known ones."""
     _import_builtin_models()
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise UnknownArchitectureError(
             f"unknown architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}"
         ) from None
-    return factory(n_classes=n_classes, **params)
+
+
+def build_model(name: str, n_classes: int, **params: Any) -> nn.Module:
+    """Instantiate architecture ``name``; unknown names fail with the list of known ones."""
+    return get_spec(name).build(n_classes=n_classes, **params)
 
 
 def _import_builtin_models() -> None:

@@ -39,7 +39,13 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-@register_model("resnet18")
+@register_model(
+    "resnet18",
+    frontend="default",
+    train_defaults={"epochs": 30, "batch_size": 32, "lr": 1e-3},
+    head_prefixes=("fc.",),
+    head_modules=("fc",),
+)
 class ResNet18(nn.Module):
     """ResNet-18 with a 1-channel stem; inputs are resized to ``input_size`` x ``input_size``."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from tympan.features import FrontendConfig
 from tympan.training.augment import AugmentConfig
-from tympan.training.loop import TrainConfig, TrainingConfigError
+from tympan.training.loop import TrainConfig, TrainingConfigError, pretrained_spec
 
 
 def parse_arch_params(items: list[str] | None) -> dict[str, Any]:
@@ -27,9 +27,21 @@ def parse_arch_params(items: list[str] | None) -> dict[str, Any]:
 
 
 def resolve_frontend(spec: str | None, arch: str, init: str | None) -> FrontendConfig:
-    """``default`` | ``efficientat`` | a JSON file; unset means efficientat for mn04, else default."""
+    """``default`` | ``efficientat`` | a JSON file; unset means the architecture's default.
+
+    That default is its :class:`~tympan.models.registry.ArchSpec`'s ``frontend`` (efficientat
+    for mn04, whose pretrained weights expect it). An unknown ``arch`` gets ``default`` here
+    and fails where the model is built. ``init`` is accepted for callers' convenience: an
+    architecture's pretrained weights expect its default front end.
+    """
+    del init  # the default front end is the one an arch's pretrained weights expect
     if spec is None:
-        spec = "efficientat" if (init or arch == "mn04") else "default"
+        from tympan.models import UnknownArchitectureError, get_spec
+
+        try:
+            spec = get_spec(arch).frontend
+        except UnknownArchitectureError:
+            spec = "default"
     try:
         return FrontendConfig.from_spec(spec)
     except ValueError as exc:
@@ -37,12 +49,14 @@ def resolve_frontend(spec: str | None, arch: str, init: str | None) -> FrontendC
 
 
 def _defaults_for(arch: str, init: str | None) -> dict[str, Any]:
-    """Per-architecture defaults measured on ESC-50 (overridable on the command line)."""
-    if arch == "mn04" and init:
-        return {"epochs": 12, "batch_size": 32, "lr": 2e-3}
-    if arch == "resnet18":
-        return {"epochs": 30, "batch_size": 32, "lr": 1e-3}
-    return {"epochs": 40, "batch_size": 32, "lr": 2e-3}
+    """The spec's training defaults (measured on ESC-50; overridable on the command line)."""
+    from tympan.models import UnknownArchitectureError, get_spec
+    from tympan.models.registry import DEFAULT_TRAIN_DEFAULTS
+
+    try:
+        return get_spec(arch).training_defaults(pretrained=bool(init))
+    except UnknownArchitectureError:  # reported below, with the list of known ones
+        return dict(DEFAULT_TRAIN_DEFAULTS)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -70,19 +84,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         holdout_text = ",".join(str(f) for f in meta["holdout_folds"])
         data_dir = args.data_dir or meta.get("data", {}).get("root")
     else:
-        defaults = _defaults_for(args.arch, args.init)
-        config = TrainConfig(
+        fields = _defaults_for(args.arch, args.init)
+        fields.update(
             arch=args.arch,
             arch_params=parse_arch_params(args.arch_param),
-            epochs=defaults["epochs"] if args.epochs is None else args.epochs,
-            batch_size=defaults["batch_size"] if args.batch_size is None else args.batch_size,
-            lr=defaults["lr"] if args.lr is None else args.lr,
             seed=args.seed,
             device=args.device,
             init=args.init,
             field_augment=args.field_augment,
             field_augment_p=args.field_augment_p,
         )
+        for name in ("epochs", "batch_size", "lr"):
+            if getattr(args, name) is not None:
+                fields[name] = getattr(args, name)
+        config = TrainConfig(**fields)
         frontend = resolve_frontend(args.frontend, args.arch, args.init)
         config.augment = AugmentConfig(
             mixup_alpha=args.mixup, norm_std=frontend.norm_std,
@@ -96,6 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise TrainingConfigError(str(exc)) from None
         except TypeError as exc:
             raise TrainingConfigError(f"bad --arch-param for {config.arch!r}: {exc}") from None
+        if config.init:
+            pretrained_spec(config.arch)  # --init for an arch without pretrained weights
         holdout_text = None if args.cv else (args.folds or "5")
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config.arch)
         data_dir = args.data_dir
@@ -151,7 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="ESC-50-layout folder (default: $TYMPAN_ESC50_DIR)")
     p.add_argument("--arch", default="cnn", help="architecture name (cnn, resnet18, mn04, ...)")
     p.add_argument("--arch-param", action="append", metavar="K=V", help="architecture parameter (repeatable)")
-    p.add_argument("--frontend", help="default | efficientat | FILE.json (default: efficientat for mn04)")
+    p.add_argument("--frontend", help="default | efficientat | FILE.json (default: the architecture's; efficientat for mn04)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")

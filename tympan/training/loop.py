@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from tympan.errors import TympanError
-from tympan.models import UnknownArchitectureError, build_model
+from tympan.models import (
+    ArchSpec,
+    UnknownArchitectureError,
+    available_models,
+    build_model,
+    get_spec,
+    uniform_param_groups,
+)
 from tympan.training.augment import AugmentConfig, augment_batch
 from tympan.training.evaluate import predict_logits
 
@@ -51,8 +58,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     device: str = "auto"
-    init: str | None = None  # pretrained weights (mn04): name, URL or path
-    layer_decay: float = 0.5  # per-stage lr decay when fine-tuning a pretrained mn04
+    init: str | None = None  # pretrained weights (archs with a spec loader, e.g. mn04): name, URL or path
+    layer_decay: float = 0.5  # per-stage lr decay for layer-wise param groups (pretrained mn04)
     channels_last: bool = True
     eval_batch_size: int = 64
     #: field-like augmented copies of every training clip mixed into training (0 = off);
@@ -104,27 +111,37 @@ def make_model(config: TrainConfig, n_classes: int) -> nn.Module:
     except TypeError as exc:
         raise TrainingConfigError(f"bad --arch-param for {config.arch!r}: {exc}") from None
     if config.init:
-        from tympan.models.convert import MN04_HEAD_PREFIXES, load_pretrained, resolve_init
-
-        if config.arch != "mn04":
-            raise TrainingConfigError(f"--init is supported for mn04 only, not {config.arch!r}")
-        path = resolve_init(config.init)
-        load_pretrained(model, path, skip_prefixes=MN04_HEAD_PREFIXES)
+        spec = pretrained_spec(config.arch)
+        assert spec.pretrained is not None  # pretrained_spec checked
+        spec.pretrained(model, config.init, spec.head_prefixes)
     return model
 
 
-def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: layer-wise lrs for a pretrained mn04, else one group (no decay on 1-d)."""
-    if config.init and config.arch == "mn04":
-        from tympan.models.mn04 import mn04_param_groups
+def pretrained_spec(arch: str) -> ArchSpec:
+    """The spec of ``arch`` if it can start from pretrained weights (``--init``), else an error."""
+    try:
+        spec = get_spec(arch)
+    except UnknownArchitectureError as exc:
+        raise TrainingConfigError(str(exc)) from None
+    if spec.pretrained is None:
+        able = [n for n in available_models() if get_spec(n).pretrained is not None]
+        raise TrainingConfigError(f"--init is supported for {', '.join(able) or 'no architecture'} only, not {arch!r}")
+    return spec
 
-        return mn04_param_groups(model, config.lr, decay=config.layer_decay, weight_decay=config.weight_decay)
-    decayed = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    plain = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [
-        {"name": "weights", "params": decayed, "lr": config.lr, "weight_decay": config.weight_decay},
-        {"name": "no_decay", "params": plain, "lr": config.lr, "weight_decay": 0.0},
-    ]
+
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups from the architecture's spec (layer-wise lrs for a pretrained mn04, else one lr)."""
+    try:
+        groups_fn = get_spec(config.arch).param_groups
+    except UnknownArchitectureError:  # a model built outside the registry
+        groups_fn = uniform_param_groups
+    return groups_fn(
+        model,
+        config.lr,
+        weight_decay=config.weight_decay,
+        layer_decay=config.layer_decay,
+        pretrained=bool(config.init),
+    )
 
 
 @dataclass

@@ -118,10 +118,14 @@ def main(
     import statistics
     import time
 
+    from tympan.models import get_spec
+
     fold_list = [int(f) for f in folds.split(",") if f.strip()]
     name = run_name or time.strftime("%Y%m%d-%H%M%S") + f"-{arch}"
+    # --init's default (mn04_as) only applies to an architecture that has pretrained weights
+    pretrainable = get_spec(arch).pretrained is not None
     kwargs = dict(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                  init=(init or None) if arch == "mn04" else None, frontend=frontend or None, run_name=name)
+                  init=(init or None) if pretrainable else None, frontend=frontend or None, run_name=name)
     rows = list(train_fold.map(fold_list, kwargs=kwargs))
     accs = [r["accuracy"] for r in rows]
     for r in rows:
