@@ -36,7 +36,6 @@ from tympan.diagnostics import (
     brier_score,
     calibration_metrics,
     confidence_shift,
-    confusion_figure,
     confusion_report,
     cross_fit_temperature,
     expected_calibration_error,
@@ -49,8 +48,9 @@ from tympan.diagnostics import (
     ood_rate_shift,
     overall_verdict,
     reliability_curve,
-    reliability_figure,
 )
+from tympan.contracts.diagnostics import Confusion, Reliability, ReliabilityBins  # noqa: E402
+from tympan.figures import confusion_heatmap, reliability_diagram  # noqa: E402
 
 K = 10
 
@@ -110,7 +110,10 @@ def test_reliability_curve_and_figure(calibrated):
     assert curve.count.sum() == len(labels)
     assert strict_json(curve.to_dict())
     assert curve.accuracy[-1] < curve.confidence[-1]  # over-confident at the top
-    fig = reliability_figure(labels, before, after, n_bins=15)
+    rel = Reliability(**{key: ReliabilityBins(**reliability_curve(p, labels, n_bins=15).to_dict(),
+                                              ece=expected_calibration_error(p, labels, 15))
+                         for key, p in (("before", before), ("after", after))})
+    fig = reliability_diagram(rel)  # tympan.figures: drawn from the stored numbers
     names = [t.name for t in fig.data]
     assert "perfect calibration" in names and sum("ECE" in n for n in names) == 2
     metrics = calibration_metrics(after, labels)
@@ -228,7 +231,7 @@ def test_confusion_report_matches_sklearn():
     assert strict_json(rep.to_dict())
     logits = np.eye(4)[p] * 3.0
     assert confusion_report(y, logits=logits, class_names=names).accuracy == rep.accuracy
-    assert confusion_figure(rep.matrix, names).data[0].z.shape == (4, 4)
+    assert confusion_heatmap(Confusion.model_validate(rep.to_dict())).data[0].z.shape == (4, 4)
 
 
 # --------------------------------------------------------------------------- drift

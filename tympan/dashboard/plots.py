@@ -1,4 +1,9 @@
-"""Plotly figures of the dashboard, built from plain data so they can be tested without Streamlit."""
+"""Plotly figures of the dashboard's own pages (a clip, its windows, the network, acoustic features),
+built from plain data so they can be tested without Streamlit.
+
+The diagnostics figures (reliability, confusion, OOD histograms, per-class accuracy, drift effect
+sizes) are in :mod:`tympan.figures`, shared with the HTML report of ``diagnose``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,6 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-
-from tympan.dashboard.reports import Diagnostics, DriftReport
 
 HEAT = "Viridis"
 
@@ -196,79 +199,3 @@ def centroid_distribution(frame, classes: list[str], *, user_value: float | None
     _user_line(fig, user_value)
     fig.update_xaxes(title="spectral centroid (Hz)")
     return _layout(fig, "Spectral centroid distribution", height=max(300, 70 * len(classes) + 100))
-
-
-# -- diagnostics --------------------------------------------------------------------------------
-
-def confusion_heatmap(d: Diagnostics, normalise: bool = True) -> go.Figure:
-    m = d.matrix
-    z = m / np.maximum(m.sum(axis=1, keepdims=True), 1) if normalise else m
-    fig = go.Figure(go.Heatmap(z=z, x=d.classes, y=d.classes, colorscale="Blues",
-                               customdata=m, hovertemplate="true %{y}<br>pred %{x}<br>%{customdata:.0f} clips<extra></extra>",
-                               colorbar=dict(title="share of row" if normalise else "clips")))
-    n = len(d.classes or [])
-    font = dict(size=9 if n > 30 else 11)
-    fig.update_yaxes(title="true class", autorange="reversed", tickmode="array", tickvals=d.classes, tickfont=font)
-    fig.update_xaxes(title="predicted class", tickangle=-60, tickmode="array", tickvals=d.classes, tickfont=font)
-    return _layout(fig, "Confusion matrix (rows = true class)", height=max(380, 16 * n + 200))
-
-
-def reliability(d: Diagnostics) -> go.Figure:
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
-                             line=dict(color="grey", dash="dash")))
-    colors = {"before": "#d8573b", "after": "#3b7dd8"}
-    for key, curve in d.reliability.items():
-        ok = np.isfinite(curve.confidence) & np.isfinite(curve.accuracy)
-        if curve.count is not None:
-            ok &= curve.count > 0
-        name = "before temperature scaling" if key == "before" else "after temperature scaling"
-        if curve.temperature is not None and key == "after":
-            name += f" (T = {curve.temperature:.2f})"
-        if curve.ece is not None:
-            name += f", ECE {curve.ece:.3f}"
-        size = 8 if curve.count is None else 4 + 14 * np.sqrt(curve.count[ok] / max(1.0, curve.count[ok].max()))
-        fig.add_trace(go.Scatter(x=curve.confidence[ok], y=curve.accuracy[ok], mode="lines+markers",
-                                 name=name, line=dict(color=colors[key]), marker=dict(size=size),
-                                 text=None if curve.count is None else [f"{int(c)} clips" for c in curve.count[ok]]))
-    fig.update_xaxes(title="confidence (top-1 probability); marker size = clips in the bin", range=[0, 1])
-    fig.update_yaxes(title="accuracy", range=[0, 1])
-    return _layout(fig, "Reliability diagram", height=420)
-
-
-def per_class_accuracy(values: Mapping[str, float]) -> go.Figure:
-    items = sorted(values.items(), key=lambda kv: kv[1])
-    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
-                           marker_color="#3b7dd8"))
-    fig.update_xaxes(title="accuracy (recall)", range=[0, 1], tickformat=".0%")
-    return _layout(fig, "Per-class accuracy", height=max(300, 16 * len(items) + 100))
-
-
-def ood_histograms(d: Diagnostics) -> go.Figure:
-    fig = go.Figure()
-    colors = {"in": "#3b7dd8", "out": "#d8573b"}
-    for key, h in d.ood_histograms.items():
-        centres = (h.edges[:-1] + h.edges[1:]) / 2
-        fig.add_trace(go.Bar(x=centres, y=h.counts, width=np.diff(h.edges), name=h.label, opacity=0.6,
-                             marker_color=colors[key]))
-    fig.update_layout(barmode="overlay")
-    if d.ood_threshold is not None:
-        fig.add_vline(x=d.ood_threshold, line_dash="dash", line_color="black", annotation_text="threshold")
-    fig.update_xaxes(title=f"{d.ood_score_name or 'OOD'} score (higher = more out-of-distribution)")
-    fig.update_yaxes(title="clips")
-    return _layout(fig, "OOD score histograms", height=360)
-
-
-def drift_effects(report: DriftReport) -> go.Figure:
-    rows = [r for r in report.rows if r["effect_size"] is not None]
-    rows.sort(key=lambda r: r["effect_size"])
-    palette = {"drift": "#d8573b", "negligible": "#e0b040", "no drift": "#3b7dd8"}
-    colors = [palette.get(r["verdict"], "#999999") for r in rows]
-    name = rows[0]["effect_name"] if rows else "effect size"
-    fig = go.Figure(go.Bar(x=[r["effect_size"] for r in rows], y=[r["feature"] for r in rows], orientation="h",
-                           marker_color=colors, text=[r["verdict"] for r in rows], textposition="auto"))
-    if report.min_effect is not None and name == "wasserstein_std":
-        fig.add_vline(x=report.min_effect, line_dash="dash", line_color="black",
-                      annotation_text=f"practical size {report.min_effect:g}")
-    fig.update_xaxes(title=f"effect size ({name})")
-    return _layout(fig, "Per-feature drift (colour = verdict)", height=max(300, 22 * len(rows) + 100))

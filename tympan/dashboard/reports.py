@@ -1,47 +1,18 @@
 """Read the JSON the dashboard is given: ``GET /model`` → ``"diagnostics"`` and ``diagnose`` reports.
 
-Both readers are tolerant: every part is optional, a few spellings of each field are accepted
-(the shape documented below, and the ``to_dict()`` shapes of :mod:`tympan.diagnostics`), and
-whatever is missing is reported as missing rather than raising.
+Both documents are parsed with their contract models, the same classes the producers validate
+with (``docs/diagnostics.md``):
 
-``"diagnostics"`` (what ``GET /model`` returns under that key; ``null`` when the bundle has none)::
+* ``"diagnostics"`` → :class:`tympan.contracts.diagnostics.Diagnostics` (``null`` or ``{}``: the
+  bundle has none). The view derives what a hand-written, unversioned block leaves out
+  (most-confused pairs and per-class accuracy from the matrix) and lists the parts it lacks.
+* ``report.json`` (any JSON with ``"tympan_report"``) → :class:`tympan.contracts.report.DiagnoseReport`.
+  JSON that is not a ``diagnose`` report (e.g. a bare ``FeatureDriftReport.to_dict()``) is only
+  searched for a list of per-feature entries (``feature`` / ``name``, a p-value, an effect size,
+  ``verdict``).
 
-    {
-      "evaluated_on": "out-of-fold predictions, folds 1-5, 2000 ESC-50 clips",   # free text
-      "n_clips": 2000, "accuracy": 0.81,        # optional (else confusion.accuracy)
-      "confusion": {                          # ConfusionReport.to_dict() is accepted as is
-        "class_names": ["dog", ...],          # or "classes"
-        "matrix": [[int, ...], ...],          # rows = true class, columns = predicted
-        "per_class": [{"class": "dog", "precision": .9, "recall": .8, "f1": .85, "support": 40}],
-        "accuracy": 0.81,
-        "confused_pairs": [{"class_a", "class_b", "a_as_b", "b_as_a", "total"}]
-      },
-      "most_confused": [{"true": "cat", "pred": "dog", "count": 7}],   # optional; else derived
-      "per_class_accuracy": {"dog": 0.8, ...},                         # optional; else recall / matrix
-      "reliability": {
-        "before": {"confidence": [...], "accuracy": [...], "count": [...],   # per bin; also
-                   "bin_lower": [...], "bin_upper": [...], "ece": 0.08},     # bin_confidence/...
-        "after":  {... same ..., "temperature": 1.7}
-      },
-      "ood": {
-        "score_name": "energy", "threshold": -4.1,
-        "histograms": {"in":  {"edges": [...n+1], "counts": [...n], "label": "ESC-50 held-out"},
-                       "out": {"edges": [...], "counts": [...], "label": "noise / other sets"}},
-        "metrics": {"auroc": 0.9, "aupr": 0.8, "fpr_at_95_tpr": 0.3}
-      }
-    }
-
-``"ood_histograms"`` at top level (``{"in": ..., "out": ...}``) is read too.
-
-A drift report (``diagnose --out``): any JSON holding a list of per-feature entries. The list
-is found under ``"features"`` (``FeatureDriftReport.to_dict()``), ``"feature_drift"``,
-``"drift"`` or anywhere nested; each entry needs a name (``feature`` / ``name``) and any of
-``p_value`` / ``p_value_bh`` / ``p``, an effect size (``wasserstein_std`` / ``effect_size`` /
-``effect`` / ``mean_shift_std`` / ``psi``), ``verdict`` and ``message``. A top-level
-``"verdict"`` (or ``"overall_verdict"``) is shown when present, ``n_reference`` / ``n_field``
-beside the list, the test's ``criteria`` (``min_effect_wasserstein_std`` draws the practical-size
-line), and ``"checks"`` (``{name: {"verdict", "message" | "summary", ...}}``: embedding MMD,
-prediction shift, confidence shift, OOD rate) as a table of the other checks.
+A document that does not validate raises :class:`ContractError`, whose one-line message names
+the offending fields (an older report, a hand-edited bundle); the pages show it as an error.
 """
 
 from __future__ import annotations
@@ -51,167 +22,116 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
+
+from tympan.contracts import contract_errors
+from tympan.contracts.diagnostics import Diagnostics, Histogram, ReliabilityBins
+from tympan.contracts.report import DiagnoseReport
+
+__all__ = ["ContractError", "Diagnostics", "DiagnosticsView", "DiagnoseReport", "DriftReport",
+           "parse_diagnostics", "parse_drift_report"]
 
 
-def _get(d: Any, *names: str, default: Any = None) -> Any:
-    if not isinstance(d, Mapping):
-        return default
-    for n in names:
-        if n in d and d[n] is not None:
-            return d[n]
-    return default
+class ContractError(ValueError):
+    """A document that does not match its contract model; the message is one line."""
 
 
-def _floats(x: Any) -> np.ndarray | None:
-    if x is None:
-        return None
-    try:
-        arr = np.asarray([np.nan if v is None else v for v in x], dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return arr if arr.ndim == 1 else None
-
+# -- diagnostics --------------------------------------------------------------------------------
 
 @dataclass
-class Reliability:
-    confidence: np.ndarray
-    accuracy: np.ndarray
-    count: np.ndarray | None
-    ece: float | None
-    temperature: float | None = None
+class DiagnosticsView:
+    """A validated ``"diagnostics"`` block plus what the pages derive from it."""
 
-
-@dataclass
-class Histogram:
-    edges: np.ndarray
-    counts: np.ndarray
-    label: str
-
-
-@dataclass
-class Diagnostics:
-    """The parts of ``"diagnostics"`` that could be read; ``missing`` names the others."""
-
-    evaluated_on: str | None = None
-    accuracy: float | None = None
-    n_clips: int | None = None
+    doc: Diagnostics
     classes: list[str] | None = None
     matrix: np.ndarray | None = None
+    #: ``{"true", "predicted", "count"}`` (+ ``"reverse_count"``, ``"total"`` for unordered pairs)
     most_confused: list[dict[str, Any]] = field(default_factory=list)
     per_class_accuracy: dict[str, float] = field(default_factory=dict)
-    reliability: dict[str, Reliability] = field(default_factory=dict)
+    reliability: dict[str, ReliabilityBins] = field(default_factory=dict)
     ood_histograms: dict[str, Histogram] = field(default_factory=dict)
-    ood_threshold: float | None = None
-    ood_score_name: str | None = None
-    ood_metrics: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
 
+    @property
+    def evaluated_on(self) -> str | None:
+        return self.doc.evaluated_on
 
-def _reliability(d: Any) -> Reliability | None:
-    if not isinstance(d, Mapping):
+    @property
+    def n_clips(self) -> int | None:
+        return self.doc.n_clips
+
+    @property
+    def accuracy(self) -> float | None:
+        if self.doc.accuracy is not None:
+            return self.doc.accuracy
+        return None if self.doc.confusion is None else self.doc.confusion.accuracy
+
+    @property
+    def ood_threshold(self) -> float | None:
+        return None if self.doc.ood is None else self.doc.ood.threshold
+
+    @property
+    def ood_metrics(self) -> dict[str, Any]:
+        m = None if self.doc.ood is None else self.doc.ood.metrics
+        return {} if m is None else m.model_dump(mode="json", exclude_unset=True)
+
+
+def _invalid(what: str, exc: ValidationError) -> ContractError:
+    return ContractError(f"{what}: {contract_errors(exc)}")
+
+
+def parse_diagnostics(raw: Any, classes: list[str] | None = None) -> DiagnosticsView | None:
+    """``None`` when there are no diagnostics; else the validated block (:class:`ContractError` if it
+    does not validate, or if its class names differ from ``classes``, the model's)."""
+    if raw is None or (isinstance(raw, Mapping) and not raw):
         return None
-    conf = _floats(_get(d, "confidence", "bin_confidence", "mean_confidence"))
-    acc = _floats(_get(d, "accuracy", "bin_accuracy"))
-    if conf is None or acc is None or len(conf) != len(acc):
-        return None
-    count = _floats(_get(d, "count", "bin_count", "counts"))
-    if count is not None and len(count) != len(conf):
-        count = None
-    ece = _get(d, "ece", "ECE")
-    temp = _get(d, "temperature")
-    return Reliability(conf, acc, count, None if ece is None else float(ece), None if temp is None else float(temp))
-
-
-def _histogram(d: Any, default_label: str) -> Histogram | None:
-    edges, counts = _floats(_get(d, "edges", "bin_edges")), _floats(_get(d, "counts", "count"))
-    if edges is None or counts is None or len(edges) != len(counts) + 1:
-        return None
-    return Histogram(edges, counts, str(_get(d, "label", "name", default=default_label)))
-
-
-def parse_diagnostics(raw: Any, classes: list[str] | None = None) -> Diagnostics | None:
-    """``None`` when there are no diagnostics at all; else every part that could be read."""
-    if not isinstance(raw, Mapping) or not raw:
-        return None
-    out = Diagnostics(evaluated_on=_get(raw, "evaluated_on", "measured_on", "description"))
-    conf = _get(raw, "confusion", "confusion_matrix")
-    if isinstance(conf, list):
-        conf = {"matrix": conf}
-    acc = _get(raw, "accuracy") if _get(raw, "accuracy") is not None else _get(conf, "accuracy")
-    out.accuracy = float(acc) if isinstance(acc, int | float) else None
-    n = _get(raw, "n_clips")
-    out.n_clips = int(n) if isinstance(n, int | float) else None
-    names = _get(conf, "class_names", "classes", "labels") or _get(raw, "classes") or classes
-    matrix = _get(conf, "matrix")
     try:
-        m = None if matrix is None else np.asarray(matrix, dtype=np.float64)
-    except (TypeError, ValueError):
-        m = None
-    if m is not None and m.ndim == 2 and m.shape[0] == m.shape[1]:
-        out.matrix = m
-        out.classes = [str(c) for c in names] if names and len(names) == m.shape[0] else [str(i) for i in range(m.shape[0])]
+        doc = Diagnostics.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid("the bundle's diagnostics do not match tympan.contracts.diagnostics.Diagnostics",
+                       exc) from None
+    out = DiagnosticsView(doc)
+    conf = doc.confusion
+    if conf is not None:
+        if classes is not None and list(classes) != conf.class_names:
+            raise ContractError("the bundle's diagnostics describe other classes than the model's "
+                                f"({len(conf.class_names)} vs {len(classes)} classes)")
+        out.classes = list(conf.class_names)
+        out.matrix = np.asarray(conf.matrix, dtype=np.float64).reshape(len(conf.matrix), len(conf.matrix))
     else:
         out.missing.append("confusion matrix")
-        out.classes = [str(c) for c in names] if names else None
 
-    pairs = _get(raw, "most_confused") or _get(conf, "confused_pairs", "most_confused") or []
-    for p in pairs if isinstance(pairs, list) else []:
-        if not isinstance(p, Mapping):
-            continue
-        if "true" in p and "pred" in p:
-            out.most_confused.append({"true": str(p["true"]), "predicted": str(p["pred"]),
-                                      "count": int(p.get("count", 0))})
-        elif "class_a" in p and "class_b" in p:
-            a, b = str(p["class_a"]), str(p["class_b"])
-            ab, ba = int(p.get("a_as_b", 0)), int(p.get("b_as_a", 0))
-            out.most_confused.append({"true": a, "predicted": b, "count": ab, "reverse_count": ba,
-                                      "total": int(p.get("total", ab + ba))})
-    if not out.most_confused and out.matrix is not None:
+    if doc.most_confused:
+        out.most_confused = [{"true": p.true, "predicted": p.pred, "count": p.count} for p in doc.most_confused]
+    elif conf is not None and conf.confused_pairs:
+        out.most_confused = [{"true": p.class_a, "predicted": p.class_b, "count": p.a_as_b,
+                              "reverse_count": p.b_as_a, "total": p.total} for p in conf.confused_pairs]
+    elif out.matrix is not None and out.classes is not None:
         off = out.matrix.copy()
         np.fill_diagonal(off, 0)
-        for idx in np.argsort(-off, axis=None)[:10]:
+        for idx in np.argsort(-off, axis=None, kind="stable")[:10]:
             i, j = np.unravel_index(idx, off.shape)
             if off[i, j] <= 0:
                 break
             out.most_confused.append({"true": out.classes[i], "predicted": out.classes[j], "count": int(off[i, j])})
 
-    pca = _get(raw, "per_class_accuracy")
-    if isinstance(pca, Mapping):
-        out.per_class_accuracy = {str(k): float(v) for k, v in pca.items() if v is not None}
-    elif isinstance(pca, list) and out.classes and len(pca) == len(out.classes):
-        out.per_class_accuracy = dict(zip(out.classes, map(float, pca)))
-    if not out.per_class_accuracy:
-        per_class = _get(conf, "per_class")
-        if isinstance(per_class, list):
-            for row in per_class:
-                name, rec = _get(row, "class", "name", "label"), _get(row, "recall", "accuracy")
-                if name is not None and rec is not None:
-                    out.per_class_accuracy[str(name)] = float(rec)
-    if not out.per_class_accuracy and out.matrix is not None:
+    if doc.per_class_accuracy:
+        out.per_class_accuracy = {k: float(v) for k, v in doc.per_class_accuracy.items() if v is not None}
+    elif conf is not None and conf.per_class:
+        out.per_class_accuracy = {row.class_: row.recall for row in conf.per_class}
+    elif out.matrix is not None and out.classes is not None:
         support = out.matrix.sum(axis=1)
         acc = np.divide(np.diag(out.matrix), support, out=np.full(len(support), np.nan), where=support > 0)
-        out.per_class_accuracy = dict(zip(out.classes, map(float, acc)))
+        out.per_class_accuracy = {c: float(a) for c, a in zip(out.classes, acc) if np.isfinite(a)}
     if not out.per_class_accuracy:
         out.missing.append("per-class accuracy")
 
-    rel = _get(raw, "reliability", "calibration")
-    for key, names_ in (("before", ("before", "uncalibrated", "raw")), ("after", ("after", "calibrated", "scaled"))):
-        curve = _reliability(_get(rel, *names_))
-        if curve is not None:
-            out.reliability[key] = curve
+    if doc.reliability is not None:
+        out.reliability = {k: c for k in ("before", "after") if (c := getattr(doc.reliability, k)) is not None}
     if not out.reliability:
         out.missing.append("reliability diagram")
-
-    ood = _get(raw, "ood") or {}
-    hists = _get(ood, "histograms") or _get(raw, "ood_histograms") or {}
-    for key, names_ in (("in", ("in", "in_distribution", "id")), ("out", ("out", "out_of_distribution", "ood"))):
-        h = _histogram(_get(hists, *names_), "in-distribution" if key == "in" else "out-of-distribution")
-        if h is not None:
-            out.ood_histograms[key] = h
-    thr = _get(ood, "threshold")
-    out.ood_threshold = None if thr is None else float(thr)
-    out.ood_score_name = _get(ood, "score_name", "score")
-    out.ood_metrics = dict(_get(ood, "metrics", default={}) or {})
+    if doc.ood is not None:
+        out.ood_histograms = dict(doc.ood.histograms)
     if not out.ood_histograms:
         out.missing.append("OOD score histograms")
     return out
@@ -226,7 +146,7 @@ EFFECT_KEYS = ("wasserstein_std", "effect_size", "effect", "mean_shift_std", "co
 
 @dataclass
 class DriftReport:
-    rows: list[dict[str, Any]]  # feature, verdict, p_value, effect_size, effect_name, message
+    rows: list[dict[str, Any]]  # feature, verdict, p_value, p_name, effect_size, effect_name, message
     verdict: str | None
     n_reference: int | None
     n_field: int | None
@@ -234,6 +154,8 @@ class DriftReport:
     criteria: dict[str, Any] = field(default_factory=dict)
     #: other checks of the report (``"checks"``: embedding, predictions, OOD rate, ...): name -> entry
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the validated ``report.json`` (``None`` for JSON that is not a diagnose report)
+    report: DiagnoseReport | None = None
 
     @property
     def min_effect(self) -> float | None:
@@ -241,8 +163,39 @@ class DriftReport:
         return float(v) if isinstance(v, int | float) else None
 
 
+def _row(e: Mapping[str, Any]) -> dict[str, Any]:
+    effect_name = next((k for k in EFFECT_KEYS if e.get(k) is not None), None)
+    p_name = next((k for k in P_KEYS if e.get(k) is not None), None)
+    name = next((e[k] for k in NAME_KEYS if e.get(k) is not None), None)
+    return {
+        "feature": str(name),
+        "verdict": str(e.get("verdict", "")),
+        "p_value": None if p_name is None else float(e[p_name]),
+        "p_name": p_name,
+        "effect_size": None if effect_name is None else float(e[effect_name]),
+        "effect_name": effect_name,
+        "message": str(e.get("message", "")),
+    }
+
+
+def _from_report(raw: Any) -> DriftReport | None:
+    try:
+        rep = DiagnoseReport.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid("this report.json does not match tympan.contracts.report.DiagnoseReport (written by "
+                       "an older diagnose? run it again)", exc) from None
+    if rep.checks is None:
+        return None  # a model-only or robustness-only report: no drift
+    checks = {name: c.model_dump(mode="json", exclude_unset=True)
+              for name in type(rep.checks).model_fields if (c := getattr(rep.checks, name)) is not None}
+    ac = rep.checks.acoustic
+    meta = {"folder": rep.field.folder if rep.field else None, "generated": rep.generated, "bundle": rep.model.bundle}
+    return DriftReport([_row(f.model_dump()) for f in rep.features or []], rep.verdict, rep.n_reference,
+                       rep.n_field, meta, dict(ac.criteria) if ac is not None else {}, checks, rep)
+
+
 def _is_feature_list(x: Any) -> bool:
-    return (isinstance(x, list) and x and all(isinstance(e, Mapping) for e in x)
+    return (isinstance(x, list) and bool(x) and all(isinstance(e, Mapping) for e in x)
             and all(any(k in e for k in NAME_KEYS) for e in x)
             and any(any(k in e for k in (*P_KEYS, *EFFECT_KEYS, "verdict")) for e in x))
 
@@ -276,34 +229,34 @@ def _find_feature_list(obj: Any, depth: int = 0) -> tuple[list[dict], Mapping | 
     return [], None
 
 
+def _first(d: Any, *names: str) -> Any:
+    if not isinstance(d, Mapping):
+        return None
+    return next((d[n] for n in names if d.get(n) is not None), None)
+
+
 def parse_drift_report(raw: Any) -> DriftReport | None:
-    """The per-feature drift entries of a ``diagnose`` report, or ``None`` if it has none."""
+    """The per-feature drift entries of a ``diagnose`` report, or ``None`` if it has none.
+
+    A ``report.json`` is validated (:class:`ContractError` if it does not match); other JSON is
+    searched for a list of per-feature entries.
+    """
+    if isinstance(raw, Mapping) and "tympan_report" in raw:
+        return _from_report(raw)
     entries, parent = _find_feature_list(raw)
     if not entries:
         if not (isinstance(raw, Mapping) and isinstance(raw.get("checks"), Mapping) and raw.get("checks")):
             return None
-        parent = raw  # a report whose bundle has no acoustic reference: other checks only
-    rows = []
-    for e in entries:
-        effect_name = next((k for k in EFFECT_KEYS if e.get(k) is not None), None)
-        p_name = next((k for k in P_KEYS if e.get(k) is not None), None)
-        rows.append({
-            "feature": str(_get(e, *NAME_KEYS)),
-            "verdict": str(e.get("verdict", "")),
-            "p_value": None if p_name is None else float(e[p_name]),
-            "p_name": p_name,
-            "effect_size": None if effect_name is None else float(e[effect_name]),
-            "effect_name": effect_name,
-            "message": str(e.get("message", "")),
-        })
+        parent = raw  # other checks only
+    rows = [_row(e) for e in entries]
     src = parent if isinstance(parent, Mapping) else raw if isinstance(raw, Mapping) else {}
-    verdict = _get(src, "verdict", "overall_verdict") or _get(raw, "verdict", "overall_verdict")
-    n_ref, n_field = _get(src, "n_reference"), _get(src, "n_field")
-    meta = {k: v for k, v in src.items() if isinstance(v, str | int | float) and k not in ("verdict",)}
-    checks_raw = _get(raw, "checks") or {}
+    verdict = _first(src, "verdict", "overall_verdict") or _first(raw, "verdict", "overall_verdict")
+    n_ref, n_field = _first(src, "n_reference"), _first(src, "n_field")
+    meta = {k: v for k, v in src.items() if isinstance(v, str | int | float) and k != "verdict"}
+    checks_raw = _first(raw, "checks") or {}
     checks = {str(k): dict(v) for k, v in checks_raw.items() if isinstance(v, Mapping)} \
         if isinstance(checks_raw, Mapping) else {}
-    criteria = _get(src, "criteria") or _get(checks.get("acoustic"), "criteria") or {}
+    criteria = _first(src, "criteria") or _first(checks.get("acoustic"), "criteria") or {}
     return DriftReport(rows, None if verdict is None else str(verdict),
                        None if n_ref is None else int(n_ref), None if n_field is None else int(n_field), meta,
                        dict(criteria) if isinstance(criteria, Mapping) else {}, checks)

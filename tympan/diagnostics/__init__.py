@@ -23,12 +23,10 @@ from tympan.stats.calibration import (
     maximum_calibration_error,
     negative_log_likelihood,
     reliability_curve,
-    reliability_figure,
 )
 from tympan.stats.confusion import (
     ConfusedPair,
     ConfusionReport,
-    confusion_figure,
     confusion_report,
     most_confused_pairs,
 )
@@ -99,7 +97,6 @@ __all__ = [
     "brier_score",
     "calibration_metrics",
     "confidence_shift",
-    "confusion_figure",
     "confusion_report",
     "cross_fit_temperature",
     "expected_calibration_error",
@@ -115,5 +112,4 @@ __all__ = [
     "population_stability_index",
     "prediction_counts",
     "reliability_curve",
-    "reliability_figure",
 ]

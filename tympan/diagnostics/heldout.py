@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tympan.contracts.diagnostics import DIAGNOSTICS_VERSION, Diagnostics
 from tympan.io import to_jsonable
 from tympan.stats.calibration import calibration_metrics, reliability_curve
 from tympan.stats.confusion import confusion_report
@@ -20,7 +21,6 @@ from tympan.stats.ood import EnergyOOD, MaxSoftmaxOOD, ood_metrics
 
 __all__ = ["DIAGNOSTICS_VERSION", "N_BINS", "heldout_diagnostics"]
 
-DIAGNOSTICS_VERSION = 1
 N_BINS = 15
 
 
@@ -42,7 +42,11 @@ def heldout_diagnostics(
     ood_logits: np.ndarray | None = None,
     ood_label: str = "out-of-distribution set",
 ) -> dict[str, Any]:
-    """The ``bundle.extra["diagnostics"]`` dict the dashboard reads (see docs/diagnostics.md)."""
+    """The ``bundle.extra["diagnostics"]`` dict the dashboard reads (see docs/diagnostics.md).
+
+    Validated by :class:`tympan.contracts.diagnostics.Diagnostics` (a version 1 block must be
+    complete); returns that model's JSON dump, with the keys written today.
+    """
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels, np.int64)
     cm = confusion_report(y, logits=z, class_names=list(classes), clip_ids=list(clip_ids), top_k=15).to_dict()
@@ -75,7 +79,7 @@ def heldout_diagnostics(
         ood["baseline_max_softmax"] = {"auroc": msp_m["auroc"], "aupr": msp_m["aupr_out"],
                                        "fpr_at_95_tpr": msp_m["fpr_at_95_tpr"]}
         ood["out_set"] = ood_label
-    return to_jsonable({
+    doc = to_jsonable({
         "version": DIAGNOSTICS_VERSION,
         "evaluated_on": evaluated_on,
         "n_clips": int(len(y)),
@@ -91,3 +95,4 @@ def heldout_diagnostics(
                                              "cross_fit")},
         "ood": ood,
     })
+    return Diagnostics.model_validate(doc).model_dump(mode="json", exclude_unset=True)

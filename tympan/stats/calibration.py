@@ -20,14 +20,13 @@ All functions take class probabilities ``(n, k)`` and integer labels ``(n,)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from sklearn.metrics import brier_score_loss, log_loss
 
-from tympan.stats._utils import as_probabilities
+from tympan.stats.probabilities import as_probabilities
 from tympan.io import json_float, to_jsonable
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "maximum_calibration_error",
     "negative_log_likelihood",
     "reliability_curve",
-    "reliability_figure",
 ]
 
 BinStrategy = Literal["uniform", "quantile"]
@@ -174,78 +172,6 @@ def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15)
         "brier": json_float(brier_score(probs, labels)),
         "nll": json_float(negative_log_likelihood(probs, labels)),
     }
-
-
-def reliability_figure(
-    labels: np.ndarray,
-    probs_before: np.ndarray,
-    probs_after: np.ndarray | None = None,
-    *,
-    n_bins: int = 15,
-    names: Sequence[str] = ("before scaling", "after scaling"),
-    title: str = "Reliability diagram",
-) -> Any:
-    """Plotly reliability diagram: accuracy vs. confidence per bin, before/after scaling.
-
-    The dashed diagonal is perfect calibration; points below it are
-    over-confident. Bars on a secondary axis show how many clips each bin
-    holds (a big gap in a bin with 3 clips means little). ECE is in the legend.
-    """
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1],
-            y=[0, 1],
-            mode="lines",
-            line={"dash": "dash", "color": "gray"},
-            name="perfect calibration",
-        )
-    )
-    series = [(names[0], probs_before, "#d62728")]
-    if probs_after is not None:
-        series.append((names[1], probs_after, "#1f77b4"))
-    width = 1.0 / n_bins
-    for name, probs, colour in series:
-        curve = reliability_curve(probs, labels, n_bins, "uniform")
-        ece = _weighted_gap(curve)
-        filled = curve.count > 0
-        centres = (curve.bin_lower + curve.bin_upper) / 2
-        fig.add_trace(
-            go.Bar(
-                x=centres,
-                y=curve.count,
-                width=width * (0.45 if probs_after is not None else 0.9),
-                offset=(-0.45 if name == names[0] else 0.0) * width if probs_after is not None else None,
-                marker={"color": colour, "opacity": 0.25},
-                name=f"clips per bin ({name})",
-                yaxis="y2",
-                hovertemplate="bin %{x:.2f}<br>clips %{y}<extra></extra>",
-            )
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=curve.confidence[filled],
-                y=curve.accuracy[filled],
-                mode="lines+markers",
-                marker={"color": colour, "size": 8},
-                line={"color": colour},
-                name=f"{name} (ECE {ece:.3f})",
-                customdata=curve.count[filled],
-                hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>clips %{customdata}"
-                "<extra></extra>",
-            )
-        )
-    fig.update_layout(
-        title=title,
-        xaxis={"title": "mean confidence in bin", "range": [0, 1]},
-        yaxis={"title": "accuracy in bin", "range": [0, 1]},
-        yaxis2={"title": "clips", "overlaying": "y", "side": "right", "showgrid": False},
-        barmode="overlay",
-        legend={"x": 0.01, "y": 0.99},
-    )
-    return fig
 
 
 def ece_noise_floor(probs: np.ndarray, n_draws: int = 200, seed: int = 0, n_bins: int = 15) -> dict[str, float]:

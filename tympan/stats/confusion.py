@@ -20,7 +20,6 @@ from tympan.io import to_jsonable
 __all__ = [
     "ConfusedPair",
     "ConfusionReport",
-    "confusion_figure",
     "confusion_report",
     "most_confused_pairs",
 ]
@@ -174,47 +173,3 @@ def confusion_report(
         confused_pairs=most_confused_pairs(y_true, y_pred, class_names, clip_ids, top_k),
     )
 
-
-def confusion_figure(
-    matrix: np.ndarray,
-    class_names: Sequence[str],
-    *,
-    normalize: bool = True,
-    title: str = "Confusion matrix",
-) -> Any:
-    """Plotly heatmap of a confusion matrix (rows true, columns predicted).
-
-    With ``normalize=True`` each row is divided by its support (row = recall
-    profile), the raw count is kept in the hover text.
-    """
-    import plotly.graph_objects as go
-
-    cm = np.asarray(matrix, dtype=float)
-    z = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
-    names = [str(c) for c in class_names]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=names,
-            y=names,
-            customdata=cm.astype(int),
-            colorscale="Blues",
-            zmin=0,
-            zmax=1 if normalize else None,
-            hovertemplate="true %{y}<br>predicted %{x}<br>share %{z:.2f}<br>clips %{customdata}"
-            "<extra></extra>"
-            if normalize
-            else "true %{y}<br>predicted %{x}<br>clips %{z}<extra></extra>",
-            colorbar={"title": "share of true class" if normalize else "clips"},
-        )
-    )
-    side = max(400, 14 * len(names) + 200)
-    fig.update_layout(
-        title=title,
-        xaxis_title="predicted class",
-        yaxis_title="true class",
-        yaxis={"autorange": "reversed"},
-        width=side,
-        height=side,
-    )
-    return fig

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from tympan.dashboard import plots
-from tympan.dashboard.reports import parse_diagnostics
+from tympan import figures
+from tympan.dashboard.reports import ContractError, parse_diagnostics
 from tympan.dashboard.state import Context
 
 NO_DIAGNOSTICS = ("This bundle has no held-out diagnostics yet; run `diagnose --bundle DIR` "
@@ -32,7 +32,12 @@ def render(ctx: Context) -> None:
         with st.expander("Metrics stored in the bundle", expanded=False):
             st.json(metrics)
 
-    diag = parse_diagnostics(model.get("diagnostics"), model.get("classes"))
+    try:
+        diag = parse_diagnostics(model.get("diagnostics"), model.get("classes"))
+    except ContractError as exc:
+        st.error(f"Cannot show this bundle's diagnostics: {exc}. Run `tympan calibrate --bundle DIR` "
+                 "with this version to rewrite them.")
+        return
     if diag is None:
         st.info(NO_DIAGNOSTICS)
         return
@@ -51,10 +56,10 @@ def render(ctx: Context) -> None:
     if diag.missing:
         st.caption("Not in this bundle's diagnostics: " + ", ".join(diag.missing) + ".")
 
-    if diag.matrix is not None:
+    if diag.doc.confusion is not None:
         st.subheader("Confusion")
         norm = st.toggle("Normalise rows", value=True, key="cm_norm")
-        st.plotly_chart(plots.confusion_heatmap(diag, normalise=norm), key="confusion")
+        st.plotly_chart(figures.confusion_heatmap(diag.doc.confusion, normalize=norm), key="confusion")
     if diag.most_confused:
         st.markdown("**Most-confused pairs**")
         pairs = pd.DataFrame(diag.most_confused)
@@ -62,16 +67,16 @@ def render(ctx: Context) -> None:
             pairs = pairs.rename(columns={"true": "class A", "predicted": "class B", "count": "A predicted as B",
                                           "reverse_count": "B predicted as A"})
         st.dataframe(pairs, hide_index=True)
-    if diag.reliability:
+    if diag.reliability and diag.doc.reliability is not None:
         st.subheader("Calibration")
-        st.plotly_chart(plots.reliability(diag), key="reliability")
+        st.plotly_chart(figures.reliability_diagram(diag.doc.reliability), key="reliability")
         st.caption("Below the diagonal the model is over-confident, above it under-confident. Temperature scaling "
                    "divides the logits by one fitted number T; it changes confidence, never the ranking.")
     if diag.per_class_accuracy:
         st.subheader("Per-class accuracy")
-        st.plotly_chart(plots.per_class_accuracy(diag.per_class_accuracy), key="per_class")
-    if diag.ood_histograms:
+        st.plotly_chart(figures.per_class_accuracy(diag.per_class_accuracy), key="per_class")
+    if diag.ood_histograms and diag.doc.ood is not None:
         st.subheader("Out-of-distribution scores")
-        st.plotly_chart(plots.ood_histograms(diag), key="ood_hist")
+        st.plotly_chart(figures.ood_histograms(diag.doc.ood), key="ood_hist")
         if diag.ood_metrics:
             st.dataframe(pd.DataFrame([diag.ood_metrics]), hide_index=True)

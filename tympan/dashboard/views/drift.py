@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from tympan.dashboard import plots
-from tympan.dashboard.reports import parse_drift_report
+from tympan import figures
+from tympan.dashboard.reports import ContractError, parse_drift_report
 from tympan.dashboard.state import BUNDLE_ENV, Context
 
 RUN_TIMEOUT_S = 1800
@@ -69,8 +69,11 @@ def run_diagnose(field_dir: str, bundle_dir: str) -> tuple[Any | None, str]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if parse_drift_report(data) is not None:
-            return data, log
+        try:
+            if parse_drift_report(data) is not None:
+                return data, log
+        except ContractError as exc:
+            return None, f"{path}: {exc}"
     return None, f"`diagnose` wrote no drift report with per-feature entries under {out_dir}"
 
 
@@ -116,7 +119,11 @@ def render(ctx: Context) -> None:
 
 
 def show_report(name: str, data: Any) -> None:
-    report = parse_drift_report(data)
+    try:
+        report = parse_drift_report(data)
+    except ContractError as exc:
+        st.error(f"{name}: {exc}")
+        return
     if report is None:
         st.error(f"{name}: no per-feature drift entries found (expected a list of objects with "
                  "'feature' or 'name' plus p_value / effect size / verdict)")
@@ -136,7 +143,13 @@ def show_report(name: str, data: Any) -> None:
         st.info("This report has no per-feature acoustic drift (the bundle stores no reference acoustic "
                 "statistics; `diagnose --fit --bundle DIR` computes them).")
     if any(r["effect_size"] is not None for r in report.rows):
-        st.plotly_chart(plots.drift_effects(report), key="drift_effects")
+        effect_names = {r["effect_name"] for r in report.rows if r["effect_name"]}
+        effect_name = effect_names.pop() if len(effect_names) == 1 else "effect size"
+        st.plotly_chart(figures.drift_effects(
+            [r["feature"] for r in report.rows], [r["effect_size"] for r in report.rows],
+            [r["verdict"] for r in report.rows], effect_name=effect_name, p_values=[r["p_value"] for r in report.rows],
+            min_effect=report.min_effect if effect_name == "wasserstein_std" else None,
+            title="Per-feature drift (colour = verdict)"), key="drift_effects")
     if report.rows:
         table = pd.DataFrame(report.rows).drop(columns=["p_name", "effect_name"], errors="ignore")
         st.dataframe(table, hide_index=True)
