@@ -222,3 +222,29 @@ def test_figures_sit_low_in_the_layer_order() -> None:
     outside = {r for r in roots if not (r.split(".")[0] in {"plotly", "numpy", "__future__", "collections", "typing"}
                                         or r.startswith("tympan.contracts"))}
     assert not outside, outside
+
+
+def test_dashboard_pages_show_an_invalid_document_as_an_error(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("streamlit")
+    pytest.importorskip("uvicorn")
+    from streamlit.testing.v1 import AppTest
+    from test_dashboard import CLASSES, ENTRY, TIMEOUT, diagnostics_fixture, goto, make_bundle, serve, texts
+
+    bad = {**diagnostics_fixture(), "n_clips": "many"}
+    assert bad["confusion"]["class_names"] == CLASSES
+    with serve(make_bundle(tmp_path / "bad", bad)) as url:
+        monkeypatch.setenv("TYMPAN_API_URL", url)
+        at = AppTest.from_file(ENTRY, default_timeout=TIMEOUT).run()
+        goto(at, "diagnostics")
+        assert not at.exception
+        assert len(at.error) == 1 and "n_clips" in at.error[0].value and "Input should be a valid integer" in texts(at)
+        assert not at.get("plotly_chart")
+
+        # an older report.json on the Field drift page
+        goto(at, "drift")
+        old = {"tympan_report": 1, "generated": "x", "kind": "field", "verdict": "drift", "features": []}
+        at.file_uploader(key="drift_report").upload("old.json", json.dumps(old).encode(), "application/json")
+        at.run()
+        assert not at.exception
+        assert any("old.json" in e.value and "DiagnoseReport" in e.value for e in at.error)
