@@ -72,8 +72,8 @@ def test_wav_cut_short_decodes_what_is_there_with_salvage(tmp_path: Path) -> Non
     assert d.source_duration == pytest.approx(keep / SR)
     np.testing.assert_array_equal(d.waveform, pcm16(y)[:keep])
     assert any("truncated" in w and "declares 64000 bytes" in w for w in d.warnings)
-    with pytest.raises(TruncatedAudioError):  # without salvage: refused as a cut-off upload
-        load_audio(path, None)
+    with pytest.raises(TruncatedAudioError):  # salvage=False: refused as a cut-off upload
+        load_audio(path, None, salvage=False)
 
 
 def test_wav_cut_short_limit_uses_the_real_length(tmp_path: Path) -> None:
@@ -167,7 +167,7 @@ def test_truncated_flac_decodes_the_frames_that_decode(tmp_path: Path, fraction:
     np.testing.assert_array_equal(d.waveform, flac_values(y)[:n])
     assert any("truncated" in w for w in d.warnings)
     with pytest.raises(TruncatedAudioError):
-        load_audio(path, None)
+        load_audio(path, None, salvage=False)
 
 
 def test_unknown_length_flac_cut_short_decodes_without_salvage_flag(tmp_path: Path) -> None:

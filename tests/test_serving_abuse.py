@@ -7,7 +7,6 @@ bounded in count and in time. Measured numbers are printed (``pytest -s`` shows 
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import random

@@ -8,9 +8,10 @@ What a field recorder leaves behind decodes, with a warning in :attr:`Decoded.wa
 
 - a WAV whose header was never finalised (RIFF/data sizes 0 or 0xFFFFFFFF);
 - a FLAC whose STREAMINFO does not give the length (total samples 0);
-- with ``salvage=True``, a file cut short (power lost mid-recording): a WAV whose data chunk
-  promises more than the file holds, a FLAC whose last frames are missing. Without it such a
-  file is refused as :class:`~tympan.errors.TruncatedAudioError` (as a cut-off upload).
+- a file cut short (power lost mid-recording): a WAV whose data chunk promises more than the
+  file holds, a FLAC whose last frames are missing: what is there decodes, with a warning.
+  Callers that must have every promised sample pass ``salvage=False`` and get
+  :class:`~tympan.errors.TruncatedAudioError` instead.
 
 Lengths and limits always use the samples really decoded, never a header's promise.
 """
@@ -129,14 +130,14 @@ def load_audio(
     sample_rate: int | None = None,
     *,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
-    salvage: bool = False,
+    salvage: bool = True,
 ) -> Decoded:
     """Decode ``source`` (path, bytes or binary file) to mono float32 at ``sample_rate``.
 
     ``sample_rate=None`` keeps the file's own rate. ``max_seconds`` bounds the recording's
     length *before* decoding it all (or, for streams without a length, while decoding), so a
-    huge upload cannot exhaust memory. ``salvage=True`` decodes what a truncated file holds
-    (with a warning) instead of refusing it. Unfinalised WAV headers and FLAC streams of
+    huge upload cannot exhaust memory. A truncated file decodes what it holds (with a warning),
+    or raises :class:`~tympan.errors.TruncatedAudioError` with ``salvage=False``. Unfinalised WAV headers and FLAC streams of
     unknown length always decode, with a warning.
     """
     name = _describe(source)

@@ -78,14 +78,12 @@ def _wait_ready(url: str, procs: list[subprocess.Popen], child: subprocess.Popen
 def _example_clip(explicit: Path | None) -> Path | None:
     if explicit:
         return explicit
-    data = os.environ.get("TYMPAN_ESC50_DIR")
-    candidates = [Path(data)] if data else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data" / "esc50")
-    for root in candidates:
-        clips = sorted((root / "audio").glob("*-0.*")) if (root / "audio").is_dir() else []
-        if clips:
-            return clips[0]
-    return None
+    from tympan.datasets import locate_data_dir
+
+    # $TYMPAN_ESC50_DIR, else the copy a development checkout has beside it
+    root = locate_data_dir(None, Path(__file__).resolve().parents[2] / "shared" / "data" / "esc50")
+    clips = sorted((root / "audio").glob("*-0.*")) if root is not None and (root / "audio").is_dir() else []
+    return clips[0] if clips else None
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -11,10 +11,11 @@ from typing import Any
 
 import streamlit as st
 
+from tympan.bundle import BUNDLE_ENV  # noqa: F401 - the drift page reads it
 from tympan.dashboard.client import ApiClient, ApiError
+from tympan.datasets.esc50 import ENV_VAR as ESC50_ENV_VAR
 
-ESC50_ENV = "TYMPAN_ESC50_DIR"
-BUNDLE_ENV = "TYMPAN_BUNDLE"
+ESC50_ENV = ESC50_ENV_VAR
 
 
 @dataclass

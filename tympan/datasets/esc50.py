@@ -37,6 +37,21 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     return path
 
 
+def locate_data_dir(data_dir: str | Path | None = None, *fallbacks: str | Path | None) -> Path | None:
+    """``data_dir`` (which must be an ESC-50 folder), else the first of ``$TYMPAN_ESC50_DIR`` and
+    ``fallbacks`` that is one; None if none is.
+
+    For consumers whose data is optional (the drift reference, the example clip of ``tympan
+    up``); a folder the user named explicitly still fails clearly (:func:`resolve_data_dir`).
+    """
+    if data_dir:
+        return resolve_data_dir(data_dir)
+    for cand in (os.environ.get(ENV_VAR), *fallbacks):
+        if cand and (Path(cand).expanduser() / META).is_file():
+            return Path(cand).expanduser()
+    return None
+
+
 @dataclass
 class ESC50:
     """Clip paths, labels, folds and class names of an ESC-50-layout folder."""

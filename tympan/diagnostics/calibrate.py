@@ -16,7 +16,6 @@ The bundle is saved atomically, keeping the folder's other files.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from tympan.bundle import (
     save_bundle,
     weights_fingerprint,
 )
-from tympan.datasets import load_esc50
+from tympan.datasets import load_esc50, locate_data_dir
 from tympan.diagnostics.field import ClipSet, analyse_folder, analyse_sources, make_predictor
 from tympan.diagnostics.heldout import heldout_diagnostics
 from tympan.diagnostics.reference import build_reference, esc50_clipset, train_folds_of
@@ -63,7 +62,7 @@ def fit_bundle(
     bundle_dir = Path(bundle_dir)
     bundle = load_bundle(bundle_dir)
     prov = bundle.provenance or {}
-    root = data_dir or os.environ.get("TYMPAN_ESC50_DIR") or (prov.get("data") or {}).get("root")
+    root = locate_data_dir(data_dir, (prov.get("data") or {}).get("root"))
     ho = read_heldout(heldout or bundle_dir)
     classes = list(bundle.classes)
     try:

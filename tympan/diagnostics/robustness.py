@@ -71,16 +71,16 @@ def heldout_clips(bundle_dir: str | Path, data_dir: str | Path | None, max_clips
                   seed: int = 0) -> tuple[list[str], list[Path], np.ndarray, str]:
     """Held-out clip ids, files and labels of the bundle (seeded subset of ``max_clips``)."""
     from tympan.bundle import read_metadata
-    from tympan.datasets import load_esc50
+    from tympan.datasets import load_esc50, locate_data_dir
     from tympan.bundle import read_heldout
 
     bundle_dir = Path(bundle_dir)
     meta = read_metadata(bundle_dir)
     prov = meta.get("provenance") or {}
-    root = data_dir or (prov.get("data") or {}).get("root")
-    import os
-
-    root = data_dir or os.environ.get("TYMPAN_ESC50_DIR") or root
+    root = locate_data_dir(data_dir, (prov.get("data") or {}).get("root"))
+    if root is None:
+        raise DataError("no ESC-50 folder: pass --data-dir DIR or set $TYMPAN_ESC50_DIR (the robustness "
+                        "sweep decodes the bundle's held-out clips)")
     ds = load_esc50(root)
     if list(ds.classes) != list(meta["classes"]):
         raise DataError(f"{ds.root}: its classes differ from the bundle's")

@@ -26,7 +26,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tympan import __version__
-from tympan.bundle import Bundle, read_metadata
+from tympan.bundle import META_FILE, Bundle, default_bundle_dir, read_metadata
 from tympan.errors import AudioError, AudioTooLongError, BundleError, NotAudioError
 from tympan.inference import Predictor, Prepared, UncertaintyPolicy
 from tympan.serving.batching import MicroBatcher
@@ -94,8 +93,8 @@ def error_response(status: int, code: str, detail: str, headers: dict[str, str] 
 
 def default_bundle_path() -> Path:
     """The shipped default bundle, ``tympan/assets/default`` (clear error when absent)."""
-    path = Path(str(files("tympan") / "assets" / "default"))
-    if not (path / "bundle.json").is_file():
+    path = default_bundle_dir()
+    if not (path / META_FILE).is_file():
         raise BundleError(f"no shipped default model bundle ({path} has no bundle.json); pass --bundle DIR")
     return path
 
