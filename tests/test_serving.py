@@ -403,12 +403,12 @@ def test_auth_cors_not_ready_and_bug_handler(bundle_dir: Path) -> None:
         assert r.status_code == 503 and r.json()["error"] == "overloaded" and r.headers["retry-after"] == "1"
         service.in_flight = 0
 
-        original = service.predictor.result
-        service.predictor.result = lambda *a, **k: 1 / 0  # a bug in tympan
+        original = service.predictor.response
+        service.predictor.response = lambda *a, **k: 1 / 0  # a bug in tympan
         try:
             r = c.post("/predict/file", files={"file": ("x.wav", data)}, headers=auth)
         finally:
-            service.predictor.result = original
+            service.predictor.response = original
         assert r.status_code == 500 and r.json()["error"] == "internal_error"
         assert c.post("/predict/file", files={"file": ("x.wav", data)}, headers=auth).status_code == 200
         assert metric(c.get("/metrics", headers=auth).text, "tympan_requests_total", status="500") == 1

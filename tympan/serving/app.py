@@ -421,13 +421,14 @@ class Service:
             prepared = await self.prepare(data)
             assert self.batcher is not None
             logits = await self.batcher.submit(prepared)
-        body = predictor.result(prepared, logits, top_k=top_k, return_logits=return_logits)
+        resp = predictor.response(prepared, logits, top_k=top_k, return_logits=return_logits)
         self.metrics.predictions.inc()
-        if body["ood"]["out_of_distribution"]:
+        if resp.ood.out_of_distribution:
             self.metrics.ood.inc()
-        if body["uncertain"]:
+        if resp.uncertain:
             self.metrics.uncertain.inc()
-        body["timing_ms"] = _elapsed_ms(request)
+        resp.timing_ms = _elapsed_ms(request)
+        body = resp.model_dump(exclude=None if return_logits else {"logits"})
         return await self.render(body, large=len(prepared.starts) > 8 or return_logits)
 
     async def render(self, body: dict[str, Any], large: bool) -> Response:
@@ -445,8 +446,9 @@ class Service:
             assert self.batcher is not None
             body = await asyncio.get_running_loop().run_in_executor(
                 self.batcher.executor, lambda: predictor.explain(prepared.decoded, top_k=top_k))
-        body = {"model": predictor.model_info, **body, "timing_ms": _elapsed_ms(request)}
-        return await self.render(body, large=True)
+        resp = ExplainResponse.model_validate({"model": predictor.model_info, **body,
+                                               "timing_ms": _elapsed_ms(request)})
+        return await self.render(resp.model_dump(), large=True)
 
 
 def check_decode_budget(data: bytes, settings: Settings) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tympan.contracts.diagnostics import Diagnostics
 from tympan.contracts.prediction import (  # noqa: F401 - re-exported: the HTTP contract
     AudioInfo,
     ClassScore,
@@ -58,7 +59,7 @@ class ModelInfo(BaseModel):
     ood: dict[str, Any]
     metrics: dict[str, Any]
     provenance: dict[str, Any]
-    diagnostics: dict[str, Any] | None = Field(
+    diagnostics: Diagnostics | None = Field(
         description="held-out diagnostics stored in the bundle (bundle.extra['diagnostics']), or null")
 
 
