@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tympan.corruptions", "tympan.bundle", "tympan.cache"),
     ("tympan.datasets",),
     ("tympan.inference",),
+    ("tympan.batch",),
     ("tympan.training",),
     ("tympan.diagnostics",),
     ("tympan.adaptation",),

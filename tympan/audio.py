@@ -553,3 +553,188 @@ def frame_windows(
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"}
 )
+
+
+# ------------------------------------------------------------------------ streaming decode
+@dataclass
+class StreamInfo:
+    """What :func:`iter_audio_blocks` knows about a recording; filled in as it is decoded.
+
+    ``source_frames`` and ``frames`` grow while blocks are read and are final once the
+    iteration ends; ``warnings`` gets the same sentences :func:`load_audio` would give
+    (unfinalised header, unknown length, truncated or damaged tail).
+    """
+
+    sample_rate: int  # of the blocks
+    source_sample_rate: int
+    source_channels: int
+    declared_frames: int | None  # what the header promises; None when it does not say
+    format: str
+    subtype: str
+    source_frames: int = 0  # frames really decoded so far
+    frames: int = 0  # samples yielded so far, at ``sample_rate``
+    warnings: list[str] = field(default_factory=list)
+    finished: bool = False
+
+    @property
+    def source_duration(self) -> float:
+        return self.source_frames / self.source_sample_rate
+
+    @property
+    def declared_duration(self) -> float | None:
+        return None if self.declared_frames is None else self.declared_frames / self.source_sample_rate
+
+
+class AudioBlocks:
+    """Iterable of mono float32 blocks at ``info.sample_rate``; see :func:`iter_audio_blocks`."""
+
+    def __init__(self, src: _Input, name: str, info: StreamInfo, block_frames: int, salvage: bool,
+                 quiet: bool) -> None:
+        self._src, self._name, self.info = src, name, info
+        self._block, self._salvage, self._quiet = block_frames, salvage, quiet
+        self._used = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._used:
+            raise RuntimeError("an AudioBlocks stream can be iterated once")
+        self._used = True
+        info, name = self.info, self._name
+        sr, target = info.source_sample_rate, info.sample_rate
+        stream = None if sr == target else soxr.ResampleStream(sr, target, 1, dtype="float32", quality="HQ")
+        quiet = _quiet_native_output if self._quiet else contextlib.nullcontext
+        err: Exception | None = None
+        try:
+            f = self._src.open()
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            raise _classify_libsndfile_error(name, exc) from None
+        with f:
+            while True:
+                with quiet():
+                    data, err = _read_block(f, info.source_channels, self._block)
+                if data.shape[0]:
+                    if not np.isfinite(data).all():
+                        bad = int((~np.isfinite(data)).sum())
+                        raise NonFiniteAudioError(f"{name}: {bad} samples are NaN or infinite "
+                                                  f"(at {info.source_frames / sr:.1f} s)")
+                    peak = float(np.abs(data).max())
+                    if peak > MAX_SAMPLE_MAGNITUDE:
+                        raise SampleRangeError(
+                            f"{name}: samples reach {peak:.3g}, far outside audio levels (|x| <= 1; float "
+                            f"files are accepted up to {MAX_SAMPLE_MAGNITUDE:g}): the file holds no usable audio")
+                    info.source_frames += data.shape[0]
+                    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+                    out = mono if stream is None else stream.resample_chunk(np.ascontiguousarray(mono))
+                    if len(out):
+                        info.frames += len(out)
+                        yield np.ascontiguousarray(out, dtype=np.float32)
+                if err is not None or data.shape[0] == 0:
+                    break
+        if stream is not None:
+            out = stream.resample_chunk(np.zeros(0, np.float32), last=True)
+            if len(out):
+                info.frames += len(out)
+                yield np.ascontiguousarray(out, dtype=np.float32)
+        self._finish(err)
+
+    def _finish(self, err: Exception | None) -> None:
+        info, name, n = self.info, self._name, self.info.source_frames
+        known = info.declared_frames is not None
+        if n == 0:
+            if err is not None:
+                raise _classify_libsndfile_error(name, err)
+            raise EmptyAudioError(f"{name}: contains no audio samples")
+        if err is not None and not known and "psf_fseek" in str(err):
+            err = None  # how libsndfile's FLAC reader ends a stream without a length
+        frames = info.declared_frames or 0
+        short = known and n < frames
+        if (short or err is not None) and not any(x.startswith("truncated") for x in info.warnings):
+            if known and not self._salvage:
+                detail = f" ({str(err).strip()})" if err is not None else ""
+                raise TruncatedAudioError(f"{name}: truncated: header promises {frames} frames, only {n} decode{detail}")
+            sr = info.source_sample_rate
+            where = f"header promises {frames} frames ({frames / sr:.3f} s); " if known else ""
+            reason = f" (libsndfile: {str(err).strip()})" if err is not None else ""
+            info.warnings.append(f"truncated or damaged: {where}decoded the {n} frames ({n / sr:.3f} s) before "
+                                 f"the end of the readable data{reason}")
+        info.finished = True
+
+
+def _read_block(f: sf.SoundFile, channels: int, frames: int) -> tuple[np.ndarray, Exception | None]:
+    """One block of up to ``frames`` frames, and the error that stopped decoding (None if none).
+
+    With raw access, the frames a failing call did decode are kept (as :func:`_read_raw`).
+    """
+    if _RAW_READ:
+        block = np.empty((frames, max(1, channels)), dtype=np.float32)
+        got = int(sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", block.ctypes.data), frames))
+        code = f._errorcode
+        err = None
+        if code:
+            msg = sf._ffi.string(sf._snd.sf_error_number(code)).decode("utf-8", "replace")
+            err = sf.LibsndfileError(code, msg)
+        return block[: max(got, 0)], err
+    try:
+        return f.read(frames, dtype="float32", always_2d=True), None
+    except (sf.LibsndfileError, RuntimeError) as exc:  # the failing block is lost without raw access
+        return np.zeros((0, max(1, channels)), np.float32), exc
+
+
+def iter_audio_blocks(
+    source: AudioSource,
+    sample_rate: int | None = None,
+    block_seconds: float = 30.0,
+    *,
+    salvage: bool = True,
+) -> AudioBlocks:
+    """Decode ``source`` as a stream: mono float32 blocks at ``sample_rate``, memory flat in its length.
+
+    The same decoder as :func:`load_audio` (header checks, unfinalised WAV/FLAC, truncated
+    tails salvaged with a warning, forward-only codecs), read ``block_seconds`` at a time with
+    soundfile and resampled by one :class:`soxr.ResampleStream`, so the concatenated blocks
+    equal ``load_audio(source, sample_rate, max_seconds=None).waveform`` whatever the block
+    size. There is no length limit. Header problems raise here; problems in the samples
+    (NaN, absurd levels, nothing decodable) raise while iterating. ``.info`` (a
+    :class:`StreamInfo`) carries the stream parameters and, once iterated, the frames really
+    decoded and the warnings.
+
+    A WAV whose data size was left at 0 is patched in memory (the whole file is read once,
+    as :func:`load_audio` does); every other file is read block by block.
+    """
+    name = _describe(source)
+    src = _Input(source)
+    notes: list[str] = []
+    with src.raw() as f:
+        head = f.read(64)
+        container = sniff_container(head)
+        _check_header(name, f, src.size, container)
+        if container == "WAV":
+            patched = _finalise_riff(name, f, src.size, notes)
+            if patched is not None:
+                src.replace(patched)
+    quiet = _may_print(head, container)
+    try:
+        with _quiet_native_output() if quiet else contextlib.nullcontext(), src.open() as f:
+            sr, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+            fmt, subtype, extra = f.format, f.subtype, f.extra_info
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise _classify_libsndfile_error(name, exc) from None
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise SampleRateError(f"{name}: sample rate {sr} Hz is outside the supported range "
+                              f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    known = 0 <= frames < _UNKNOWN_FRAMES
+    if not known:
+        notes.append("the header does not give the length (total samples unknown, as a "
+                     "recorder leaves a stream it did not finish); decoded what the file holds")
+    for chunk, declared, actual in _declared_shortfalls(extra):
+        if not salvage:
+            raise TruncatedAudioError(
+                f"{name}: truncated: the {chunk} chunk declares {declared} bytes, the file holds {actual}")
+        notes.append(f"truncated: the {chunk} chunk declares {declared} bytes, the file holds "
+                     f"{actual}; decoded the {frames / sr:.3f} s present")
+    target = sr if sample_rate is None else int(sample_rate)
+    if not MIN_SAMPLE_RATE <= target <= MAX_SAMPLE_RATE:
+        raise SampleRateError(f"target sample rate {target} Hz is not supported")
+    info = StreamInfo(sample_rate=target, source_sample_rate=sr, source_channels=channels,
+                      declared_frames=frames if known else None, format=fmt, subtype=subtype, warnings=notes)
+    block = max(1024, int(block_seconds * sr))
+    return AudioBlocks(src, name, info, block, salvage, quiet)

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "tympan.datasets.cli",
     "tympan.training.cli",
     "tympan.serving.cli",
+    "tympan.batch.cli",
     "tympan.diagnostics.cli",
     "tympan.adaptation.cli",
     "tympan.dashboard.cli",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,26 +18,43 @@ class FieldScan:
     root: Path
     files: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # non-audio extensions
+    #: hidden files and folders (names starting with "."), not searched; counted
+    hidden: int = 0
 
 
-def scan_field_dir(root: str | Path) -> FieldScan:
-    """List audio files under ``root`` recursively (sorted, so runs are reproducible)."""
+def scan_field_dir(root: str | Path, *, require_audio: bool = True) -> FieldScan:
+    """List audio files under ``root`` recursively (sorted, so runs are reproducible).
+
+    Hidden files and folders (``.name``: recorder indexes, ``.Trashes``, editors' temporaries)
+    are not searched and only counted; other files whose extension is not audio are listed in
+    ``skipped`` with the reason. ``require_audio=False`` returns an empty list instead of
+    raising when the folder holds no audio.
+    """
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"{root}: no such directory")
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
-    files, skipped = [], []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        if p.suffix.lower() in AUDIO_EXTENSIONS:
-            files.append(p)
-        else:
-            skipped.append((p, f"not an audio file extension ({p.suffix or 'none'})"))
-    if not files:
+    files, skipped, hidden = [], [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        visible = sorted(d for d in dirnames if not d.startswith("."))
+        hidden += len(dirnames) - len(visible)
+        dirnames[:] = visible
+        for name in filenames:
+            p = Path(dirpath) / name
+            if name.startswith("."):
+                hidden += 1
+            elif not p.is_file():
+                continue
+            elif p.suffix.lower() in AUDIO_EXTENSIONS:
+                files.append(p)
+            else:
+                skipped.append((p, f"not an audio file extension ({p.suffix or 'none'})"))
+    files.sort()
+    skipped.sort()
+    if not files and require_audio:
         raise DataError(f"{root}: contains no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
-    return FieldScan(root, files, skipped)
+    return FieldScan(root, files, skipped, hidden)
 
 
 def iter_field_audio(

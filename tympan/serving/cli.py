@@ -1,14 +1,13 @@
-"""``tympan serve`` (the HTTP API) and ``tympan predict FILE...`` (the same Predictor, offline)."""
+"""``tympan serve`` (the HTTP API). The offline ``tympan predict`` lives in :mod:`tympan.batch.cli`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from tympan.errors import AudioError, BundleError
+from tympan.errors import BundleError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,14 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds an idle keep-alive connection stays open (5)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("predict", help="classify audio files offline with a model bundle")
-    p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--bundle", type=Path, default=None,
-                   help="model bundle directory (default: the shipped tympan/assets/default)")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--json", action="store_true", help="print one JSON object per file (the /predict body)")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_predict)
 
 
 def _bundle_dir(arg: Path | None) -> Path:
@@ -110,57 +101,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not server.started:
             raise BundleError(f"the server did not start on {args.host}:{args.port} (see the log above)")
     return 0
-
-
-def _line(name: str, body: dict) -> str:
-    top = ", ".join(f"{c['label']} {c['probability']:.3f}" for c in body["top_k"])
-    flags = []
-    if body["ood"]["out_of_distribution"]:
-        flags.append("OUT OF DISTRIBUTION")
-    if body["uncertain"]:
-        flags.append("uncertain")
-    notes = [r for r in body["uncertain_reasons"]]
-    extra = f"  [{'; '.join(flags)}]" if flags else ""
-    tail = f"  ({'; '.join(notes)})" if notes else ""
-    n = len(body["windows"])
-    win = f"  {n} windows" if n > 1 else ""
-    return f"{name}: {top}  energy {body['ood']['score']:.3f}{win}{extra}{tail}"
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from tympan.inference import Predictor
-
-    bundle = _bundle_dir(args.bundle)
-    predictor = Predictor(bundle, args.device)
-    if not 1 <= args.top_k <= predictor.n_classes:
-        raise ValueError(f"--top-k must be between 1 and {predictor.n_classes}")
-    try:
-        return _predict_files(args, predictor)
-    except BrokenPipeError:  # e.g. piped into head
-        sys.stderr.close()
-        return 0
-
-
-def _predict_files(args: argparse.Namespace, predictor) -> int:
-    failed = 0
-    batch: list = []
-    names: list[str] = []
-
-    def flush() -> None:
-        for name, body in zip(names, predictor.predict_many(batch, top_k=args.top_k), strict=True):
-            print(json.dumps({"file": name, **body}) if args.json else _line(name, body), flush=True)
-        batch.clear()
-        names.clear()
-
-    for path in args.files:
-        try:
-            batch.append(predictor.prepare(path))
-            names.append(str(path))
-        except (AudioError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            failed += 1
-            print(f"tympan: error: {exc}", file=sys.stderr)
-        if sum(p.windows.shape[0] for p in batch) >= 16:
-            flush()
-    if batch:
-        flush()
-    return 2 if failed else 0
