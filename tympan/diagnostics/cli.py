@@ -51,6 +51,18 @@ def _add_diagnose_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--robustness", action="store_true",
                    help="accuracy / ECE of the bundle on its held-out clips under controlled corruptions")
     p.add_argument("--max-clips", type=int, default=200, help="held-out clips in the robustness sweep (default 200)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="--field-dir: worker processes for decoding and features (default 1)")
+    p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
+                   help="--field-dir: window step (default: the model's 50%% overlap)")
+    p.add_argument("--by", choices=["site", "day", "hour"], default=None,
+                   help="--field-dir: every check per site (first sub-folder), day or hour (start time); "
+                        "written to field.json")
+    p.add_argument("--max-failed-share", type=float, default=0.0,
+                   help="--field-dir: share of files that may fail to decode before the run fails with "
+                        "exit 2 (default 0)")
+    p.add_argument("--acoustic-sample", type=int, default=None,
+                   help="--field-dir: units whose acoustic descriptors are measured (default 100)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print report.json to stdout as well")
     p.add_argument("--traceback", action="store_true", help="show the full traceback of unexpected errors")
@@ -119,14 +131,19 @@ def _model_block(predictor: Any, bundle_dir: Path) -> dict[str, Any]:
 
 
 def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress: bool = True,
+                 analysis: dict[str, Any] | None = None,
                  fail_on: str = "any") -> tuple[dict[str, Any], dict[str, Any]]:
     """Analyse ``field_dir`` and run every drift check; returns ``(report, html_extras)``."""
     from tympan.io import decode_array
     from tympan.diagnostics.field import analyse_folder, drift_checks, exit_code_for
+    from tympan.diagnostics.archive import (CheckRecorder, analysis_kwargs, archive_summary,
+                                            failed_files_exit_code)
+
+    drift_checks = CheckRecorder(drift_checks)  # remembers its arguments: --by reruns it per group
     from tympan.errors import DataError
 
     bundle = predictor.bundle
-    clips = analyse_folder(predictor, field_dir, progress=progress)
+    clips = analyse_folder(predictor, field_dir, progress=progress, **analysis_kwargs(analysis))
     n_files = len(clips) + len(clips.unreadable)
     if len(clips) == 0:
         raise DataError(f"{field_dir}: none of the {n_files} audio files could be decoded "
@@ -138,6 +155,8 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
         raise BundleError(f"{bundle_dir}: the bundle has no fitted drift reference or OOD threshold; run "
                           f"`tympan calibrate --bundle {bundle_dir}` (or diagnose --fit) first")
     code = exit_code_for(res, fail_on)
+    archive = archive_summary(clips, drift_checks, analysis)  # coverage; checks per group (--by)
+    code = failed_files_exit_code(code, clips, analysis)  # 2: files failed beyond --max-failed-share
     classes = list(bundle.classes)
     thr = (bundle.ood or {}).get("threshold")
     per_file = [{"file": f, "predicted": classes[int(p)], "confidence": float(c), "energy": float(e),
@@ -172,6 +191,7 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
         "pred_reference": np.asarray(preds if preds is not None else np.zeros(len(classes))),
         "pred_field": np.bincount(clips.predictions, minlength=len(classes)),
     }
+    extras["archive"] = archive
     return report, extras
 
 
@@ -202,6 +222,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from tympan.diagnostics.calibrate import fit_bundle
     from tympan.diagnostics.report import REPORT_VERSION, now_iso, write_report
     from tympan.errors import DataError
+    from tympan.diagnostics.archive import analysis_options, print_archive, write_archive
 
     try:
         if args.field_dir is not None and not args.field_dir.exists():  # fail before loading anything
@@ -220,11 +241,12 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         code = EXIT_OK
         kinds = []
         if args.field_dir is not None:
-            fr, extras = field_report(predictor, bundle_dir, args.field_dir, progress=progress, fail_on=args.fail_on)
+            fr, extras = field_report(predictor, bundle_dir, args.field_dir, progress=progress, analysis=analysis_options(args), fail_on=args.fail_on)
             report.update(fr)
             code = fr["exit_code"]
             kinds.append("field")
             _print_field(fr)
+            print_archive(extras.get("archive"))
         if args.robustness:
             from tympan.diagnostics.robustness import format_table, run_sweep
 
@@ -242,6 +264,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         report["exit_code"] = code
         report["fail_on"] = args.fail_on
         paths = write_report(args.out, report, extras)
+        write_archive(args.out, extras.get("archive"))
         print(f"report: {paths['html']} and {paths['json']}")
         if args.json:
             print(json.dumps(json.loads(Path(paths["json"]).read_text()), indent=2))

@@ -94,6 +94,13 @@ class ClipSet:
     formats: list[dict[str, Any]]  # per recording: sample_rate, channels, duration_s, format, subtype
     unreadable: list[dict[str, str]] = field(default_factory=list)  # {"file", "reason"}
     skipped: list[dict[str, str]] = field(default_factory=list)  # non-audio files: {"file", "reason"}
+    #: when ``acoustic`` was measured on a sample of the units: the unit of each of its rows
+    #: (None: one row per unit). Set by :func:`tympan.diagnostics.archive.analyse_archive`.
+    acoustic_index: np.ndarray | None = None
+    #: per unit: file, offset_s, site, start_time (archive analysis; empty otherwise)
+    units: list[dict[str, Any]] = field(default_factory=list)
+    #: how much of the folder was analysed (archive analysis; empty otherwise)
+    coverage: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -112,10 +119,17 @@ class ClipSet:
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> ClipSet:
         idx = np.asarray(idx, dtype=int)
+        acoustic, acoustic_index = self.acoustic[idx] if self.acoustic_index is None else None, None
+        if self.acoustic_index is not None:  # the sampled rows that belong to the chosen units
+            where = {int(u): j for j, u in enumerate(idx)}
+            rows = [r for r, u in enumerate(self.acoustic_index) if int(u) in where]
+            acoustic = self.acoustic[rows]
+            acoustic_index = np.asarray([where[int(self.acoustic_index[r])] for r in rows], np.int64)
         return ClipSet(
-            [self.ids[i] for i in idx], self.acoustic[idx], self.embeddings[idx], self.logits[idx],
+            [self.ids[i] for i in idx], acoustic, self.embeddings[idx], self.logits[idx],
             self.probabilities[idx], self.energy[idx], self.n_windows[idx],
-            [self.formats[i] for i in idx], [], [],
+            [self.formats[i] for i in idx], [], [], acoustic_index,
+            [self.units[i] for i in idx] if self.units else [],
         )
 
 
@@ -198,13 +212,25 @@ def analyse_sources(
 
 
 def analyse_folder(
-    predictor: Any, folder: str | Path, *, progress: bool = True, transform: Transform | None = None
+    predictor: Any, folder: str | Path, *, progress: bool = True, transform: Transform | None = None,
+    jobs: int = 1, hop: float | None = None, acoustic_sample: int | None = None,
 ) -> ClipSet:
-    """Every audio file under ``folder`` (recursively, sorted); see :func:`analyse_sources`.
+    """Every audio file under ``folder`` (recursively, sorted), of any length.
 
+    Without ``transform``: streamed through the batch engine
+    (:func:`tympan.diagnostics.archive.analyse_archive`: long recordings count by their windows,
+    ``jobs`` worker processes, acoustic descriptors on a bounded sample). With ``transform``
+    (a corruption applied to whole waveforms): decoded whole, see :func:`analyse_sources`.
     Raises :class:`tympan.errors.DataError` for a missing folder or one without audio files.
     """
     from tympan.datasets.field import scan_field_dir
+
+    if transform is None:
+        from tympan.diagnostics.archive import DEFAULT_ACOUSTIC_SAMPLE, analyse_archive
+
+        return analyse_archive(predictor, folder, progress=progress, jobs=jobs, hop=hop,
+                               acoustic_sample=DEFAULT_ACOUSTIC_SAMPLE if acoustic_sample is None
+                               else acoustic_sample)
 
     scan = scan_field_dir(folder)
     root = scan.root
