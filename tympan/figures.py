@@ -19,10 +19,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tympan.contracts.diagnostics import Confusion, Histogram, OODDiagnostics, Reliability, ReliabilityBins
-from tympan.contracts.report import Robustness
+from tympan.contracts.report import Performance, Robustness
 
 __all__ = [
     "VERDICT_COLOURS",
+    "accuracy_estimate",
     "class_mix",
     "confusion_heatmap",
     "drift_effects",
@@ -244,3 +245,25 @@ def robustness_sweep(robustness: Robustness,
     fig.update_layout(showlegend=False)
     fig.update_xaxes(tickangle=-60)
     return _layout(fig, title, height=420, t=60, b=140)
+
+
+# --------------------------------------------------------------------------- estimated accuracy
+def accuracy_estimate(performance: Performance, *, title: str = "Estimated accuracy on these recordings") -> go.Figure:
+    """The label-free accuracy estimate with its 95% interval, against the held-out accuracy and the gate's margin."""
+    ea = performance.estimated_accuracy
+    held, margin = performance.heldout_accuracy, performance.margin
+    colour = RED if (ea.high < held and ea.value < held - margin) else BLUE
+    fig = go.Figure(go.Scatter(
+        x=[ea.value * 100], y=["estimated"], mode="markers", marker=dict(size=14, color=colour),
+        error_x=dict(type="data", symmetric=False, array=[(ea.high - ea.value) * 100],
+                     arrayminus=[(ea.value - ea.low) * 100], thickness=3, width=10),
+        name=f"{ea.method}: {ea.value:.1%} ({ea.low:.1%}-{ea.high:.1%})",
+        hovertemplate="%{x:.1f} %<extra></extra>"))
+    fig.add_vline(x=held * 100, line=dict(color=GREY, dash="dash"),
+                  annotation_text=f"held-out {held:.1%}", annotation_position="top")
+    fig.add_vrect(x0=0, x1=(held - margin) * 100, fillcolor=RED, opacity=0.08, line_width=0,
+                  annotation_text="model affected", annotation_position="bottom left")
+    fig.update_xaxes(title="accuracy (%)", range=[0, 100])
+    fig.update_layout(showlegend=True, legend=dict(orientation="h", y=-0.5))
+    return _layout(fig, title, height=230)
+

@@ -27,6 +27,12 @@ from tympan.contracts.diagnostics import Diagnostics
 __all__ = [
     "REPORT_VERSION",
     "AcousticCheck",
+    "AdaptationInfo",
+    "CheckEstimate",
+    "EstimatedAccuracy",
+    "Gate",
+    "Performance",
+    "PerformanceCheck",
     "ClassShareChange",
     "ConfidenceCheck",
     "DiagnoseReport",
@@ -168,6 +174,41 @@ class OODRateCheck(_Model):
     score: str
 
 
+class EstimatedAccuracy(_Model):
+    """``performance.estimated_accuracy``: label-free accuracy estimate with its 95% interval."""
+
+    value: float
+    low: float
+    high: float
+    method: str = Field(description='estimator: "atc_ne", "atc_mc", "mean_confidence" or "doc" (tympan.stats.performance)')
+
+
+class CheckEstimate(EstimatedAccuracy):
+    """:meth:`tympan.stats.performance.AccuracyEstimate.to_dict` inside the ``performance`` check."""
+
+    n: int
+    sampling_interval: tuple[float, float]
+    systematic_error: float
+
+
+class PerformanceCheck(_Model):
+    """:func:`tympan.diagnostics.field.performance_check`: estimated accuracy vs held-out accuracy."""
+
+    check: Literal["performance"]
+    verdict: Verdict
+    n_field: int
+    heldout_accuracy: float
+    margin: float
+    estimated_accuracy: CheckEstimate | None
+    drop: Num
+    message: str
+    fitted_on: str | None = None
+    method_description: str | None = None
+    stale: bool = False
+    stale_reason: str | None = None
+    criteria: dict[str, Any]
+
+
 class DriftChecks(_Model):
     """``checks``: each present only when the bundle's reference allows it."""
 
@@ -176,6 +217,51 @@ class DriftChecks(_Model):
     predictions: LabelShiftCheck | None = None
     confidence: ConfidenceCheck | None = None
     ood_rate: OODRateCheck | None = None
+    performance: PerformanceCheck | None = None
+
+
+class Performance(_Model):
+    """``performance``: how accurate the model probably is on the analysed recordings (no labels needed)."""
+
+    estimated_accuracy: EstimatedAccuracy
+    heldout_accuracy: float
+    margin: float
+    n: int
+    interval: str = Field(description="how the interval was computed")
+    method_description: str | None = None
+    fitted_on: str | None = Field(None, description="the held-out clips the estimator was fitted on")
+    validation: dict[str, Any] | None = Field(None, description="the estimator's validation (open-ended)")
+    stale: bool = Field(False, description="fitted for other weights (e.g. before tympan adapt): reported, not voting")
+    stale_reason: str | None = None
+    note: str | None = None
+
+
+class Gate(_Model):
+    """``gate``: "the audio differs" vs "the model is affected", and the sentence the report opens with."""
+
+    summary: str
+    model_affected: bool
+    audio_differs: bool
+    model_checks: list[str]
+    model_failing: list[str]
+    audio_checks: list[str]
+    audio_failing: list[str]
+    format_notes: list[str]
+    supporting_evidence: list[str]
+
+
+class AdaptationInfo(_Model):
+    """``adaptation``: what an adapted bundle was adapted on; null for an unadapted bundle."""
+
+    method: str | None
+    adapted_from: str | None
+    field_dir: str | None
+    n_files: int | None
+    date: str | None
+    files_sha256: str | None = None
+    description: str
+    refitted: list[str] = Field(default_factory=list, description="trust parts refitted after adaptation")
+    stale: list[str] = Field(default_factory=list, description="trust parts fitted for the unadapted model")
 
 
 class OverallVerdict(_Model):
@@ -257,6 +343,7 @@ class RobustnessRow(_Model):
     brier: Num
     mean_confidence: Num
     ood_flagged: Num
+    background_flagged: Num = Field(None, description="share called background (bundles with a background model)")
 
 
 class Robustness(_Model):
@@ -285,6 +372,7 @@ class ModelInfo(_Model):
 
 
 _FIELD_PARTS = ("verdict", "overall", "n_field", "features", "field", "checks", "recording_format", "per_file")
+# summary / performance / gate are written by every field run since the trust gate; older reports lack them
 
 
 class DiagnoseReport(_Model):
@@ -306,8 +394,12 @@ class DiagnoseReport(_Model):
     per_file: list[PerFileResult] | None = None
     robustness: Robustness | None = None
     model_diagnostics: Diagnostics | None = Field(description="bundle.extra['diagnostics'], null when none")
+    summary: str | None = Field(None, description="field runs: the one sentence the report opens with")
+    performance: Performance | None = Field(None, description="field runs: estimated accuracy (null without an estimator)")
+    gate: Gate | None = None
+    adaptation: AdaptationInfo | None = None
     exit_code: int
-    fail_on: Literal["drift", "ood", "any", "never"]
+    fail_on: Literal["model", "audio", "drift", "ood", "any", "never"]
 
     @model_validator(mode="after")
     def _parts_of_kind(self) -> DiagnoseReport:

@@ -10,6 +10,9 @@ when they do not, e.g. after ``tympan adapt``):
   keeps 95% of the held-out (in-distribution) clips.
 * ``bundle.reference``: the drift reference (:mod:`.reference`).
 * ``bundle.extra["diagnostics"]``: the held-out diagnostics block (:mod:`.heldout`).
+* ``bundle.extra["performance"]``: the label-free accuracy estimator (:func:`fit_performance`),
+  fitted on the held-out predictions only and, with the ESC-50 folder, validated on the held-out
+  clips under a few shifts (cross-fitted halves).
 
 The bundle is saved atomically, keeping the folder's other files.
 """
@@ -41,7 +44,7 @@ from tympan.io import to_jsonable
 from tympan.stats.ood import EnergyOOD
 from tympan.stats.temperature import calibrate_heldout
 
-__all__ = ["fit_bundle", "recompute_heldout"]
+__all__ = ["PERFORMANCE_METHOD", "fit_bundle", "fit_performance", "performance_for", "recompute_heldout"]
 
 
 def fit_bundle(
@@ -116,6 +119,12 @@ def fit_bundle(
         ho.logits, ho.labels, ho.clip_ids, classes, calibration=calib, detector=detector,
         evaluated_on=f"ESC-50 {heldout_on}, never trained on; model {bundle.name}",
         ood_logits=ood_logits, ood_label=ood_label)
+    shifted = None
+    if root and Path(root).is_dir():
+        shifted = shifted_heldout_logits(predictor, ho.clip_ids, root, progress=progress)
+    bundle.extra["performance"] = fit_performance(ho.logits, ho.labels, t, heldout_on=heldout_on,
+                                                  shifted_logits=shifted)
+    bundle.extra["performance"]["weights_sha256"] = weights_fingerprint(bundle.model)
     summ = calib["summary"]
     bundle.metrics = dict(bundle.metrics or {})
     bundle.metrics["calibration"] = {
@@ -124,6 +133,13 @@ def fit_bundle(
         "nll_before": summ["before"]["nll"], "nll_after_crossfit": summ["after"]["nll"],
         "measured_on": heldout_on, "protocol": summ["protocol"],
     }
+    adaptation = bundle.extra.get("adaptation")
+    if isinstance(adaptation, dict):  # an adapted bundle: its trust parameters now fit its own weights
+        refitted = ["temperature", "ood_threshold", "reference", "performance", "diagnostics"]
+        adaptation["refitted"] = refitted
+        adaptation["refitted_on"] = f"{heldout_on} (held-out logits of the adapted weights)"
+        adaptation["stale"] = [p for p in adaptation.get("stale") or []
+                               if p.split(".")[0] not in refitted and not p.startswith("reference.")]
     target = Path(out_dir) if out_dir else bundle_dir
     save_bundle(bundle, target, keep_files=True, heldout=ho)
     return to_jsonable({
@@ -136,6 +152,8 @@ def fit_bundle(
         "reference": {k: (v.get("fitted_on") if isinstance(v, Mapping) else v)
                       for k, v in bundle.reference.items() if k != "version"},
         "ood_metrics": bundle.extra["diagnostics"]["ood"].get("metrics"),
+        "performance": {k: bundle.extra["performance"][k] for k in ("method", "heldout_accuracy", "systematic_error",
+                                                                    "fitted_on")},
     })
 
 
@@ -165,3 +183,121 @@ def recompute_heldout(predictor: Predictor, clip_ids: Sequence[str], data_dir: s
         weights_sha256=weights_fingerprint(predictor.model),
         meta={"fold": fold, "note": "recomputed by tympan calibrate from the audio with these weights"},
         path=f"{ds.root} (recomputed)")
+
+
+#: The label-free accuracy estimator ``diagnose`` uses (chosen in benchmarks/trust.py, see docs/diagnostics.md).
+PERFORMANCE_METHOD = "atc_ne"
+#: Held-out shifts the estimator is validated on when ``calibrate`` has the ESC-50 folder (cheap, varied:
+#: harmful noise, a harmless level change, a band limit).
+VALIDATION_SHIFTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("pink_10db", "pink_noise", {"snr_db": 10.0}),
+    ("white_20db", "white_noise", {"snr_db": 20.0}),
+    ("gain_-20db", "gain", {"db": -20.0}),
+    ("lowpass_4k", "lowpass", {"cutoff_hz": 4000.0}),
+)
+#: Floor of the systematic error added to every interval (what validation on few shifts cannot rule out).
+MIN_SYSTEMATIC_ERROR = 0.02
+
+
+def shifted_heldout_logits(predictor: Predictor, clip_ids: Sequence[str], data_dir: str | Path, *,
+                           progress: bool = True) -> dict[str, np.ndarray] | None:
+    """Held-out logits under :data:`VALIDATION_SHIFTS` (per-clip seeds), or None when clips are missing."""
+    from tympan import corruptions
+
+    ds = load_esc50(data_dir)
+    by_id = {c: i for i, c in enumerate(ds.clip_ids)}
+    if list(ds.classes) != list(predictor.classes) or any(c not in by_id for c in clip_ids):
+        return None
+    sources = [(c, ds.files[by_id[c]]) for c in clip_ids]
+    out: dict[str, np.ndarray] = {}
+    for label, name, params in VALIDATION_SHIFTS:
+        def shift(y: np.ndarray, sr: int, rng: np.random.Generator, _n: str = name,
+                  _p: dict[str, Any] = params) -> np.ndarray:
+            return corruptions.apply(_n, y, sr, rng, **_p)
+
+        cs = analyse_sources(predictor, sources, transform=shift, progress=progress, desc=f"validation {label}",
+                             with_acoustic=False)
+        if cs.unreadable:
+            return None
+        out[label] = cs.logits
+    return out
+
+
+def fit_performance(logits: np.ndarray, labels: np.ndarray, temperature: float, *, heldout_on: str,
+                    method: str = PERFORMANCE_METHOD, shifted_logits: Mapping[str, np.ndarray] | None = None,
+                    n_splits: int = 10) -> dict[str, Any]:
+    """The ``performance`` block: an accuracy estimator fitted on HELD-OUT predictions only.
+
+    ``logits``/``labels`` are the bundle's held-out predictions (never training clips). The
+    estimator is fitted on all of them with the bundle's temperature. Its systematic error (added to
+    every interval) is validated by :func:`tympan.stats.performance.crossfit_errors` on the same
+    held-out clips: clean, and under ``shifted_logits`` when given (fit on clean halves, scored on
+    the shifted other halves): the largest absolute bias, at least :data:`MIN_SYSTEMATIC_ERROR`.
+    """
+    from scipy.special import softmax
+
+    from tympan.stats.performance import crossfit_errors, make_estimator
+
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels)
+    probs = softmax(z / float(temperature), axis=1)
+    shifts = {"clean": z, **{k: np.asarray(v, np.float64) for k, v in (shifted_logits or {}).items()}}
+    validation = crossfit_errors(z, shifts, y, methods=(method,), n_splits=n_splits, seed=0)
+    biases = {k: v["methods"][method]["bias"] for k, v in validation.items()}
+    systematic = max(MIN_SYSTEMATIC_ERROR, max(abs(b) for b in biases.values()))
+    est = make_estimator(method, systematic=systematic).fit(probs, y)
+    return to_jsonable({
+        "version": 1,
+        "method": method,
+        "estimator": est.to_dict(),
+        "heldout_accuracy": est.heldout_accuracy_,
+        "temperature": float(temperature),
+        "systematic_error": systematic,
+        "fitted_on": heldout_on,
+        "validation": {
+            "protocol": (f"{n_splits} class-stratified splits of the held-out clips into halves, both ways: fitted on "
+                         "the clean half, scored on the other half (clean or shifted); bias = mean(estimate - true)"),
+            "shifts": {k: {"true_accuracy": v["true_accuracy"], "bias": v["methods"][method]["bias"],
+                           "mae": v["methods"][method]["mae"]} for k, v in validation.items()},
+        },
+        "systematic_error_rule": (f"largest |bias| over the validation shifts, at least {MIN_SYSTEMATIC_ERROR}"),
+        "stale": False,
+    })
+
+
+def performance_for(bundle: Any, bundle_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The accuracy estimator ``diagnose`` uses for ``bundle``, with its staleness said.
+
+    * the stored ``extra["performance"]`` block when it was fitted for these weights;
+    * a stored block fitted for other weights (e.g. the bundle was adapted afterwards) is returned
+      with ``stale: true`` and the reason: it is reported but does not vote in the gate;
+    * a bundle without a block, but with held-out predictions of these weights (``heldout.*``),
+      gets one fitted now on them (validated on clean held-out halves only; ``tympan calibrate
+      --data-dir`` also validates it under shifts);
+    * otherwise None.
+    """
+    fp = weights_fingerprint(bundle.model)
+    block = dict((bundle.extra or {}).get("performance") or {})
+    adaptation = (bundle.provenance or {}).get("adaptation") or {}
+    if block:
+        sha = block.get("weights_sha256")
+        if sha is not None and sha != fp and not block.get("stale"):
+            block["stale"] = True
+            block["stale_reason"] = ("fitted on the held-out predictions of other weights"
+                                     + (f" (before `tympan adapt` {adaptation.get('method')})" if adaptation else ""))
+        return block
+    if bundle_dir is None or not (Path(bundle_dir) / "heldout.json").is_file():
+        return None
+    try:
+        ho = read_heldout(bundle_dir)
+        check_heldout(ho, bundle)
+    except (StaleHeldoutError, DataError, OSError, ValueError, KeyError):
+        return None
+    fold = ho.meta.get("fold")
+    on = f"fold {fold} held-out, {len(ho.labels)} clips" if fold is not None else f"held-out, {len(ho.labels)} clips"
+    block = fit_performance(ho.logits, ho.labels, float(bundle.temperature), heldout_on=on)
+    block["weights_sha256"] = fp
+    block["note"] = ("fitted by diagnose from the bundle's held-out predictions (not stored in the bundle; validated "
+                     "on clean held-out halves only: run `tympan calibrate --data-dir ESC50` to validate under shifts)")
+    return block
+

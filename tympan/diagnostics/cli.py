@@ -4,9 +4,11 @@ Exit codes of ``diagnose``:
 
 * 0 -- no drift and no OOD excess above threshold (per ``--fail-on``), or nothing to judge
   ("insufficient data" for folders with fewer than 20 readable recordings);
-* 1 -- drift and/or an OOD rate above the expected one (per ``--fail-on``: ``drift`` = the
-  acoustic / embedding / predicted-class / confidence checks, ``ood`` = the OOD-rate check,
-  ``any`` = either (default), ``never`` = always 0);
+* 1 -- per ``--fail-on``: ``model`` (default) = the model is affected (estimated accuracy more than
+  ``--accuracy-margin`` below the held-out accuracy, OOD or background rate above expected;
+  embedding drift when the bundle has no accuracy estimator); ``audio`` = the audio differs
+  (acoustic drift, predicted-class mix); ``drift`` = the acoustic / embedding / predicted-class /
+  confidence checks; ``ood`` = the OOD-rate check; ``any`` = any check; ``never`` = always 0;
 * 2 -- error: missing or empty folder, every file unreadable, bad or missing bundle, missing
   data; one line on stderr, no traceback.
 """
@@ -25,8 +27,8 @@ import numpy as np
 EXIT_OK, EXIT_FLAGGED, EXIT_ERROR = 0, 1, 2
 
 DESCRIPTION = ("Tell when to distrust the model: drift of field recordings against the training audio, "
-               "OOD rate, calibration, confusion and robustness. Exit codes: 0 nothing above threshold, "
-               "1 drift/OOD above threshold (per --fail-on), 2 error.")
+               "OOD rate, estimated accuracy, calibration, confusion and robustness. Exit codes: 0 nothing above "
+               "threshold, 1 the model is affected (per --fail-on), 2 error.")
 
 
 def _add_diagnose_args(p: argparse.ArgumentParser) -> None:
@@ -36,8 +38,13 @@ def _add_diagnose_args(p: argparse.ArgumentParser) -> None:
                    help="model bundle (default: $TYMPAN_BUNDLE, else the shipped bundle)")
     p.add_argument("--out", type=Path, default=Path("diagnose-report"),
                    help="folder for report.json and report.html (default: ./diagnose-report)")
-    p.add_argument("--fail-on", choices=["drift", "ood", "any", "never"], default="any",
-                   help="what makes the exit code 1 (default: any)")
+    p.add_argument("--fail-on", choices=["model", "audio", "drift", "ood", "any", "never"], default="model",
+                   help="what makes the exit code 1: model = the model is affected (estimated accuracy, OOD / "
+                        "background rate; default), audio = the audio differs (acoustic drift, class mix), drift = "
+                        "any drift check, ood = the OOD rate, any = any check, never")
+    p.add_argument("--accuracy-margin", type=float, default=None,
+                   help="points (as a fraction) the estimated accuracy may fall below the held-out accuracy "
+                        "before the model counts as affected (default 0.05)")
     p.add_argument("--fit", action="store_true",
                    help="first fit the bundle's temperature, OOD threshold, drift reference and held-out "
                         "diagnostics from its held-out predictions (same as `tympan calibrate`)")
@@ -130,11 +137,27 @@ def _model_block(predictor: Any, bundle_dir: Path) -> dict[str, Any]:
             "metrics": b.metrics}
 
 
+def adaptation_block(bundle: Any) -> dict[str, Any] | None:
+    """What an adapted bundle was adapted on (provenance), for the report; None for an unadapted bundle."""
+    a = (bundle.provenance or {}).get("adaptation")
+    if not a:
+        return None
+    rep = (bundle.extra or {}).get("adaptation") or {}
+    refit = rep.get("refitted") or {}
+    stale = rep.get("stale") or []
+    desc = (f"adapted from {a.get('adapted_from')} by {a.get('method')} on {a.get('n_files')} files of "
+            f"{a.get('field_dir')} ({a.get('date')})")
+    return {"method": a.get("method"), "adapted_from": a.get("adapted_from"), "field_dir": a.get("field_dir"),
+            "n_files": a.get("n_files"), "date": a.get("date"), "files_sha256": a.get("files_sha256"),
+            "description": desc, "refitted": sorted(refit), "stale": list(stale)}
+
+
 def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress: bool = True,
                  analysis: dict[str, Any] | None = None,
-                 fail_on: str = "any") -> tuple[dict[str, Any], dict[str, Any]]:
-    """Analyse ``field_dir`` and run every drift check; returns ``(report, html_extras)``."""
+                 fail_on: str = "model", accuracy_margin: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Analyse ``field_dir`` and run every check; returns ``(report, html_extras)``."""
     from tympan.io import decode_array
+    from tympan.diagnostics.calibrate import performance_for
     from tympan.diagnostics.field import analyse_folder, drift_checks, exit_code_for
     from tympan.diagnostics.archive import (CheckRecorder, analysis_kwargs, archive_summary,
                                             failed_files_exit_code)
@@ -148,7 +171,9 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
     if len(clips) == 0:
         raise DataError(f"{field_dir}: none of the {n_files} audio files could be decoded "
                         f"(first: {clips.unreadable[0]['reason']})")
-    res = drift_checks(bundle.reference or {}, bundle.ood or {}, bundle.classes, clips)
+    perf = performance_for(bundle, bundle_dir)
+    res = drift_checks(bundle.reference or {}, bundle.ood or {}, bundle.classes, clips, performance=perf,
+                       accuracy_margin=accuracy_margin)
     if not res["checks"]:
         from tympan.errors import BundleError
 
@@ -164,7 +189,24 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
                 for f, p, c, e, w in zip(clips.ids, clips.predictions, clips.confidence, clips.energy,
                                          clips.n_windows)]
     acoustic = res["checks"].get("acoustic") or {}
+    pc = res["checks"].get("performance") or {}
+    performance = None
+    if pc.get("estimated_accuracy"):
+        ea = pc["estimated_accuracy"]
+        performance = {
+            "estimated_accuracy": {"value": ea["value"], "low": ea["low"], "high": ea["high"], "method": ea["method"]},
+            "heldout_accuracy": pc["heldout_accuracy"], "margin": pc["margin"], "n": ea["n"],
+            "interval": "95% sampling interval (Wilson score on the count above the ATC threshold; normal for "
+                        f"confidence means) widened by the validated systematic error {ea['systematic_error']:.3f}",
+            "method_description": pc.get("method_description"), "fitted_on": pc.get("fitted_on"),
+            "validation": (perf or {}).get("validation"), "stale": bool(pc.get("stale")),
+            "stale_reason": pc.get("stale_reason"), "note": (perf or {}).get("note"),
+        }
     report = {
+        "summary": res["gate"]["summary"],
+        "performance": performance,
+        "gate": res["gate"],
+        "adaptation": adaptation_block(bundle),
         "verdict": res["overall"]["verdict"],
         "overall": res["overall"],
         "n_reference": acoustic.get("n_reference"),
@@ -197,6 +239,9 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
 
 def _print_field(report: dict[str, Any]) -> None:
     f = report["field"]
+    print(report["summary"])
+    if report.get("adaptation"):
+        print(f"  bundle {report['adaptation']['description']}")
     print(f"{f['folder']}: {f['n_analysed']} recordings analysed, {f['n_unreadable']} unreadable, "
           f"{f['n_skipped']} non-audio skipped")
     for name, c in report["checks"].items():
@@ -241,7 +286,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         code = EXIT_OK
         kinds = []
         if args.field_dir is not None:
-            fr, extras = field_report(predictor, bundle_dir, args.field_dir, progress=progress, analysis=analysis_options(args), fail_on=args.fail_on)
+            fr, extras = field_report(predictor, bundle_dir, args.field_dir, progress=progress, analysis=analysis_options(args), fail_on=args.fail_on,
+                                      accuracy_margin=args.accuracy_margin)
             report.update(fr)
             code = fr["exit_code"]
             kinds.append("field")

@@ -298,10 +298,14 @@ def drift_checks(
     field: ClipSet,
     *,
     alpha: float = ALPHA_PER_CHECK,
+    performance: Mapping[str, Any] | None = None,
+    accuracy_margin: float | None = None,
 ) -> dict[str, Any]:
-    """Run every check the bundle's reference allows; returns ``{"overall", "checks", ...}``.
+    """Run every check the bundle's reference allows; returns ``{"overall", "checks", "gate", ...}``.
 
     A check without a reference (bundle not fitted) is ``"not available"`` and does not vote.
+    ``performance`` is the bundle's ``extra["performance"]`` block (the label-free accuracy
+    estimator); with it, the ``performance`` check estimates the accuracy on ``field``.
     """
     checks: dict[str, Any] = {}
     missing: list[str] = []
@@ -351,6 +355,10 @@ def drift_checks(
         checks["ood_rate"]["score"] = str((ood or {}).get("score", "energy"))
     else:
         missing.append("ood_rate")
+    if performance and (performance.get("estimator") or {}).get("method"):
+        checks["performance"] = performance_check(performance, field, margin=accuracy_margin)
+    else:
+        missing.append("performance")
     overall = overall_verdict(checks) if checks else {
         "verdict": "not available", "components": {}, "drifting_checks": [], "negligible_checks": [],
         "insufficient_checks": [], "reasons": []}
@@ -360,23 +368,169 @@ def drift_checks(
     if n < MIN_FIELD_SAMPLES:
         overall["note"] = (f"only {n} readable recordings; every check needs at least "
                            f"{MIN_FIELD_SAMPLES} (insufficient data, nothing can be concluded)")
-    return {"overall": overall, "checks": to_jsonable(checks),
-            "recording_format": recording_format(field, reference)}
+    fmt = recording_format(field, reference)
+    checks = to_jsonable(checks)
+    return {"overall": overall, "checks": checks, "recording_format": fmt,
+            "gate": gate_summary(checks, fmt, n=n)}
 
 
-FAIL_ON = ("drift", "ood", "any", "never")
+#: Default margin: the estimated accuracy must be this far below the held-out accuracy (and
+#: significantly below it) before "the model is affected".
+ACCURACY_MARGIN = 0.05
+
+
+def performance_check(performance: Mapping[str, Any], field: ClipSet, *, margin: float | None = None) -> dict[str, Any]:
+    """Estimated accuracy on ``field`` (no labels) against the held-out accuracy.
+
+    ``drift`` = the interval's upper end is below the held-out accuracy (significant) AND the
+    estimate is more than ``margin`` below it (large enough to matter); ``negligible`` = significant
+    but within the margin. A stale estimator (fitted for another model, e.g. before ``tympan
+    adapt``) is still reported, with ``stale`` and its reason, but never votes.
+    """
+    from tympan.stats.performance import estimator_from_dict
+
+    margin = ACCURACY_MARGIN if margin is None else float(margin)
+    est = estimator_from_dict(performance["estimator"])
+    heldout = float(performance.get("heldout_accuracy", est.heldout_accuracy_))
+    n = len(field)
+    e = est.estimate(field.probabilities if n else np.zeros((0, 1)), systematic=performance.get("systematic_error"))
+    stale = bool(performance.get("stale"))
+    out: dict[str, Any] = {
+        "check": "performance", "n_field": n, "heldout_accuracy": heldout, "margin": margin,
+        "estimated_accuracy": e.to_dict() if n else None, "fitted_on": performance.get("fitted_on"),
+        "method_description": (performance.get("estimator") or {}).get("description"),
+        "stale": stale, "stale_reason": performance.get("stale_reason"),
+        "criteria": {"rule": "drift when the interval's upper end < held-out accuracy and the estimate < held-out "
+                             "accuracy - margin", "margin": margin,
+                     "interval": "95% sampling interval (Wilson for ATC) widened by the validated systematic error"},
+    }
+    if n < MIN_FIELD_SAMPLES:
+        out.update(verdict=INSUFFICIENT, drop=None,
+                   message=f"only {n} recordings; the accuracy estimate needs at least {MIN_FIELD_SAMPLES}")
+        return out
+    drop = heldout - e.value
+    significant = e.high < heldout
+    verdict = DRIFT if significant and drop > margin else NEGLIGIBLE if significant else NO_DRIFT
+    msg = (f"estimated accuracy {e.value:.1%} (95% interval {e.low:.1%}-{e.high:.1%}, {e.method}) vs "
+           f"{heldout:.1%} held-out")
+    if stale:
+        msg += f"; STALE: {performance.get('stale_reason') or 'fitted for another model'} (reported, does not vote)"
+        verdict = NO_DRIFT if verdict == DRIFT else verdict
+    out.update(verdict=verdict, drop=drop, message=msg)
+    return out
+
+
+def _rate_of(check: Mapping[str, Any] | None) -> float | None:
+    if not check:
+        return None
+    v = check.get("observed_rate")
+    return float(v) if isinstance(v, int | float) else None
+
+
+def gate_summary(checks: Mapping[str, Any], fmt: Mapping[str, Any] | None, *, n: int) -> dict[str, Any]:
+    """Split the checks into "the audio differs" and "the model is affected", and say it in one sentence.
+
+    * audio differs: acoustic feature drift, the predicted-class mix, recording format notes;
+    * model affected: the estimated accuracy (``performance``), the OOD rate, any background-rate
+      check, and the embedding check when no informative accuracy estimate is available (none, stale,
+      or validated only to worse than the margin); with one, the estimate is the direct measure and
+      embedding drift is reported as supporting evidence.
+
+    ``--fail-on model`` (default) fails on the second group only.
+    """
+    verdict = {k: (v or {}).get("verdict") for k, v in checks.items()}
+    audio = [c for c in AUDIO_CHECKS if verdict.get(c) == DRIFT]
+    notes = list((fmt or {}).get("notes") or [])
+    informative = _informative(checks)
+    model_checks = [c for c in checks if _is_model_check(c, has_performance=informative)]
+    model = [c for c in model_checks if verdict.get(c) == DRIFT]
+    evidence = [c for c in ("embedding", "confidence") if verdict.get(c) == DRIFT and c not in model]
+    perf = checks.get("performance") or {}
+    ea = perf.get("estimated_accuracy")
+    parts = []
+    n_txt = f"{n:,}"
+    if ea and perf.get("verdict") != INSUFFICIENT and not informative:
+        parts.append(f"On these {n_txt} recordings the model's accuracy cannot be estimated reliably (its estimator "
+                     f"is off by up to {perf['estimated_accuracy']['systematic_error']:.0%} on validation shifts"
+                     + (", and stale" if perf.get("stale") else "") + "; embedding drift stands in for it)")
+    elif ea and perf.get("verdict") != INSUFFICIENT:
+        held = perf["heldout_accuracy"]
+        diff = (held - ea["value"]) * 100
+        rel = (f"{diff:.0f} points below its held-out accuracy of {held:.0%}" if diff >= 0.5 else
+               f"{-diff:.0f} points above its held-out accuracy of {held:.0%}" if diff <= -0.5 else
+               f"like its held-out accuracy of {held:.0%}")
+        parts.append(f"On these {n_txt} recordings the model is probably about {ea['value']:.0%} accurate "
+                     f"(95% interval {ea['low']:.0%}-{ea['high']:.0%}), {rel}")
+        if perf.get("stale"):
+            parts[-1] += " (estimator stale: " + str(perf.get("stale_reason") or "fitted for another model") + ")"
+    else:
+        parts.append(f"On these {n_txt} recordings the model's accuracy cannot be estimated"
+                     + (" (too few recordings)" if n < MIN_FIELD_SAMPLES else " (the bundle has no accuracy estimator; "
+                                                                              "run tympan calibrate)"))
+    ood = _rate_of(checks.get("ood_rate"))
+    if ood is not None:
+        parts.append(f"{ood:.0%} of the audio is unlike its training data")
+    for name in checks:
+        if "background" in name:
+            r = _rate_of(checks[name])
+            if r is not None:
+                parts.append(f"{r:.0%} is background without a sound event")
+    sentence = "; ".join(parts) + "."
+    if n < MIN_FIELD_SAMPLES:
+        action = "Too few recordings to judge; analyse at least 20."
+    elif model:
+        action = ("The model is affected (" + ", ".join(model) + "): check its predictions by ear before relying on "
+                  "them, and consider `tympan adapt` or recording closer to the source.")
+    elif audio or notes:
+        action = ("The audio differs from the training audio (" + ", ".join(audio + (["format"] if notes else []))
+                  + ") but the model is not measurably affected: safe to use as is.")
+    else:
+        action = "The recordings look like the training audio: the held-out figures apply."
+    return {"summary": f"{sentence} {action}", "model_affected": bool(model), "audio_differs": bool(audio or notes),
+            "model_checks": model_checks, "model_failing": model, "audio_checks": [c for c in AUDIO_CHECKS if c in checks],
+            "audio_failing": audio, "format_notes": notes, "supporting_evidence": evidence}
+
+
+def _informative(checks: Mapping[str, Any]) -> bool:
+    """Whether the accuracy estimate can speak for the model: present, not stale, and validated to within the margin."""
+    perf = checks.get("performance") or {}
+    ea = perf.get("estimated_accuracy") or {}
+    if not ea or perf.get("stale"):
+        return False
+    return float(ea.get("systematic_error", 1.0)) <= float(perf.get("margin", ACCURACY_MARGIN))
+
+
+def _is_model_check(name: str, *, has_performance: bool) -> bool:
+    if name in ("performance", "ood_rate") or name.startswith("ood") or "background" in name:
+        return True
+    return name == "embedding" and not has_performance
+
+
+#: ``--fail-on``: ``model`` (default) = the model is affected (estimated accuracy, OOD / background
+#: rate; embedding drift without an estimator); ``audio`` = the audio differs (acoustic drift,
+#: predicted-class mix); ``drift`` = any of the acoustic / embedding / predicted-class / confidence
+#: checks (the pre-gate behaviour); ``ood`` = the OOD-rate check; ``any`` = any check; ``never``.
+FAIL_ON = ("model", "audio", "drift", "ood", "any", "never")
+DEFAULT_FAIL_ON = "model"
 DRIFT_CHECKS = ("acoustic", "embedding", "predictions", "confidence")
+AUDIO_CHECKS = ("acoustic", "predictions")
 
 
-def exit_code_for(result: Mapping[str, Any], fail_on: str = "any") -> int:
-    """0 = nothing above threshold, 1 = drift and/or OOD above threshold (per ``fail_on``)."""
+def exit_code_for(result: Mapping[str, Any], fail_on: str = DEFAULT_FAIL_ON) -> int:
+    """0 = nothing above threshold, 1 = above threshold per ``fail_on`` (see :data:`FAIL_ON`)."""
     if fail_on not in FAIL_ON:
         raise ValueError(f"--fail-on must be one of {', '.join(FAIL_ON)}")
-    verdicts = {k: v.get("verdict") for k, v in (result.get("checks") or {}).items()}
+    checks = result.get("checks") or {}
+    verdicts = {k: (v or {}).get("verdict") for k, v in checks.items()}
+    has_perf = _informative(checks)
+    model = any(verdicts.get(c) == DRIFT for c in checks if _is_model_check(c, has_performance=has_perf))
+    audio = any(verdicts.get(c) == DRIFT for c in AUDIO_CHECKS)
     drift = any(verdicts.get(c) == DRIFT for c in DRIFT_CHECKS)
     ood = verdicts.get("ood_rate") == DRIFT
-    hit = {"drift": drift, "ood": ood, "any": drift or ood, "never": False}[fail_on]
+    anything = any(v == DRIFT for v in verdicts.values())
+    hit = {"model": model, "audio": audio, "drift": drift, "ood": ood, "any": anything, "never": False}[fail_on]
     return 1 if hit else 0
 
 
-__all__ += ["DRIFT", "INSUFFICIENT", "NEGLIGIBLE", "NO_DRIFT", "FAIL_ON", "recording_format"]
+__all__ += ["ACCURACY_MARGIN", "AUDIO_CHECKS", "DEFAULT_FAIL_ON", "DRIFT", "INSUFFICIENT", "NEGLIGIBLE", "NO_DRIFT",
+            "FAIL_ON", "gate_summary", "performance_check", "recording_format"]

@@ -108,9 +108,12 @@ def _field_section(report: DiagnoseReport, figs: _Figures, extras: Mapping[str, 
     ov, fld = report.overall, report.field
     assert ov is not None and fld is not None and report.checks is not None  # DiagnoseReport: kind has "field"
     out.append(f"<h2>Field recordings: {_e(fld.folder)}</h2>")
+    if report.summary:
+        out.append(f'<p class="summary">{_e(report.summary)}</p>')
     out.append(f"<p>{_fmt(fld.n_analysed)} recordings analysed, {_fmt(fld.n_unreadable)} unreadable, "
                f"{_fmt(fld.n_skipped)} non-audio files skipped.</p>")
-    out.append(f'<div class="verdict">Overall: {_badge(ov.verdict)}</div>')
+    out.append(_gate_section(report, figs))
+    out.append(f'<div class="verdict">All checks: {_badge(ov.verdict)}</div>')
     for r in ov.reasons:
         out.append(f"<p>• {_e(r)}</p>")
     if ov.note:
@@ -179,6 +182,43 @@ def _field_section(report: DiagnoseReport, figs: _Figures, extras: Mapping[str, 
     return "\n".join(out)
 
 
+def _gate_section(report: DiagnoseReport, figs: _Figures) -> str:
+    """Estimated accuracy, then "the model is affected" vs "the audio differs" (what the gate uses)."""
+    out = []
+    perf, gate = report.performance, report.gate
+    if perf is not None:
+        ea = perf.estimated_accuracy
+        stale = f' <span class="note">(stale: {_e(perf.stale_reason or "")})</span>' if perf.stale else ""
+        out.append("<h3>Estimated accuracy on these recordings (no labels needed)</h3>")
+        out.append(_table(["estimated accuracy", "95% interval", "held-out accuracy", "method", "recordings"], [
+            [f"{ea.value:.1%}{stale}", f"{ea.low:.1%} – {ea.high:.1%}", f"{perf.heldout_accuracy:.1%}",
+             _e(perf.method_description or ea.method), perf.n]], raw_cols=(0, 1, 2, 3)))
+        out.append(f'<p class="small">Interval: {_e(perf.interval)}. Estimator fitted on: {_e(perf.fitted_on or "")}. '
+                   f"The model counts as affected when the interval lies below the held-out accuracy and the estimate "
+                   f"is more than {perf.margin:.0%} below it.{(' ' + _e(perf.note)) if perf.note else ''}</p>")
+        out.append(figs(figures.accuracy_estimate(perf)))
+    if gate is not None:
+        def names(xs: Sequence[str]) -> str:
+            return _e(", ".join(xs) or "none")
+
+        out.append(_table(["question", "answer", "from", "failing"], [
+            ["is the model affected? (default --fail-on model)",
+             _badge("drift" if gate.model_affected else "no drift"), names(gate.model_checks), names(gate.model_failing)],
+            ["does the audio differ? (reported, --fail-on audio)",
+             _badge("drift" if gate.audio_differs else "no drift"), names(gate.audio_checks + (["format"] if gate.format_notes else [])),
+             names(gate.audio_failing + (["format"] if gate.format_notes else []))],
+        ], raw_cols=(0, 1, 2, 3)))
+        if gate.supporting_evidence:
+            out.append(f'<p class="small">Also drifting (supporting evidence, not voting while an accuracy estimate '
+                       f"exists): {names(gate.supporting_evidence)}.</p>")
+    a = report.adaptation
+    if a is not None:
+        out.append(f'<p class="note">This bundle was {_e(a.description)}. Refitted after adaptation: '
+                   f'{_e(", ".join(a.refitted) or "nothing")}; stale (fitted for the unadapted model): '
+                   f'{_e(", ".join(a.stale) or "nothing")}.</p>')
+    return "\n".join(out)
+
+
 def _model_section(diag: Diagnostics | None, figs: _Figures) -> str:
     if diag is None:
         return ("<h2>Model diagnostics</h2><p>This bundle stores no held-out diagnostics; run "
@@ -233,7 +273,7 @@ table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}
 .badge{color:#fff;border-radius:4px;padding:1px 7px;font-size:12px;white-space:nowrap}
-.verdict{font-size:20px;margin:8px 0}.note{color:#8a5300}.small{font-size:12px;color:#555}
+.verdict{font-size:20px;margin:8px 0}.summary{font-size:18px;font-weight:600;margin:10px 0}.note{color:#8a5300}.small{font-size:12px;color:#555}
 .fig{margin:12px 0}code{background:#f3f3f3;padding:1px 4px}
 """
 

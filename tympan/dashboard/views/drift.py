@@ -129,6 +129,7 @@ def show_report(name: str, data: Any) -> None:
                  "'feature' or 'name' plus p_value / effect size / verdict)")
         return
     st.subheader(f"Report: {name}")
+    show_trust(data)
     counts = pd.Series([r["verdict"] for r in report.rows], dtype=object).value_counts()
     c1, c2, c3 = st.columns(3)
     verdict = report.verdict or ("drift" if counts.get("drift", 0) else "no drift")
@@ -162,3 +163,39 @@ def show_report(name: str, data: Any) -> None:
     p_names = {r["p_name"] for r in report.rows if r["p_name"]}
     e_names = {r["effect_name"] for r in report.rows if r["effect_name"]}
     st.caption(f"p-value: {', '.join(sorted(p_names)) or 'n/a'}; effect size: {', '.join(sorted(e_names)) or 'n/a'}.")
+
+
+def show_trust(data: Any) -> None:
+    """The report's opening sentence, the estimated accuracy and the gate's two questions (newer reports)."""
+    if not (isinstance(data, dict) and "tympan_report" in data and data.get("summary")):
+        return
+    from tympan.contracts.report import DiagnoseReport
+
+    doc = DiagnoseReport.model_validate(data)  # parse_drift_report has validated it already
+    gate = doc.gate
+    (st.error if gate is not None and gate.model_affected else st.success)(doc.summary)
+    if doc.adaptation is not None:
+        a = doc.adaptation
+        st.info(f"This bundle was {a.description}. Refitted after adaptation: {', '.join(a.refitted) or 'nothing'}; "
+                f"stale: {', '.join(a.stale) or 'nothing'}.")
+    perf = doc.performance
+    if perf is not None:
+        ea = perf.estimated_accuracy
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Estimated accuracy", f"{ea.value:.1%}", f"{(ea.value - perf.heldout_accuracy) * 100:+.1f} points "
+                  "vs held-out", delta_color="normal")
+        c2.metric("95% interval", f"{ea.low:.1%} – {ea.high:.1%}")
+        c3.metric("Held-out accuracy", f"{perf.heldout_accuracy:.1%}")
+        st.plotly_chart(figures.accuracy_estimate(perf), key="accuracy_estimate")
+        st.caption(f"Method: {perf.method_description or ea.method}. Interval: {perf.interval}. Fitted on: "
+                   f"{perf.fitted_on}." + (f" Stale: {perf.stale_reason}." if perf.stale else ""))
+    if gate is not None:
+        st.dataframe(pd.DataFrame([
+            {"question": "Is the model affected? (gates the exit code by default)",
+             "answer": "yes" if gate.model_affected else "no", "failing": ", ".join(gate.model_failing) or "–",
+             "from": ", ".join(gate.model_checks)},
+            {"question": "Does the audio differ? (reported)", "answer": "yes" if gate.audio_differs else "no",
+             "failing": ", ".join(gate.audio_failing + (["format"] if gate.format_notes else [])) or "–",
+             "from": ", ".join(gate.audio_checks)},
+        ]), hide_index=True)
+
