@@ -441,3 +441,14 @@ def read_window_table(path: Path) -> list[dict[str, Any]]:
         return pq.read_table(path).to_pylist()
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def write_window_table(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """A whole window table at once (atomic): CSV, or Parquet by suffix (merged shard results)."""
+    path = Path(path)
+    cols = window_columns()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".parquet":
+        _write_parquet_atomic(path, [_arrow_table(list(rows), cols)], _arrow_schema(cols))
+    else:
+        atomic_write_text(path, _csv_text(rows, cols, header=True))
