@@ -312,3 +312,79 @@ def test_robustness_sweep(fitted_bundle: Path, synthetic_dir: Path, tmp_path: Pa
     assert all(0 <= r["ece"] <= 1 for r in rows.values())
     assert "white_0db" in capsys.readouterr().out
     assert "Robustness under controlled corruptions" in (out / "report.html").read_text()
+
+
+# --------------------------------------------------------------------------- trust: accuracy estimate, gate, adaptation
+def test_accuracy_estimator_is_fitted_on_heldout_predictions_only(fitted_bundle: Path, synthetic_dir: Path) -> None:
+    """Fails if a training fold leaks into the estimator: it must reproduce a fit on heldout.* alone."""
+    from scipy.special import softmax
+
+    from tympan.bundle import read_heldout
+    from tympan.datasets import load_esc50
+    from tympan.stats.performance import ATCEstimator, estimator_from_dict
+
+    b = load_bundle(fitted_bundle)
+    perf = b.extra["performance"]
+    ho = read_heldout(fitted_bundle)
+    est = estimator_from_dict(perf["estimator"])
+    assert perf["estimator"]["n_fit"] == len(ho.labels) == int(np.sum(load_esc50(synthetic_dir).folds == 5))
+    assert "fold 5" in perf["fitted_on"] and perf["weights_sha256"] == b.weights_fingerprint
+    probs = softmax(ho.logits / b.temperature, axis=1)
+    assert perf["heldout_accuracy"] == pytest.approx(np.mean(probs.argmax(1) == ho.labels))
+    ref = ATCEstimator(perf["estimator"]["score"]).fit(probs, ho.labels)
+    assert est.threshold_ == pytest.approx(ref.threshold_)
+    # validated on held-out halves under the calibrate shifts (synthetic ESC-50 folder given)
+    assert {"clean", "pink_10db", "gain_-20db"} <= set(perf["validation"]["shifts"])
+    assert perf["systematic_error"] >= max(abs(v["bias"]) for v in perf["validation"]["shifts"].values())
+
+
+def test_report_opens_with_estimated_accuracy(fitted_bundle: Path, shifted_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    _diagnose("--field-dir", str(shifted_dir), "--bundle", str(fitted_bundle), "--out", str(out))
+    rep = json.loads((out / "report.json").read_text())
+    ea = rep["performance"]["estimated_accuracy"]
+    assert set(ea) == {"value", "low", "high", "method"} and ea["low"] <= ea["value"] <= ea["high"]
+    classes = rep["model"]["classes"]
+    true = np.mean([int(Path(p["file"]).stem.split("-")[-1]) == classes.index(p["predicted"]) for p in rep["per_file"]])
+    assert ea["low"] <= true <= ea["high"]  # the generated shift's true accuracy lies in the interval
+    assert rep["summary"].startswith("On these 40 recordings the model")
+    assert rep["gate"]["audio_differs"]
+    html = (out / "report.html").read_text()
+    assert "Estimated accuracy" in html and "On these 40 recordings" in html
+
+
+def _adapt(*argv: str) -> int:
+    from tympan.cli import main
+
+    return main(["adapt", *argv])
+
+
+def test_adapted_bundle_marks_trust_stale_or_refits(fitted_bundle: Path, shifted_dir: Path, clean_dir: Path,
+                                                    synthetic_dir: Path, tmp_path: Path) -> None:
+    stale_dir, refit_dir = tmp_path / "adapted", tmp_path / "refitted"
+    assert _adapt("--bundle", str(fitted_bundle), "--field-dir", str(shifted_dir), "--out", str(stale_dir)) == 0
+    a = load_bundle(stale_dir)
+    assert a.extra["performance"]["stale"] and "tympan adapt" in a.extra["performance"]["stale_reason"]
+    assert {"temperature", "ood_threshold", "performance", "reference.embedding"} <= set(a.extra["adaptation"]["stale"])
+    assert a.extra["adaptation"]["refitted"] == []
+    out = tmp_path / "rep"
+    _diagnose("--field-dir", str(clean_dir), "--bundle", str(stale_dir), "--out", str(out))
+    rep = json.loads((out / "report.json").read_text())
+    assert "adabn" in rep["adaptation"]["description"] and str(shifted_dir) in rep["adaptation"]["description"]
+    assert "performance" in rep["adaptation"]["stale"]
+    assert rep["performance"]["stale"] and rep["checks"]["performance"]["stale"]
+    assert rep["checks"]["performance"]["verdict"] != "drift"  # a stale estimator never votes
+    assert "stale" in rep["summary"]
+    assert "adapted from" in (out / "report.html").read_text()
+
+    # with --data-dir: refitted on the held-out clips with the adapted weights
+    assert _adapt("--bundle", str(fitted_bundle), "--field-dir", str(shifted_dir), "--out", str(refit_dir),
+                  "--data-dir", str(synthetic_dir)) == 0
+    r = load_bundle(refit_dir)
+    assert not r.extra["performance"]["stale"] and r.extra["performance"]["weights_sha256"] == r.weights_fingerprint
+    assert {"temperature", "ood_threshold", "performance"} <= set(r.extra["adaptation"]["refitted"])
+    assert not {"temperature", "ood_threshold", "performance"} & set(r.extra["adaptation"]["stale"])
+    out2 = tmp_path / "rep2"
+    _diagnose("--field-dir", str(clean_dir), "--bundle", str(refit_dir), "--out", str(out2))
+    rep2 = json.loads((out2 / "report.json").read_text())
+    assert not rep2["performance"]["stale"] and "performance" in rep2["adaptation"]["refitted"]

@@ -263,5 +263,35 @@ def finish_bundle(bundle: Bundle, model: nn.Module, record: dict[str, Any], repo
     if report.get("labelled"):
         metrics["field_labelled"] = report["labelled"]
     extra = copy.deepcopy(bundle.extra)
-    extra["adaptation"] = report
+    stale = stale_trust_parts(bundle)
+    reason = (f"fitted on the held-out predictions of the model before `tympan adapt` ({record.get('method')}); "
+              "refit with `tympan calibrate --bundle DIR --data-dir ESC50`")
+    if isinstance(extra.get("performance"), dict):
+        extra["performance"] = {**extra["performance"], "stale": True, "stale_reason": reason}
+    extra["adaptation"] = {**report, "stale": stale, "stale_reason": reason if stale else None, "refitted": []}
+    if stale:
+        report.setdefault("warnings", []).append(
+            "fitted for the unadapted model and now stale: " + ", ".join(stale)
+            + " (reports say so; refit with `tympan calibrate --bundle OUT --data-dir ESC50`, or adapt with --data-dir)")
     return bundle.replace(model=model, provenance=provenance, metrics=metrics, extra=extra, name=name)
+
+
+def stale_trust_parts(bundle: Bundle) -> list[str]:
+    """Trust parameters of ``bundle`` fitted on its current weights' outputs (stale once the weights change)."""
+    parts = []
+    if float(bundle.temperature) != 1.0:
+        parts.append("temperature")
+    if (bundle.ood or {}).get("threshold") is not None:
+        parts.append("ood_threshold")
+    ref = bundle.reference or {}
+    for key in ("embedding", "predictions", "confidence", "energy", "ood_rate"):
+        if ref.get(key):
+            parts.append(f"reference.{key}")
+    extra = bundle.extra or {}
+    if extra.get("performance"):
+        parts.append("performance")
+    if extra.get("diagnostics"):
+        parts.append("diagnostics")
+    for where, d in (("reference", ref), ("extra", extra), ("ood", bundle.ood or {})):
+        parts += [f"{where}.{k}" for k in d if "background" in str(k).lower() or str(k).lower() in ("knn", "ood_knn")]
+    return parts

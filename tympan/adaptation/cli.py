@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -36,7 +37,16 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
         new, report = adapt_bundle(bundle, args.field_dir, batch_size=args.batch_size,
                                    max_windows=args.max_windows, seed=args.seed, name=args.name)
-    new.save(out)
+    new.save(out)  # held-out predictions of the old weights do not belong to the new bundle
+    if args.data_dir and (Path(args.bundle) / "heldout.json").is_file():
+        # refit temperature, OOD threshold, drift reference and accuracy estimator: the source bundle's
+        # held-out clip ids, recomputed from the ESC-50 folder with the adapted weights
+        from tympan.diagnostics.calibrate import fit_bundle
+
+        print(f"refitting the trust parameters of {out} on ESC-50 held-out clips from {args.data_dir}", file=sys.stderr)
+        fit_bundle(out, heldout=args.bundle, data_dir=args.data_dir, progress=False,
+                   log=lambda *a: print(*a, file=sys.stderr))
+        report = (load_bundle(out).extra or {}).get("adaptation", report)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -56,6 +66,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         print(f"  clean ESC-50 held-out fold {e['folds']}: {e['before']:.1%} before, {e['after']:.1%} after ({e['n']} clips)")
     for w in report["warnings"]:
         print(f"  warning: {w}")
+    if report.get("refitted"):
+        print(f"  refitted on ESC-50 held-out clips: {', '.join(report['refitted'])}")
     return 0
 
 
@@ -78,7 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cap on field windows held in memory; beyond it every k-th window is used (default 4000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", help="CSV with columns file,class (files relative to --field-dir)")
-    p.add_argument("--data-dir", help="ESC-50 folder for replay (default: $TYMPAN_ESC50_DIR)")
+    p.add_argument("--data-dir", help="ESC-50 folder: replay for --labels, and refitting the adapted bundle's "
+                                      "temperature, OOD threshold, drift reference and accuracy estimator on its "
+                                      "held-out clips (without it they are kept and marked stale)")
     p.add_argument("--last-stage", action="store_true", help="also fine-tune the last stage (slower)")
     p.add_argument("--no-replay", action="store_true", help="fine-tune without ESC-50 replay (may forget)")
     p.add_argument("--replay-ratio", type=float, default=4.0,
