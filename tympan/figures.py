@@ -252,7 +252,7 @@ def accuracy_estimate(performance: Performance, *, title: str = "Estimated accur
     """The label-free accuracy estimate with its 95% interval, against the held-out accuracy and the gate's margin."""
     ea = performance.estimated_accuracy
     held, margin = performance.heldout_accuracy, performance.margin
-    colour = RED if (ea.high < held and ea.value < held - margin) else BLUE
+    colour = RED if ea.high < held - margin else BLUE
     fig = go.Figure(go.Scatter(
         x=[ea.value * 100], y=["estimated"], mode="markers", marker=dict(size=14, color=colour),
         error_x=dict(type="data", symmetric=False, array=[(ea.high - ea.value) * 100],

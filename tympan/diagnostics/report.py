@@ -194,8 +194,8 @@ def _gate_section(report: DiagnoseReport, figs: _Figures) -> str:
             [f"{ea.value:.1%}{stale}", f"{ea.low:.1%} – {ea.high:.1%}", f"{perf.heldout_accuracy:.1%}",
              _e(perf.method_description or ea.method), perf.n]], raw_cols=(0, 1, 2, 3)))
         out.append(f'<p class="small">Interval: {_e(perf.interval)}. Estimator fitted on: {_e(perf.fitted_on or "")}. '
-                   f"The model counts as affected when the interval lies below the held-out accuracy and the estimate "
-                   f"is more than {perf.margin:.0%} below it.{(' ' + _e(perf.note)) if perf.note else ''}</p>")
+                   f"The model counts as affected when the whole interval lies more than {perf.margin:.0%} below the "
+                   f"held-out accuracy.{(' ' + _e(perf.note)) if perf.note else ''}</p>")
         out.append(figs(figures.accuracy_estimate(perf)))
     if gate is not None:
         def names(xs: Sequence[str]) -> str:
