@@ -111,15 +111,83 @@ def _beta_from_uniform(beta: torch.distributions.Beta, u: Tensor) -> Tensor:
     return grid[idx].float()
 
 
+def draw_batch(b: int, n_mels: int, frames: int, cfg: AugmentConfig, gen: torch.Generator) -> dict[str, Any]:
+    """Every random number :func:`apply_draws` needs for one batch, drawn on the CPU from ``gen``.
+
+    The draws are the same numbers, in the same order, that the step-by-step functions above
+    take from ``gen`` (so a seed gives the same batches as before), but they are small CPU
+    tensors that the training loop can draw for a whole epoch at once and move to the device
+    in one copy: no per-step host-device traffic and no host synchronisation.
+    """
+    d: dict[str, Any] = {"b": b}
+    if cfg.roll:
+        d["shift"] = (torch.rand(b, generator=gen) * frames).long()
+    if cfg.gain_db > 0:
+        db = (torch.rand(b, generator=gen) * 2 - 1) * cfg.gain_db
+        d["gain"] = db * math.log(10.0) / 10.0 / cfg.norm_std
+    if cfg.mixup_alpha > 0 and float(torch.rand(1, generator=gen)) < cfg.mixup_prob and b >= 2:
+        u = torch.rand(b, generator=gen)
+        lam = _beta_from_uniform(torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha), u)
+        d["lam"] = torch.maximum(lam, 1 - lam)
+        d["perm"] = torch.randperm(b, generator=gen)
+    for key, n_masks, frac, size in (("fmask", cfg.freq_masks, cfg.freq_width, n_mels),
+                                     ("tmask", cfg.time_masks, cfg.time_width, frames)):
+        max_width = min(int(frac * size), size)
+        if n_masks <= 0 or int(frac * size) <= 0:
+            continue
+        spans = []
+        for _ in range(n_masks):
+            width = (torch.rand(b, generator=gen) * (max_width + 1)).long()
+            start = (torch.rand(b, generator=gen) * (size - width + 1).float()).long()
+            spans.append(torch.stack([start, width], 1))
+        d[key] = torch.stack(spans, 1)  # (b, n_masks, 2)
+    return d
+
+
+def _apply_mask(x: Tensor, spans: Tensor, axis: int) -> Tensor:
+    b, size = x.shape[0], x.shape[axis]
+    fill = x.mean(dim=(1, 2, 3), keepdim=True)
+    pos = torch.arange(size, device=x.device)
+    start, end = spans[..., 0], spans[..., 0] + spans[..., 1]  # (b, n_masks)
+    masked = ((pos[None, None] >= start[..., None]) & (pos[None, None] < end[..., None])).any(1)
+    shape = [b, 1, 1, 1]
+    shape[axis] = size
+    return torch.where(~masked.view(*shape), x, fill)
+
+
+def apply_draws(x: Tensor, y: Tensor, d: dict[str, Any], field: Any = None) -> tuple[Tensor, Tensor]:
+    """Apply the augmentations drawn by :func:`draw_batch` (tensors already on ``x``'s device).
+
+    ``field`` is an optional callable ``x -> x`` (the log-mel field augmentation of
+    :mod:`tympan.training.field_augment`), applied after the roll and before gain and Mixup.
+    """
+    if "shift" in d:
+        frames = x.shape[-1]
+        idx = (torch.arange(frames, device=x.device)[None] - d["shift"][:, None]) % frames
+        x = torch.gather(x, 3, idx[:, None, None, :].expand_as(x))
+    if field is not None:
+        x = field(x)
+    if "gain" in d:
+        x = x + d["gain"].to(x.dtype).view(-1, 1, 1, 1)
+    if "lam" in d:
+        lam, perm = d["lam"].to(x.dtype), d["perm"]
+        x = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm]
+        y = lam.view(-1, 1).to(y.dtype) * y + (1 - lam.view(-1, 1).to(y.dtype)) * y[perm]
+    if "fmask" in d:
+        x = _apply_mask(x, d["fmask"], 2)
+    if "tmask" in d:
+        x = _apply_mask(x, d["tmask"], 3)
+    return x, y
+
+
+def draws_to(d: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """The draws with every tensor moved to ``device`` (non-blocking)."""
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in d.items()}
+
+
 def augment_batch(
     x: Tensor, y: Tensor, cfg: AugmentConfig, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """Apply the configured augmentations to a training batch; ``y`` are soft targets ``(B, C)``."""
-    if cfg.roll:
-        x = random_roll(x, gen)
-    x = random_gain(x, cfg.gain_db, cfg.norm_std, gen)
-    if cfg.mixup_alpha > 0 and float(torch.rand(1, generator=gen)) < cfg.mixup_prob:
-        x, y = mixup(x, y, cfg.mixup_alpha, gen)
-    x = mask_axis(x, cfg.freq_masks, int(cfg.freq_width * x.shape[2]), 2, gen)
-    x = mask_axis(x, cfg.time_masks, int(cfg.time_width * x.shape[3]), 3, gen)
-    return x, y
+    d = draws_to(draw_batch(x.shape[0], x.shape[2], x.shape[3], cfg, gen), x.device)
+    return apply_draws(x, y, d)

@@ -102,6 +102,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.augment = AugmentConfig(
             mixup_alpha=args.mixup, norm_std=frontend.norm_std,
         )
+        from tympan.training.recipes import apply_recipe
+
+        config = apply_recipe(config, args.recipe)
+        config.checkpoint_every = args.checkpoint_every
         config.validate()
         from tympan.models import UnknownArchitectureError, build_model
 
@@ -126,7 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra = augmented_feature_copies(load_esc50(data_dir), frontend, config.field_augment,
                                          seed=config.seed, p=config.field_augment_p, progress=not args.quiet)
     print(f"run dir: {run_dir}")
-    print(f"arch {config.arch} {config.arch_params or ''}, front end {frontend.name}, held-out folds {holdout}, "
+    print(f"recipe {config.recipe}, arch {config.arch} {config.arch_params or ''}, front end {frontend.name}, "
+          f"held-out folds {holdout}, "
           f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr}, device {config.device}")
     results = run_cv(features, config, holdout, run_dir, data_info=info, progress=not args.quiet,
                      max_folds=args.max_folds, extra=extra)
@@ -182,6 +187,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="mix N field-like corrupted copies of each training clip into training "
                         "(noise, gain, EQ/band-limiting, codecs, reverb; see tympan.corruptions)")
     p.add_argument("--field-augment-p", type=float, default=0.5, help="probability of each corruption")
+    p.add_argument("--recipe", default="robust", choices=["baseline", "robust"],
+                   help="robust (default): + on-the-fly log-mel field augmentation; baseline: the recipe "
+                        "without it (the earlier shipped model's)")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="write the resumable checkpoint every N epochs (default 1; written in the background)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--run-dir", help="where logs, checkpoints and results go (default runs/<time>-<arch>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")

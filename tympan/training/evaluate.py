@@ -28,12 +28,15 @@ def predict_logits(
     features: Any,
     batch_size: int = 64,
     device: str | torch.device | None = None,
-) -> np.ndarray:
+    as_tensor: bool = False,
+) -> np.ndarray | torch.Tensor:
     """Logits ``(N, n_classes)`` (float32) of a bundle or model over log-mels ``(N, 1, mels, frames)``.
 
     ``features`` is a :class:`~tympan.cache.FeatureSet`, a NumPy array (memory-mapped is fine)
     or a tensor; float16 input is widened to float32 first. The model runs in eval mode (the
-    caller's train/eval mode is restored afterwards).
+    caller's train/eval mode is restored afterwards). ``as_tensor`` returns the logits as a
+    float32 tensor left on the device (no host synchronisation; the training loop's per-epoch
+    validation).
     """
     model = bundle.model if isinstance(bundle, Bundle) else bundle
     array = _as_array(features)
@@ -50,11 +53,15 @@ def predict_logits(
             chunk = array[lo : lo + batch_size]
             x = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.array(chunk))
             x = x.to(device=device, dtype=torch.float32)
-            out.append(model(x).float().cpu())
+            y = model(x).float()
+            out.append(y if as_tensor else y.cpu())
     finally:
         model.train(was_training)
     if not out:
-        return np.zeros((0, getattr(model, "n_classes", 0)), np.float32)
+        empty = np.zeros((0, getattr(model, "n_classes", 0)), np.float32)
+        return torch.from_numpy(empty).to(device) if as_tensor else empty
+    if as_tensor:
+        return torch.cat(out)
     return torch.cat(out).numpy().astype(np.float32)
 
 

@@ -1,9 +1,17 @@
 """Train one fold: AdamW + OneCycleLR + label smoothing + Mixup/SpecAugment, from cached log-mels.
 
-An epoch costs only the network: features come from :mod:`tympan.cache` (memory-mapped,
-read once into RAM), augmentation runs on the batch tensor. A checkpoint is written
-atomically after every epoch, so an interrupted fold resumes at the next epoch with the same
-optimizer, schedule and random-generator state. Model selection never looks at the held-out
+An epoch costs only the network. The loop is device-resident: the fold's training and
+held-out features are moved to the device once (float16 stays float16 there), every batch is
+gathered and augmented on the device (:func:`~tympan.training.augment.apply_draws`, and the
+log-mel field augmentation of :mod:`tympan.training.field_augment`), the random numbers of a
+whole epoch's augmentation are drawn on the CPU up front and copied over in one transfer, and
+loss and accuracy are summed on the device and read once per epoch, so no step waits for the
+host. On CUDA it runs under bfloat16 autocast (no loss scaler and so no per-step sync of its
+inf check; float16 with a scaler where bfloat16 is missing). A checkpoint is written
+atomically every ``checkpoint_every`` epochs (and after the last) from a CPU copy of the
+state, by a background thread, so training does not wait for the disk; an interrupted fold
+resumes at the next checkpointed epoch with the same optimizer, schedule and random-generator
+state. Model selection never looks at the held-out
 fold: the fold's result is the model after its last epoch (validation numbers per epoch are
 logged for curves only).
 """
@@ -33,8 +41,9 @@ from tympan.models import (
     get_spec,
     uniform_param_groups,
 )
-from tympan.training.augment import AugmentConfig, augment_batch
+from tympan.training.augment import AugmentConfig, apply_draws, draw_batch
 from tympan.training.evaluate import predict_logits
+from tympan.training.field_augment import MelFieldAugment, MelFieldConfig, noise_bank_rows
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -66,16 +75,25 @@ class TrainConfig:
     #: see :func:`tympan.training.field_augment.augmented_feature_copies`
     field_augment: int = 0
     field_augment_p: float = 0.5
+    #: on-the-fly field augmentation of the log-mels (off by default here; the ``robust``
+    #: recipe of :mod:`tympan.training.recipes` turns it on)
+    field_mel: MelFieldConfig = field(default_factory=MelFieldConfig)
+    #: write the resumable checkpoint every N epochs (and after the last one)
+    checkpoint_every: int = 1
+    #: name of the recipe the config was built from (``baseline``, ``robust``; informational)
+    recipe: str = "baseline"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["augment"] = self.augment.to_dict()
+        d["field_mel"] = self.field_mel.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         d["augment"] = AugmentConfig(**d.get("augment", {}))
+        d["field_mel"] = MelFieldConfig.from_dict(d.get("field_mel"))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -88,6 +106,12 @@ class TrainConfig:
             raise TrainingConfigError("--lr must be a positive number")
         if self.field_augment < 0 or not 0 <= self.field_augment_p <= 1:
             raise TrainingConfigError("--field-augment must be >= 0 and --field-augment-p in [0, 1]")
+        if self.checkpoint_every < 1:
+            raise TrainingConfigError("--checkpoint-every must be at least 1")
+        try:
+            self.field_mel.validate()
+        except ValueError as exc:
+            raise TrainingConfigError(str(exc)) from None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -165,6 +189,71 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _to_cpu(obj: Any) -> Any:
+    """A CPU copy of a (nested) state: tensors are cloned, so training can go on modifying its own."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+class _BackgroundSaver:
+    """Writes checkpoints on one background thread; at most one write in flight."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tympan-ckpt")
+        self._pending: Any = None
+
+    def submit(self, path: Path, state: dict[str, Any]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(_save_checkpoint, path, state)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()  # re-raises a failed write
+            self._pending = None
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _epoch_draws(sizes: list[int], n_mels: int, frames: int, cfg: AugmentConfig, gen: torch.Generator,
+                 device: torch.device) -> list[dict[str, Any]]:
+    """Every step's augmentation draws for one epoch, drawn in step order, moved in one copy."""
+    per_step = [draw_batch(b, n_mels, frames, cfg, gen) for b in sizes]
+    keys = sorted({k for d in per_step for k, v in d.items() if isinstance(v, torch.Tensor)})
+    if device.type == "cpu" or not keys:
+        return per_step
+    flat, spans, offset = [], [], 0
+    for d in per_step:
+        row = []
+        for k in keys:
+            if k in d:
+                v = d[k].to(torch.float64).reshape(-1)  # exact for int64 < 2**53 and float32
+                row.append((k, tuple(d[k].shape), offset))
+                flat.append(v)
+                offset += v.numel()
+        spans.append(row)
+    buf = torch.cat(flat).pin_memory().to(device, non_blocking=True) if flat else None
+    out = []
+    for d, row in zip(per_step, spans):
+        dev = {k: v for k, v in d.items() if not isinstance(v, torch.Tensor)}
+        for k, shape, off in row:
+            n = math.prod(shape)
+            v = buf[off : off + n].view(shape)
+            dev[k] = v.long() if d[k].dtype == torch.int64 else v.float()
+        out.append(dev)
+    return out
+
+
 def train_fold(
     features: Any,
     train_idx: np.ndarray,
@@ -200,7 +289,8 @@ def train_fold(
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     groups = param_groups(model, config)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    opt_kwargs = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **opt_kwargs)
     extra_idx = np.zeros(0, dtype=np.int64)
     if extra is not None:
         extra_idx = np.flatnonzero(~np.isin(extra.folds, np.unique(features.folds[val_idx])))
@@ -215,7 +305,11 @@ def train_fold(
     )
     gen = torch.Generator().manual_seed(config.seed * 1000 + fold)
     use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    # bfloat16 needs no loss scaling; the scaler's inf check would sync the host every step
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
     start_epoch, history, past_seconds = 0, [], 0.0
     ckpt_path = fold_dir / CHECKPOINT
@@ -233,94 +327,119 @@ def train_fold(
         start_epoch, history, past_seconds = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["seconds"])
         log(f"fold {fold}: resuming after epoch {start_epoch}/{config.epochs}")
 
-    # Training features in RAM (float16 caches stay float16 until a batch is drawn).
-    x_train = torch.from_numpy(np.ascontiguousarray(features.features[np.sort(train_idx)]))
-    y_train = torch.from_numpy(features.labels[np.sort(train_idx)])
+    # The fold's features go to the device once (float16 caches stay float16 there); batches
+    # are gathered, widened and augmented on the device.
+    train_sorted = np.sort(train_idx)
+    x_train = torch.from_numpy(np.ascontiguousarray(features.features[train_sorted]))
+    y_train = torch.from_numpy(features.labels[train_sorted])
     if len(extra_idx):
         x_train = torch.cat([x_train, torch.from_numpy(np.ascontiguousarray(extra.features[extra_idx]))])
         y_train = torch.cat([y_train, torch.from_numpy(extra.labels[extra_idx])])
         log(f"fold {fold}: {len(extra_idx)} field-augmented training rows added")
+    x_train, y_train = x_train.to(device), y_train.to(device)
     val_sorted = np.sort(val_idx)
-    x_val = np.ascontiguousarray(features.features[val_sorted])
+    x_val = torch.from_numpy(np.ascontiguousarray(features.features[val_sorted])).to(device)
     y_val = features.labels[val_sorted]
+    y_val_dev = torch.from_numpy(y_val).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    n_mels, frames = int(x_train.shape[2]), int(x_train.shape[3])
+    field_aug = None
+    if config.field_mel.enabled:
+        bank_rows = noise_bank_rows(features, train_sorted)  # training folds only, never the held-out one
+        bank = torch.from_numpy(np.ascontiguousarray(features.features[bank_rows])) if len(bank_rows) else None
+        field_aug = MelFieldAugment(config.field_mel, features.frontend, device, noise_bank=bank)
+        log(f"fold {fold}: log-mel field augmentation on ({len(bank_rows)} noise-like training clips as real noise)")
+    dev_gen = torch.Generator(device=device) if field_aug is not None else None
+    sizes = [min(config.batch_size, n_train - s * config.batch_size) for s in range(steps)]
+    saver = _BackgroundSaver()
 
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n_train, generator=gen)
-        total_loss = total_correct = seen = 0.0
-        bar = tqdm(range(steps), desc=f"fold {fold} epoch {epoch + 1}/{config.epochs}", unit="batch",
-                   disable=not progress, leave=False)
-        for step in bar:
-            idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
-            x = x_train[idx].to(device=device, dtype=torch.float32)
-            y = F.one_hot(y_train[idx], n_classes).float().to(device)
-            x, y_soft = augment_batch(x, y, config.augment, gen)
-            x = x.contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y_soft, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            b = len(idx)
-            total_loss += float(loss.detach()) * b
-            total_correct += float((logits.argmax(1) == y_soft.argmax(1)).sum())
-            seen += b
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-        val_logits = predict_logits(model, x_val, batch_size=config.eval_batch_size, device=device)
-        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
-        val_acc = float((val_logits.argmax(1) == y_val).mean())
-        epoch_seconds = time.perf_counter() - t0
-        past_seconds += epoch_seconds
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": total_loss / seen,
-            "train_acc": total_correct / seen,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": optimizer.param_groups[-1]["lr"],
-            "seconds": epoch_seconds,
-            "train_seconds": train_seconds,
-        }
-        history.append(row)
-        log(
-            f"fold {fold} epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} "
-            f"val loss {val_loss:.3f} val acc {val_acc:.3f} ({epoch_seconds:.1f} s)"
-        )
-        if writer is not None:
-            writer.add_scalar("loss/train", row["train_loss"], epoch + 1)
-            writer.add_scalar("loss/val", val_loss, epoch + 1)
-            writer.add_scalar("accuracy/train_mixed", row["train_acc"], epoch + 1)
-            writer.add_scalar("accuracy/val", val_acc, epoch + 1)
-            for g in optimizer.param_groups:
-                writer.add_scalar(f"lr/{g.get('name', 'group')}", g["lr"], epoch + 1)
-            writer.add_scalar("time/epoch_seconds", epoch_seconds, epoch + 1)
-            writer.flush()
-        _save_checkpoint(
-            ckpt_path,
-            {
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            model.train()
+            perm = torch.randperm(n_train, generator=gen).to(device, non_blocking=True)
+            draws = _epoch_draws(sizes, n_mels, frames, config.augment, gen, device)
+            if dev_gen is not None:
+                dev_gen.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+            field_fn = None if field_aug is None else (lambda z: field_aug(z, gen, dev_gen))
+            total_loss = torch.zeros((), device=device)
+            total_correct = torch.zeros((), device=device)
+            seen = 0
+            bar = tqdm(range(steps), desc=f"fold {fold} epoch {epoch + 1}/{config.epochs}", unit="batch",
+                       disable=not progress, leave=False)
+            for step in bar:
+                idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
+                x = x_train[idx].float()
+                y = F.one_hot(y_train[idx], n_classes).float()
+                x, y_soft = apply_draws(x, y, draws[step], field_fn)
+                x = x.contiguous(memory_format=memory_format)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y_soft, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                b = sizes[step]
+                total_loss += loss.detach() * b  # summed on the device: no host sync per step
+                total_correct += (logits.detach().argmax(1) == y_soft.argmax(1)).sum()
+                seen += b
+            bar.close()
+            train_seconds = time.perf_counter() - t0  # steps queued (on CUDA: not yet all run)
+            val_logits_dev = predict_logits(model, x_val, batch_size=config.eval_batch_size, device=device,
+                                            as_tensor=True)
+            val_loss_dev = F.cross_entropy(val_logits_dev, y_val_dev)
+            val_correct_dev = (val_logits_dev.argmax(1) == y_val_dev).sum()
+            # the one host synchronisation of the epoch
+            sums = torch.stack([total_loss, total_correct.float(), val_loss_dev, val_correct_dev.float()]).cpu()
+            epoch_seconds = time.perf_counter() - t0
+            past_seconds += epoch_seconds
+            val_loss, val_acc = float(sums[2]), float(sums[3]) / len(y_val)
+            row = {
                 "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                "history": history,
-                "seconds": past_seconds,
-            },
-        )
+                "train_loss": float(sums[0]) / seen,
+                "train_acc": float(sums[1]) / seen,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": optimizer.param_groups[-1]["lr"],
+                "seconds": epoch_seconds,
+                "train_seconds": train_seconds,
+            }
+            history.append(row)
+            log(
+                f"fold {fold} epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} "
+                f"val loss {val_loss:.3f} val acc {val_acc:.3f} ({epoch_seconds:.1f} s)"
+            )
+            if writer is not None:
+                writer.add_scalar("loss/train", row["train_loss"], epoch + 1)
+                writer.add_scalar("loss/val", val_loss, epoch + 1)
+                writer.add_scalar("accuracy/train_mixed", row["train_acc"], epoch + 1)
+                writer.add_scalar("accuracy/val", val_acc, epoch + 1)
+                for g in optimizer.param_groups:
+                    writer.add_scalar(f"lr/{g.get('name', 'group')}", g["lr"], epoch + 1)
+                writer.add_scalar("time/epoch_seconds", epoch_seconds, epoch + 1)
+                writer.flush()
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                saver.submit(ckpt_path, _to_cpu({
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                    "history": history,
+                    "seconds": past_seconds,
+                }))
+    finally:
+        saver.close()
 
     model = model.to(memory_format=torch.contiguous_format).eval()
     logits = predict_logits(model, x_val, batch_size=config.eval_batch_size, device=device)
     accuracy = float((logits.argmax(1) == y_val).mean())
+    del x_train, x_val
     return FoldResult(
         fold=fold,
         accuracy=accuracy,
