@@ -14,7 +14,7 @@ from tympan.datasets.ood import build_ood_set
 
 
 def test_builds_decodable_clips_with_manifest(tmp_path: Path) -> None:
-    root = build_ood_set(tmp_path / "ood", n_speech=2, n_music=2)
+    root = build_ood_set(tmp_path / "ood", n_speech=14, n_music=3)
     with open(root / "manifest.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     kinds = {r["kind"] for r in rows}
@@ -26,8 +26,13 @@ def test_builds_decodable_clips_with_manifest(tmp_path: Path) -> None:
     for r in rows:
         d = load_audio(root / r["file"], None)
         assert d.source_sample_rate == 16_000 and d.waveform.shape == (80_000,)
-    silence = load_audio(root / "generated" / "silence.flac").waveform
-    assert np.all(silence == 0)
+    # evaluation clips never share a voice, soundfont or sound theme with development clips
+    assert {r["split"] for r in rows} <= {"dev", "eval"} and {r["split"] for r in rows if r["kind"] == "generated"} == {
+        "dev", "eval"}
+    for kind, key in (("speech", lambda r: r["source"].split(" -s ")[0]), ("music", lambda r: r["source"].split()[1])):
+        dev = {key(r) for r in rows if r["kind"] == kind and r["split"] == "dev"}
+        ev = {key(r) for r in rows if r["kind"] == kind and r["split"] == "eval"}
+        assert not dev & ev, (kind, dev & ev)
     speech = [r for r in rows if r["kind"] == "speech"]
     for r in speech:
         assert np.sqrt(np.mean(load_audio(root / r["file"]).waveform ** 2)) > 0.01

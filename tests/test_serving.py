@@ -161,7 +161,7 @@ def test_predict_json_matches_contract(client: httpx.Client, bundle_dir: Path) -
     body = r.json()
     PredictResponse.model_validate(body)
     assert set(body) == {"model", "top_k", "ood", "uncertain", "uncertain_reasons", "audio", "windows",
-                         "aggregate", "temperature", "warnings", "timing_ms"}  # no logits unless asked
+                         "aggregate", "temperature", "warnings", "timing_ms", "background"}  # no logits unless asked
     assert body["audio"] == {"duration_s": 2.0, "sample_rate": 44_100, "channels": 2, "format": "WAV",
                              "subtype": "PCM_16"}
     assert len(body["top_k"]) == 2 and body["top_k"][0]["probability"] >= body["top_k"][1]["probability"]

@@ -43,6 +43,7 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "bundle.json"
 HELDOUT_TENSORS = "heldout.safetensors"
 HELDOUT_META = "heldout.json"
+ARRAYS_FILE = "trust.safetensors"
 BUNDLE_ENV = "TYMPAN_BUNDLE"
 
 
@@ -64,6 +65,11 @@ class Bundle:
     ood: dict[str, Any] = field(default_factory=lambda: {"score": "energy", "temperature": 1.0, "threshold": None})
     #: drift reference statistics (acoustic features and embeddings), see ``tympan.diagnostics``
     reference: dict[str, Any] = field(default_factory=dict)
+    #: background detector (``tympan.stats.background.BackgroundDetector.to_dict``), or empty
+    background: dict[str, Any] = field(default_factory=dict)
+    #: fitted arrays too big for JSON (e.g. ``ood_bank``: training embeddings for the k-NN OOD
+    #: score), stored in ``trust.safetensors``
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     #: free-form extras (calibration details, held-out predictions summary, ...)
@@ -88,6 +94,7 @@ class Bundle:
             "frontend": self.frontend.to_dict(),
             "temperature": float(self.temperature),
             "ood": self.ood,
+            "background": self.background,
             "reference": self.reference,
             "metrics": self.metrics,
             "provenance": self.provenance,
@@ -143,12 +150,17 @@ def save_bundle(bundle: Bundle, directory: str | Path, *, keep_files: bool = Fal
     with atomic_dir(directory) as tmp:
         if keep_files and directory.is_dir():
             for item in directory.iterdir():
-                if item.name in (META_FILE, WEIGHTS_FILE) or item.name.startswith("."):
+                if item.name in (META_FILE, WEIGHTS_FILE, ARRAYS_FILE) or item.name.startswith("."):
                     continue
                 if heldout is not None and item.name in (HELDOUT_TENSORS, HELDOUT_META):
                     continue
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "arch": bundle.arch})
+        (tmp / ARRAYS_FILE).unlink(missing_ok=True)  # a kept copy belongs to the old bundle
+        if bundle.arrays:
+            from safetensors.numpy import save_file as save_np
+
+            save_np({k: np.ascontiguousarray(v) for k, v in bundle.arrays.items()}, str(tmp / ARRAYS_FILE))
         (tmp / META_FILE).write_text(text + "\n", encoding="utf-8")
         if heldout is not None:
             heldout.write(tmp)
@@ -319,6 +331,14 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
         frontend = FrontendConfig.from_dict(meta["frontend"])
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{directory}: bad front-end config: {exc}") from None
+    arrays: dict[str, np.ndarray] = {}
+    if (directory / ARRAYS_FILE).is_file():
+        from safetensors.numpy import load_file as load_np
+
+        try:
+            arrays = dict(load_np(str(directory / ARRAYS_FILE)))
+        except Exception as exc:  # safetensors raises its own types
+            raise BundleError(f"{directory / ARRAYS_FILE}: cannot read ({exc})") from None
     return Bundle(
         model=model,
         arch=arch["name"],
@@ -327,6 +347,8 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
         frontend=frontend,
         temperature=float(meta.get("temperature", 1.0)),
         ood=dict(meta.get("ood") or {}),
+        background=dict(meta.get("background") or {}),
+        arrays=arrays,
         reference=dict(meta.get("reference") or {}),
         metrics=dict(meta.get("metrics") or {}),
         provenance=dict(meta.get("provenance") or {}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AudioInfo", "ClassScore", "ExplainResponse", "FeatureMap", "LogMelInfo", "ModelRef", "OODInfo", "PredictResponse", "Prediction", "Saliency", "WaveformInfo", "WindowPrediction"]
+__all__ = ["BackgroundInfo", "AudioInfo", "ClassScore", "ExplainResponse", "FeatureMap", "LogMelInfo", "ModelRef", "OODInfo", "PredictResponse", "Prediction", "Saliency", "WaveformInfo", "WindowPrediction"]
 
 
 class ClassScore(BaseModel):
@@ -21,9 +21,10 @@ class ModelRef(BaseModel):
 
 
 class OODInfo(BaseModel):
-    score_name: str = Field("energy", examples=["energy"])
-    score: float = Field(description="energy = -T*logsumexp(logits/T); higher = more out-of-distribution",
-                         examples=[-7.2])
+    score_name: str = Field("energy", description="`energy`, or `energy+knn`: the larger of the standardised "
+                            "energy and k-NN embedding distance", examples=["energy"])
+    score: float = Field(description="energy = -T*logsumexp(logits/T), or the energy+knn score; higher = more "
+                                     "out-of-distribution", examples=[-7.2])
     threshold: float | None = Field(description="fitted on held-out clips; null when none was fitted",
                                     examples=[-4.1])
     out_of_distribution: bool = Field(examples=[False])
@@ -43,6 +44,16 @@ class WindowPrediction(BaseModel):
     top_k: list[ClassScore]
     ood_score: float = Field(examples=[-7.2])
     out_of_distribution: bool = Field(examples=[False])
+    background: bool | None = Field(None, description="only background (hiss, hum, rumble, room tone), no "
+                                    "foreground event; null when the bundle has no background detector")
+    background_score: float | None = Field(None, description="probability of background (0..1)")
+
+
+class BackgroundInfo(BaseModel):
+    background: bool = Field(description="true when no window holds a foreground sound event", examples=[False])
+    share_of_windows: float = Field(description="share of the recording's windows that are background only",
+                                    examples=[0.0])
+    threshold: float = Field(description="background probability above which a window is background")
 
 
 class Prediction(BaseModel):
@@ -52,8 +63,11 @@ class Prediction(BaseModel):
 
     top_k: list[ClassScore] = Field(description="aggregated over windows (see `aggregate`)")
     ood: OODInfo
-    uncertain: bool = Field(description="out of distribution, or top-1 probability below the floor, "
-                                        "or top-1/top-2 margin below the minimum")
+    background: BackgroundInfo | None = Field(
+        None, description="whether the recording holds a foreground sound event; null when the bundle has no "
+                          "background detector")
+    uncertain: bool = Field(description="out of distribution, background only, or top-1 probability below "
+                                        "the floor, or top-1/top-2 margin below the minimum")
     uncertain_reasons: list[str] = Field(
         description="why `uncertain` is set; also the note 'no OOD threshold fitted' when the bundle "
                     "has no threshold (that note alone does not set `uncertain`)",

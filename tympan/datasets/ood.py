@@ -1,10 +1,16 @@
 """A real out-of-distribution audio set built from Debian packages (nothing downloaded).
 
-None of it belongs to ESC-50's 50 classes: synthesised speech (espeak-ng), music rendered
-from generated MIDI with a General MIDI soundfont (fluidsynth), desktop notification sounds
-(sound-theme-freedesktop, gnome-audio), and generated noise, tones, sweeps, DTMF and silence.
+None of it belongs to ESC-50's 50 classes: synthesised speech in several languages
+(espeak-ng), music rendered from generated MIDI through several General MIDI soundfonts
+(fluidsynth), desktop notification sounds of several themes (freedesktop, GNOME, Oxygen,
+Deepin, Yaru), and generated noise, tones, sweeps, chirps and DTMF. Silence, hiss, hum and
+other background lives in :mod:`tympan.datasets.background`.
 ``scripts/build_ood_set.sh`` installs the packages and rebuilds it; every clip is 5 s of
-16 kHz mono FLAC, listed with its source in ``manifest.csv``.
+16 kHz mono FLAC, listed with its kind, source and split in ``manifest.csv``.
+
+The ``split`` column keeps part of the set for evaluation only, by SOURCE, so an evaluation
+clip never shares a voice, a soundfont or a sound theme with the clips scores are developed
+on: ``dev`` (choose and tune methods) and ``eval`` (report).
 """
 
 from __future__ import annotations
@@ -35,12 +41,21 @@ SENTENCES = [
     "She sells sea shells by the sea shore every summer.",
     "The committee will announce its decision next week.",
 ]
-VOICES = ["en", "en-us", "en+f3", "en+m3", "de", "fr", "es", "it"]
-SOUNDFONTS = ["/usr/share/sounds/sf2/TimGM6mb.sf2", "/usr/share/sounds/sf2/FluidR3_GM.sf2",
-              "/usr/share/sounds/sf2/default-GM.sf2"]
+#: (voice, split): evaluation voices are languages and speakers never used in development
+VOICES = [("en", "dev"), ("en-us", "dev"), ("en+f3", "dev"), ("de", "dev"), ("fr", "dev"), ("es", "dev"),
+          ("nl", "dev"), ("pl", "dev"), ("en+m3", "eval"), ("it", "eval"), ("pt", "eval"), ("sv", "eval"),
+          ("cs", "eval"), ("fi", "eval")]
+#: (soundfont, split), the first that exists of each group; MuseScore's is kept for evaluation
+SOUNDFONTS = [(("/usr/share/sounds/sf2/TimGM6mb.sf2",), "dev"),
+              (("/usr/share/sounds/sf3/FluidR3Mono_GM.sf3", "/usr/share/sounds/sf2/FluidR3_GM.sf2"), "dev"),
+              (("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3",
+                "/usr/share/sounds/sf3/MuseScore_General.sf3"), "eval")]
 SOUND_DIRS = ["/usr/share/sounds"]
-# General MIDI programs: piano, organ, guitar, strings, trumpet, flute, synth lead, choir
-PROGRAMS = [0, 19, 24, 48, 56, 73, 80, 52]
+#: sound themes kept for evaluation (path parts); every other theme is development material
+EVAL_THEMES = ("Yaru", "deepin")
+# General MIDI programs: piano, e-piano, organ, guitars, bass, strings, brass, reeds, flute,
+# synth lead and pad, choir, vibraphone, marimba
+PROGRAMS = [0, 4, 19, 24, 29, 33, 48, 56, 61, 65, 73, 80, 88, 52, 11, 12]
 
 
 def _write_clip(path: Path, y: np.ndarray, sr: int, seconds: float) -> None:
@@ -85,36 +100,48 @@ def _speech(dest: Path, sr: int, seconds: float, rng: np.random.Generator, n: in
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
-            voice, text = VOICES[i % len(VOICES)], SENTENCES[i % len(SENTENCES)]
+            (voice, split), text = VOICES[i % len(VOICES)], SENTENCES[i % len(SENTENCES)]
             speed = int(rng.integers(130, 190))
+            pitch = int(rng.integers(30, 70))
             wav = Path(tmp) / "s.wav"
-            subprocess.run([exe, "-v", voice, "-s", str(speed), "-w", str(wav), text], check=True,
-                           capture_output=True, timeout=60)
+            try:
+                subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text],
+                               check=True, capture_output=True, timeout=60)
+            except subprocess.CalledProcessError:  # a voice this espeak-ng lacks
+                continue
             y = load_audio(wav, sr).waveform
             name = f"speech/speech-{i:03d}.flac"
             _write_clip(dest / name, y, sr, seconds)
-            rows.append({"file": name, "kind": "speech", "source": f"espeak-ng -v {voice} -s {speed}: {text}"})
+            rows.append({"file": name, "kind": "speech", "split": split,
+                         "source": f"espeak-ng -v {voice} -s {speed} -p {pitch}: {text}"})
     return rows
 
 
 def _music(dest: Path, sr: int, seconds: float, rng: np.random.Generator, n: int) -> list[dict]:
     exe = shutil.which("fluidsynth")
-    fonts = [f for f in SOUNDFONTS if Path(f).is_file()]
+    fonts = [(next(f for f in group if Path(f).is_file()), split) for group, split in SOUNDFONTS
+             if any(Path(f).is_file() for f in group)]
     if not exe or not fonts:
         return []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
-            program = PROGRAMS[i % len(PROGRAMS)]
-            font = fonts[i % len(fonts)]
+            program = PROGRAMS[(i // len(fonts)) % len(PROGRAMS)]
+            font, split = fonts[i % len(fonts)]
             mid, wav = Path(tmp) / "m.mid", Path(tmp) / "m.wav"
             _midi_file(mid, program, rng, seconds)
             subprocess.run([exe, "-ni", "-q", "-g", "0.8", "-r", str(sr), "-F", str(wav), font, str(mid)],
                            check=True, capture_output=True, timeout=120)
-            y = load_audio(wav, sr).waveform
+            try:
+                y = load_audio(wav, sr).waveform
+            except AudioError:  # a soundfont without this program renders nothing
+                continue
+            if np.abs(y).max() < 1e-3:
+                continue
             name = f"music/music-{i:03d}.flac"
             _write_clip(dest / name, y, sr, seconds)
-            rows.append({"file": name, "kind": "music", "source": f"fluidsynth {Path(font).name} GM program {program}"})
+            rows.append({"file": name, "kind": "music", "split": split,
+                         "source": f"fluidsynth {Path(font).name} GM program {program}"})
     return rows
 
 
@@ -132,45 +159,56 @@ def _ui_sounds(dest: Path, sr: int, seconds: float) -> list[dict]:
             if np.abs(y).max() < 1e-3:
                 continue
             seen.add(p.name)
-            name = f"notification/{p.stem}.flac"
+            theme = next((t for t in EVAL_THEMES if t in p.parts), None)
+            name = f"notification/{p.parent.name}-{p.stem}.flac"
             _write_clip(dest / name, y, sr, seconds)
-            rows.append({"file": name, "kind": "notification", "source": str(p)})
+            rows.append({"file": name, "kind": "notification", "split": "eval" if theme else "dev",
+                         "source": str(p)})
     return rows
 
 
 def _generated(dest: Path, sr: int, seconds: float, rng: np.random.Generator) -> list[dict]:
+    """Noise, tones, sweeps, chirps, DTMF, square waves; odd variants kept for evaluation."""
     n = int(seconds * sr)
     t = np.arange(n) / sr
     clips: dict[str, np.ndarray] = {}
-    for level in (0.01, 0.1, 0.5):
+    for level in (0.01, 0.03, 0.1, 0.3, 0.5):
         clips[f"white-noise-{level}"] = rng.standard_normal(n) * level / 3
         white = np.fft.rfft(rng.standard_normal(n))
         pink = np.fft.irfft(white / np.sqrt(np.maximum(np.arange(len(white)), 1)), n)
         clips[f"pink-noise-{level}"] = pink / np.abs(pink).max() * level
-    for f in (100, 440, 1000, 3000, 6000):
+        brown = np.cumsum(rng.standard_normal(n))
+        brown -= np.convolve(brown, np.ones(801) / 801, mode="same")
+        clips[f"brown-noise-{level}"] = brown / np.abs(brown).max() * level
+    for f in (100, 250, 440, 1000, 2000, 3000, 6000):
         clips[f"tone-{f}hz"] = 0.3 * np.sin(2 * np.pi * f * t)
-    clips["sweep-up"] = 0.3 * np.sin(2 * np.pi * np.cumsum(np.linspace(50, 7000, n)) / sr)
-    clips["sweep-down"] = clips["sweep-up"][::-1].copy()
+    for lo, hi in ((50, 7000), (200, 3000), (1000, 6000)):
+        up = 0.3 * np.sin(2 * np.pi * np.cumsum(np.linspace(lo, hi, n)) / sr)
+        clips[f"sweep-{lo}-{hi}-up"], clips[f"sweep-{lo}-{hi}-down"] = up, up[::-1].copy()
+    chirps = np.zeros(n)
+    for k in range(10):
+        s0, seg = int(k * 0.5 * sr), t[: int(0.08 * sr)]
+        chirps[s0 : s0 + len(seg)] = 0.3 * np.sin(2 * np.pi * (2000 * seg + 20000 * seg**2))
+    clips["chirps"] = chirps
     dtmf = np.zeros(n)
     for k, (lo, hi) in enumerate([(697, 1209), (770, 1336), (852, 1477), (941, 1209)] * 3):
-        s = int(k * 0.4 * sr)
+        s0 = int(k * 0.4 * sr)
         seg = t[: int(0.25 * sr)]
-        dtmf[s : s + len(seg)] = 0.2 * (np.sin(2 * np.pi * lo * seg) + np.sin(2 * np.pi * hi * seg))
+        dtmf[s0 : s0 + len(seg)] = 0.2 * (np.sin(2 * np.pi * lo * seg) + np.sin(2 * np.pi * hi * seg))
     clips["dtmf"] = dtmf
-    clips["silence"] = np.zeros(n)
-    clips["near-silence"] = rng.standard_normal(n) * 1e-4
-    clips["square-200hz"] = 0.2 * np.sign(np.sin(2 * np.pi * 200 * t))
+    for f in (120, 200, 800):
+        clips[f"square-{f}hz"] = 0.2 * np.sign(np.sin(2 * np.pi * f * t))
     rows = []
-    for key, y in clips.items():
+    for i, (key, y) in enumerate(clips.items()):
         name = f"generated/{key}.flac"
         _write_clip(dest / name, y, sr, seconds)
-        rows.append({"file": name, "kind": "generated", "source": key})
+        rows.append({"file": name, "kind": "generated", "split": "eval" if i % 2 else "dev", "source": key})
     return rows
 
 
 def build_ood_set(
-    dest: str | Path, *, sample_rate: int = 16_000, seconds: float = 5.0, n_speech: int = 40,
-    n_music: int = 40, seed: int = 0,
+    dest: str | Path, *, sample_rate: int = 16_000, seconds: float = 5.0, n_speech: int = 84,
+    n_music: int = 96, seed: int = 0,
 ) -> Path:
     """Write the OOD set to ``dest`` (atomically); categories whose tools are missing are skipped."""
     rng = np.random.default_rng(seed)
@@ -182,7 +220,7 @@ def build_ood_set(
                 + _ui_sounds(tmp, sample_rate, seconds)
                 + _generated(tmp, sample_rate, seconds, rng))
         with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=["file", "kind", "source"])
+            w = csv.DictWriter(f, fieldnames=["file", "kind", "split", "source"])
             w.writeheader()
             w.writerows(rows)
     return Path(dest)

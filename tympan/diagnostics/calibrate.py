@@ -38,6 +38,7 @@ from tympan.datasets import load_esc50, locate_data_dir
 from tympan.diagnostics.field import ClipSet, analyse_folder, analyse_sources, make_predictor
 from tympan.diagnostics.heldout import heldout_diagnostics
 from tympan.diagnostics.reference import build_reference, esc50_clipset, train_folds_of
+from tympan.diagnostics.trust import fit_trust
 from tympan.errors import DataError
 from tympan.inference import Predictor
 from tympan.io import to_jsonable
@@ -57,6 +58,7 @@ def fit_bundle(
     out_dir: str | Path | None = None,
     progress: bool = True,
     log: Any = print,
+    trust: bool = True,
 ) -> dict[str, Any]:
     """Fit temperature, OOD threshold, drift reference and held-out diagnostics; save atomically.
 
@@ -91,6 +93,7 @@ def fit_bundle(
 
     # training clips: acoustic features + embeddings
     train: ClipSet | None = None
+    trust_fit: dict[str, Any] | None = None
     fitted_on = "no training clips (no ESC-50 folder given)"
     if root and Path(root).is_dir():
         full = load_esc50(root)
@@ -101,6 +104,9 @@ def fit_bundle(
         log(f"reference: {len(ds)} training clips of folds {folds} from {root}")
         train = esc50_clipset(predictor, ds, progress=progress)
         fitted_on = f"ESC-50 folds {', '.join(map(str, folds))} ({len(ds)} training clips) at {root}"
+        if trust:  # energy + k-NN OOD score and the background detector (tympan.diagnostics.trust)
+            trust_fit = fit_trust(bundle, predictor, full, folds, ho.clip_ids, ood_dir=ood_dir, progress=progress,
+                                  log=log)
     else:
         log("warning: no ESC-50 folder (--data-dir / $TYMPAN_ESC50_DIR): acoustic and embedding "
             "references are not fitted; diagnose --field-dir will skip those checks")
@@ -146,6 +152,7 @@ def fit_bundle(
         "bundle": str(target),
         "heldout": ho.path,
         "heldout_weights_sha256": ho.weights_sha256,
+        "trust": trust_fit,
         "temperature": t,
         "ood": bundle.ood,
         "calibration": {k: summ[k] for k in ("protocol", "before", "after", "after_in_sample", "ece_noise_floor")},

@@ -22,6 +22,7 @@ from tympan.io import to_jsonable
 from tympan.stats.calibration import calibration_metrics
 from tympan.errors import DataError
 from tympan.inference import Predictor, aggregate
+from tympan.stats.background import level_features
 
 __all__ = ["SweepItem", "default_sweep", "run_sweep"]
 
@@ -123,19 +124,23 @@ def run_sweep(
     ids, files, labels, where = heldout_clips(bundle_dir, data_dir, max_clips, seed)
     sr = int(predictor.config.sample_rate)
     waves = [predictor.decode(p).waveform for p in tqdm(files, desc="decoding", unit="clip", disable=not progress)]
-    t, thr = float(predictor.temperature), predictor.ood_threshold
+    t, thr = float(predictor.temperature), predictor.params.threshold
     rows = []
     clean_acc = None
     for item in tqdm(items, desc="robustness", unit="corruption", disable=not progress):
-        logits, index = [], []
+        embs, logits, levels, index = [], [], [], []
         for pos, y in enumerate(waves):
             if item.corruption is not None:
                 y = corruptions.apply(item.corruption, y, sr, np.random.default_rng([seed, pos]), **item.params)
             w, _ = frame_windows(y, predictor.config.clip_samples)
-            logits.append(predictor.logits(w))
+            e, z = predictor.forward(w)
+            embs.append(e)
+            logits.append(z)
+            levels.append(level_features(w, sr))
             index.append(np.full(len(w), pos))
-        scores = aggregate(np.concatenate(logits), predictor.params, np.concatenate(index), len(waves))
-        probs, energy = scores.probabilities, scores.energy
+        scores = aggregate(np.concatenate(logits), predictor.params, np.concatenate(index), len(waves),
+                           embeddings=np.concatenate(embs), levels=np.concatenate(levels))
+        probs = scores.probabilities
         m = calibration_metrics(probs, labels)
         if item.corruption is None:
             clean_acc = m["accuracy"]
@@ -144,7 +149,8 @@ def run_sweep(
             "description": item.description, "accuracy": m["accuracy"],
             "accuracy_drop": None if clean_acc is None else clean_acc - m["accuracy"],
             "ece": m["ece"], "nll": m["nll"], "brier": m["brier"], "mean_confidence": m["mean_confidence"],
-            "ood_flagged": None if thr is None else float(np.mean(energy > thr)),
+            "ood_flagged": None if scores.threshold is None else float(np.mean(scores.out_of_distribution)),
+            "background_flagged": None if scores.background is None else float(np.mean(scores.background)),
         })
     return to_jsonable({
         "evaluated_on": where, "n_clips": len(ids), "sample_rate": sr, "temperature": t,

@@ -171,3 +171,230 @@ def ood_metrics(scores_in: Any, scores_out: Any) -> dict[str, Any]:
         "score_orientation": "higher = more out-of-distribution",
         "fpr_definition": "share of OOD clips accepted at the threshold keeping 95% of in-distribution clips",
     }
+
+
+# --------------------------------------------------------------------------- #
+# scores on the embedding
+# --------------------------------------------------------------------------- #
+def _as_embeddings(x: Any) -> np.ndarray:
+    e = np.asarray(x, dtype=np.float64)
+    if e.ndim != 2:
+        raise ValueError(f"expected embeddings of shape (n_samples, dim), got {e.shape}")
+    return e
+
+
+def _unit(e: np.ndarray) -> np.ndarray:
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+class KNNOOD(BaseEstimator):
+    """Distance to the k-th nearest training embedding (Sun, Ming, Zhu, Li, "Out-of-Distribution
+    Detection with Deep Nearest Neighbors", ICML 2022): ``1 - cos`` to the k-th closest of the
+    L2-normalised training embeddings. Higher = more out-of-distribution.
+
+    ``fit(bank)`` stores the (normalised) training embeddings; the threshold keeps ``tpr`` of
+    ``heldout`` (embeddings of in-distribution clips the model never trained on).
+    """
+
+    def __init__(self, k: int = 10, tpr: float = 0.95) -> None:
+        self.k = k
+        self.tpr = tpr
+
+    def fit(self, X: Any, y: Any = None, *, heldout: Any | None = None) -> Self:
+        bank = _unit(_as_embeddings(X))
+        if len(bank) < self.k:
+            raise ValueError(f"need at least k={self.k} reference embeddings, got {len(bank)}")
+        self.bank_ = bank.astype(np.float32)
+        self.n_features_in_ = bank.shape[1]
+        self.threshold_ = None
+        if heldout is not None:
+            self.threshold_ = float(np.quantile(self.decision_function(heldout), self.tpr))
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "bank_")
+        e = _unit(_as_embeddings(X)).astype(np.float32)
+        out = np.empty(len(e))
+        for lo in range(0, len(e), 512):  # (512 x n_bank) similarities at a time: bounded memory
+            sim = e[lo : lo + 512] @ self.bank_.T
+            out[lo : lo + 512] = 1.0 - np.partition(sim, -self.k, axis=1)[:, -self.k]
+        return out
+
+    def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "threshold_")
+        if self.threshold_ is None:
+            raise ValueError("no threshold: fit with heldout=...")
+        return self.decision_function(X) > self.threshold_
+
+
+class MahalanobisOOD(BaseEstimator):
+    """Smallest Mahalanobis distance to a class mean under a shared covariance (Lee, Lee, Lee, Shin,
+    "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial
+    Attacks", NeurIPS 2018); the covariance is Ledoit-Wolf shrunk (scikit-learn)."""
+
+    def __init__(self, tpr: float = 0.95) -> None:
+        self.tpr = tpr
+
+    def fit(self, X: Any, y: Any, *, heldout: Any | None = None) -> Self:
+        from sklearn.covariance import LedoitWolf
+
+        e = _as_embeddings(X)
+        y = np.asarray(y, np.int64)
+        self.classes_ = np.unique(y)
+        self.means_ = np.stack([e[y == c].mean(axis=0) for c in self.classes_])
+        centred = e - self.means_[np.searchsorted(self.classes_, y)]
+        self.precision_ = LedoitWolf().fit(centred).precision_
+        self.n_features_in_ = e.shape[1]
+        self.threshold_ = None
+        if heldout is not None:
+            self.threshold_ = float(np.quantile(self.decision_function(heldout), self.tpr))
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "means_")
+        e = _as_embeddings(X)
+        d = e[:, None, :] - self.means_[None]
+        return np.sqrt(np.maximum(np.einsum("ncd,de,nce->nc", d, self.precision_, d).min(axis=1), 0))
+
+
+__all__ += ["KNNOOD", "MahalanobisOOD"]
+
+
+class CombinedOOD(BaseEstimator):
+    """The larger of the standardised energy and k-NN scores: OOD when either says so.
+
+    Energy catches inputs the classifier has no strong logit for (speech); the k-NN distance
+    catches inputs whose embedding is far from every training clip even when one logit is
+    large (music, chimes, pure noise confidently called church bells or rain). Each score is
+    standardised with the mean and std of held-out in-distribution clips, so neither dominates
+    by its units; the threshold keeps ``tpr`` of those clips.
+    """
+
+    def __init__(self, k: int = 10, tpr: float = 0.95, temperature: float = 1.0) -> None:
+        self.k = k
+        self.tpr = tpr
+        self.temperature = temperature
+
+    def fit(self, bank: Any, heldout_embeddings: Any, heldout_logits: Any) -> Self:
+        """``bank``: training-clip embeddings; ``heldout_*``: clips the model never trained on."""
+        self.knn_ = KNNOOD(k=self.k, tpr=self.tpr).fit(bank)
+        e = EnergyOOD.score(heldout_logits, self.temperature)
+        d = self.knn_.decision_function(heldout_embeddings)
+        self.energy_loc_, self.energy_scale_ = float(np.mean(e)), float(np.std(e) + 1e-9)
+        self.knn_loc_, self.knn_scale_ = float(np.mean(d)), float(np.std(d) + 1e-9)
+        self.threshold_ = float(np.quantile(self.combine(e, d), self.tpr))
+        self.n_features_in_ = self.knn_.n_features_in_
+        return self
+
+    score_name = "energy+knn"
+
+    def window_scores(self, energy: np.ndarray, embeddings: Any) -> np.ndarray:
+        """The prediction path's window score from the window energies and embeddings."""
+        return self.combine(energy, self.knn_.decision_function(embeddings))
+
+    def combine(self, energy: np.ndarray, knn_distance: np.ndarray) -> np.ndarray:
+        """Window scores from the two raw scores (what the prediction path calls)."""
+        return np.maximum((np.asarray(energy) - self.energy_loc_) / self.energy_scale_,
+                          (np.asarray(knn_distance) - self.knn_loc_) / self.knn_scale_)
+
+    def decision_function(self, embeddings: Any, logits: Any) -> np.ndarray:
+        check_is_fitted(self, "knn_")
+        return self.combine(EnergyOOD.score(logits, self.temperature), self.knn_.decision_function(embeddings))
+
+    def predict(self, embeddings: Any, logits: Any) -> np.ndarray:
+        return self.decision_function(embeddings, logits) > self.threshold_
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON half (the bank of embeddings is stored apart, see :meth:`bank`)."""
+        check_is_fitted(self, "knn_")
+        return {"score": "energy+knn", "k": self.k, "tpr": self.tpr, "temperature": self.temperature,
+                "energy_loc": self.energy_loc_, "energy_scale": self.energy_scale_,
+                "knn_loc": self.knn_loc_, "knn_scale": self.knn_scale_, "threshold": self.threshold_,
+                "n_bank": int(len(self.knn_.bank_)), "dim": int(self.n_features_in_)}
+
+    @property
+    def bank(self) -> np.ndarray:
+        check_is_fitted(self, "knn_")
+        return self.knn_.bank_
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], bank: np.ndarray) -> CombinedOOD:
+        obj = cls(k=int(data["k"]), tpr=float(data["tpr"]), temperature=float(data.get("temperature", 1.0)))
+        obj.knn_ = KNNOOD(k=obj.k, tpr=obj.tpr).fit(bank)
+        obj.energy_loc_, obj.energy_scale_ = float(data["energy_loc"]), float(data["energy_scale"])
+        obj.knn_loc_, obj.knn_scale_ = float(data["knn_loc"]), float(data["knn_scale"])
+        obj.threshold_ = float(data["threshold"])
+        obj.n_features_in_ = obj.knn_.n_features_in_
+        return obj
+
+
+__all__ += ["CombinedOOD"]
+
+
+class ProbeOOD(BaseEstimator):
+    """A linear probe on the frozen embedding that tells training audio from known outliers.
+
+    Outlier exposure (Hendrycks, Mazeika, Dietterich, "Deep Anomaly Detection with Outlier
+    Exposure", ICLR 2019) with the network frozen: a logistic regression (scikit-learn) on
+    standardised embeddings, in-distribution = training-fold windows, out = the development split
+    of a real OOD set (speech, music, UI sounds, generated tones and noise). Score = the probe's
+    log-odds of "out"; the threshold keeps ``tpr`` of held-out in-distribution windows. It is
+    judged only on OOD sources it never saw (other voices, soundfonts, sound themes).
+    """
+
+    score_name = "probe"
+
+    def __init__(self, C: float = 0.1, tpr: float = 0.95) -> None:
+        self.C = C
+        self.tpr = tpr
+
+    def fit(self, X_in: Any, X_out: Any, *, heldout: Any) -> Self:
+        from sklearn.linear_model import LogisticRegression
+
+        a, b = _as_embeddings(X_in), _as_embeddings(X_out)
+        X = np.vstack([a, b])
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0) + 1e-6
+        clf = LogisticRegression(C=self.C, class_weight="balanced", max_iter=3000)
+        clf.fit((X - self.mean_) / self.scale_, np.r_[np.zeros(len(a)), np.ones(len(b))])
+        self.coef_, self.intercept_ = clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
+        self.n_features_in_ = X.shape[1]
+        self.threshold_ = float(np.quantile(self.decision_function(heldout), self.tpr))
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "coef_")
+        return ((_as_embeddings(X) - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+
+    def window_scores(self, energy: np.ndarray, embeddings: Any) -> np.ndarray:
+        """The prediction path's window score (the energy is not used by this score)."""
+        del energy
+        return self.decision_function(embeddings)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.decision_function(X) > self.threshold_
+
+    def to_dict(self) -> dict[str, Any]:
+        from tympan.io import encode_array
+
+        check_is_fitted(self, "coef_")
+        return {"score": self.score_name, "C": self.C, "tpr": self.tpr, "threshold": self.threshold_,
+                "mean": encode_array(self.mean_, "float32"), "scale": encode_array(self.scale_, "float32"),
+                "coef": encode_array(self.coef_, "float32"), "intercept": self.intercept_,
+                "dim": int(self.n_features_in_)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeOOD:
+        from tympan.io import decode_array
+
+        obj = cls(C=float(data.get("C", 0.1)), tpr=float(data.get("tpr", 0.95)))
+        obj.mean_ = decode_array(data["mean"]).astype(np.float64)
+        obj.scale_ = decode_array(data["scale"]).astype(np.float64)
+        obj.coef_ = decode_array(data["coef"]).astype(np.float64)
+        obj.intercept_ = float(data["intercept"])
+        obj.threshold_ = float(data["threshold"])
+        obj.n_features_in_ = int(data["dim"])
+        return obj
+
+
+__all__ += ["ProbeOOD"]

@@ -1,0 +1,115 @@
+"""Is there a foreground sound event in a window, or only background (hiss, hum, rumble, room tone)?
+
+Most of a continuous field recording is background, and a closed-set classifier has no
+"nothing" class: recorder hiss comes out as "crickets 0.9". :class:`BackgroundDetector` is a
+small logistic regression (scikit-learn) on what the model saw (its penultimate embedding) and
+how loud the window is (:func:`level_features`: RMS level, the level of its loudest frames and
+its dynamic range, in dB re full scale), fitted on foreground clips the model never trained on
+(held-out ESC-50) against generated and recorded background (:mod:`tympan.datasets.background`).
+Its threshold is set so that at most ``max_foreground_rate`` of held-out foreground windows are
+called background.
+
+Orientation: ``decision_function`` is the probability of background (higher = more background).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.validation import check_is_fitted
+
+from tympan.io import decode_array, encode_array
+
+__all__ = ["LEVEL_FEATURES", "BackgroundDetector", "level_features"]
+
+#: what :func:`level_features` returns per window, in this order
+LEVEL_FEATURES = ("rms_dbfs", "loud_frames_dbfs", "dynamic_range_db")
+FLOOR_DB = -120.0
+
+
+def level_features(windows: np.ndarray, sample_rate: int, frame_seconds: float = 0.05) -> np.ndarray:
+    """``(n, 3)`` level descriptors of waveform windows ``(n, samples)`` (dB re full scale).
+
+    RMS level; the 95th percentile of 50-ms frame levels (the loud part); that minus the 10th
+    percentile (dynamic range: events rise above their floor, hiss and hum do not).
+    """
+    x = np.asarray(windows, np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"expected windows of shape (n, samples), got {x.shape}")
+    floor = 10 ** (FLOOR_DB / 10)
+    rms = 10 * np.log10(np.mean(x**2, axis=1) + floor)
+    hop = max(1, int(frame_seconds * sample_rate))
+    n = max(1, x.shape[1] // hop)
+    frames = x[:, : n * hop].reshape(len(x), n, hop) if x.shape[1] >= hop else x[:, None, :]
+    db = 10 * np.log10(np.mean(frames**2, axis=2) + floor)
+    loud, quiet = np.percentile(db, 95, axis=1), np.percentile(db, 10, axis=1)
+    return np.stack([rms, loud, loud - quiet], axis=1)
+
+
+class BackgroundDetector(BaseEstimator):
+    """Logistic regression: background (1) versus foreground (0) windows.
+
+    ``X`` rows are ``[embedding..., level_features...]``. Features are standardised with the
+    training set's mean and std (stored), so the fitted state is a few arrays that JSON holds.
+    """
+
+    def __init__(self, C: float = 0.1, max_foreground_rate: float = 0.02) -> None:
+        self.C = C
+        self.max_foreground_rate = max_foreground_rate
+
+    def fit(self, X: Any, y: Any, *, foreground_heldout: Any | None = None) -> Self:
+        """Fit on ``X`` with ``y`` (1 = background); the threshold on ``foreground_heldout``.
+
+        The threshold keeps at least ``1 - max_foreground_rate`` of ``foreground_heldout`` (held-out
+        foreground windows, e.g. ESC-50 clips the model never trained on) as foreground; without
+        them it is 0.5.
+        """
+        X = np.asarray(X, np.float64)
+        y = np.asarray(y, np.int64)
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0) + 1e-6
+        clf = LogisticRegression(C=self.C, class_weight="balanced", max_iter=2000)
+        clf.fit((X - self.mean_) / self.scale_, y)
+        self.coef_ = clf.coef_[0].astype(np.float64)
+        self.intercept_ = float(clf.intercept_[0])
+        self.n_features_in_ = X.shape[1]
+        self.threshold_ = 0.5
+        if foreground_heldout is not None and len(foreground_heldout):
+            p = self.decision_function(foreground_heldout)
+            self.threshold_ = float(max(0.5, np.quantile(p, 1 - self.max_foreground_rate)))
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Probability of background per row."""
+        check_is_fitted(self, "coef_")
+        X = np.asarray(X, np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected (n, {self.n_features_in_}) features, got {X.shape}")
+        z = ((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """True where a window holds background only."""
+        return self.decision_function(X) > self.threshold_
+
+    def to_dict(self) -> dict[str, Any]:
+        check_is_fitted(self, "coef_")
+        return {"method": "logistic regression on [embedding, level features]", "C": self.C,
+                "max_foreground_rate": self.max_foreground_rate, "level_features": list(LEVEL_FEATURES),
+                "mean": encode_array(self.mean_, "float32"), "scale": encode_array(self.scale_, "float32"),
+                "coef": encode_array(self.coef_, "float32"), "intercept": self.intercept_,
+                "threshold": self.threshold_, "n_features": self.n_features_in_}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackgroundDetector:
+        obj = cls(C=float(data.get("C", 0.1)), max_foreground_rate=float(data.get("max_foreground_rate", 0.02)))
+        obj.mean_ = decode_array(data["mean"]).astype(np.float64)
+        obj.scale_ = decode_array(data["scale"]).astype(np.float64)
+        obj.coef_ = decode_array(data["coef"]).astype(np.float64)
+        obj.intercept_ = float(data["intercept"])
+        obj.threshold_ = float(data["threshold"])
+        obj.n_features_in_ = int(data["n_features"])
+        return obj
