@@ -6,6 +6,11 @@ mean +- std, epochs, wall time per epoch and in total, device, parameters, forwa
 machine. Every figure says which folds and epochs it comes from; a bounded CPU run is not a
 5-fold CV and the table says so.
 
+Every run is also recorded as data: an entry of ``benchmarks/results/esc50_cv.json`` (schema
+:data:`SCHEMA`: per-fold accuracy, mean, sample std, recipe, epochs, device, seconds per epoch,
+code version; replaced by name), from which ``benchmarks/readme_tables.py`` renders the README
+table. ``--from-runs ... --record`` records finished run dirs the same way.
+
 Examples::
 
     # bounded run on CPU: fold 5 only, a few epochs per model
@@ -45,9 +50,13 @@ from tympan.features import FrontendConfig
 from tympan.models import build_model
 
 DEFAULT_ARCHS = "mn04,cnn,resnet18"
+SCHEMA = "tympan.benchmarks.esc50_cv/1"
+RESULTS_JSON = Path(__file__).resolve().parent / "results" / "esc50_cv.json"
+ENTRY_KEYS = ("name", "label", "arch", "init", "frontend", "recipe", "epochs", "folds", "n_folds", "mean", "std",
+              "seconds_per_epoch", "device", "code_version", "source", "notes")
 #: What each model name means here: arch, params, init, front end, lr.
 RECIPES: dict[str, dict[str, Any]] = {
-    "mn04": {"arch": "mn04", "init": "/work/shared/weights/efficientat-mn04_as/mn04_as_mAP_432.pt",
+    "mn04": {"arch": "mn04", "init": os.environ.get("TYMPAN_MN04_INIT", "mn04_as"),
              "frontend": "efficientat", "lr": 1e-3, "epochs": 30},
     "cnn": {"arch": "cnn", "init": None, "frontend": "default", "lr": 2e-3, "epochs": 40},
     "resnet18": {"arch": "resnet18", "init": None, "frontend": "default", "lr": 1e-3, "epochs": 30},
@@ -105,6 +114,55 @@ def row_from_run(run_dir: Path, label: str | None = None) -> dict[str, Any]:
     }
 
 
+def entry_from_run(run_dir: Path, label: str | None = None, source: str = "run") -> dict[str, Any]:
+    """A results entry (schema :data:`SCHEMA`) from a finished run dir; no machine paths in it."""
+    import numpy as np
+
+    cfg = json.loads((run_dir / "config.json").read_text())
+    res = json.loads((run_dir / "results.json").read_text())
+    train = cfg["train"]
+    folds = {k: float(v["accuracy"]) for k, v in sorted(res["folds"].items(), key=lambda kv: int(kv[0]))}
+    accs = list(folds.values())
+    spe = [float(v["seconds_per_epoch"]) for v in res["folds"].values()]
+    init = train.get("init")
+    recipe = train.get("recipe", "baseline")
+    name = f"{train['arch']}{'_as' if init else ''}-{recipe}-e{train['epochs']}-f{''.join(folds)}"
+    return {
+        "name": name,
+        "label": label or (f"`{train['arch']}`" + (" from AudioSet" if init else " from scratch")),
+        "arch": train["arch"],
+        "init": None if not init else Path(str(init)).name,
+        "frontend": FrontendConfig.from_dict(cfg["frontend"]).name,
+        "recipe": recipe,
+        "epochs": int(train["epochs"]),
+        "folds": folds,
+        "n_folds": len(folds),
+        "mean": float(np.mean(accs)) if accs else None,
+        "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
+        "seconds_per_epoch": round(float(np.mean(spe)), 3) if spe else None,
+        "device": ",".join(sorted({v["device"] for v in res["folds"].values()})) + f" ({machine()})",
+        "code_version": cfg.get("code_version"),
+        "source": source,
+        "notes": f"data fingerprint {cfg.get('data', {}).get('fingerprint', 'unknown')}; pending folds "
+                 f"{res.get('pending', [])}",
+    }
+
+
+def record(entries: list[dict[str, Any]], path: Path = RESULTS_JSON) -> None:
+    """Add (or replace, by name) entries in the results file, atomically."""
+    from datetime import datetime, timezone
+
+    from tympan.io import write_json_atomic
+
+    doc = json.loads(path.read_text()) if path.is_file() else {"schema": SCHEMA, "entries": []}
+    names = {e["name"] for e in entries}
+    doc["entries"] = [e for e in doc["entries"] if e["name"] not in names] + [
+        {k: e.get(k) for k in ENTRY_KEYS} for e in entries]
+    doc["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, doc)
+
+
 def train_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from tympan.training.augment import AugmentConfig
     from tympan.training.cli import resolve_frontend
@@ -114,13 +172,18 @@ def train_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     recipe = RECIPES[name]
     fe = resolve_frontend(recipe["frontend"], recipe["arch"], recipe["init"])
     epochs = args.epochs or recipe["epochs"]
+    from tympan.training.recipes import apply_recipe
+
     config = TrainConfig(arch=recipe["arch"], epochs=epochs, lr=recipe["lr"], init=recipe["init"],
                          batch_size=args.batch_size, device=args.device, seed=args.seed,
                          augment=AugmentConfig(norm_std=fe.norm_std))
+    config = apply_recipe(config, args.recipe)
     features, info = featureset_for(args.data_dir, fe, progress=False)
     folds = parse_folds(args.folds, sorted({int(f) for f in features.folds}))
-    run_dir = Path(args.run_root) / f"bench-{name}-e{epochs}-f{'_'.join(map(str, folds))}"
+    run_dir = Path(args.run_root) / f"bench-{name}-{args.recipe}-e{epochs}-f{'_'.join(map(str, folds))}"
     run_cv(features, config, folds, run_dir, data_info=info, progress=not args.quiet)
+    if not args.no_record:
+        record([entry_from_run(run_dir)], Path(args.results))
     return row_from_run(run_dir, name)
 
 
@@ -154,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-root", default="runs")
     p.add_argument("--from-runs", nargs="+", metavar="RUN_DIR", help="tabulate finished runs, no training")
     p.add_argument("--json", help="also write the rows as JSON here")
+    p.add_argument("--recipe", default="robust", choices=["baseline", "robust"])
+    p.add_argument("--results", default=str(RESULTS_JSON), help="results file the runs are recorded in")
+    p.add_argument("--no-record", action="store_true", help="do not record trained runs in --results")
+    p.add_argument("--record", action="store_true", help="with --from-runs: record those runs in --results")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
@@ -161,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.from_runs:
         rows = [row_from_run(Path(d)) for d in args.from_runs]
+        if args.record:
+            record([entry_from_run(Path(d)) for d in args.from_runs], Path(args.results))
     else:
         names = [a.strip() for a in args.archs.split(",") if a.strip()]
         unknown = [n for n in names if n not in RECIPES]

@@ -1,0 +1,99 @@
+"""Render README tables from the committed result files (``benchmarks/results/*.json``).
+
+The README holds each table between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``;
+``python benchmarks/readme_tables.py`` rewrites what lies between them from the JSON,
+``--check`` exits 1 if the README differs from what the JSON gives (a test runs the check).
+
+Tables: ``esc50_cv`` (``results/esc50_cv.json``: five-fold CV per model and recipe) and
+``robustness`` (``results/robustness.json``: the shipped model under field shifts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+RESULTS = HERE / "results"
+CV_SCHEMA = "tympan.benchmarks.esc50_cv/1"
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}"
+
+
+def render_esc50_cv(doc: dict[str, Any]) -> str:
+    lines = ["| model | recipe | folds held out | per-fold accuracy (%) | mean ± std (%) | epochs | s / epoch | device | source |",
+             "|---|---|---|---|---|---:|---:|---|---|"]
+    for e in doc["entries"]:
+        folds = e.get("folds") or {}
+        per_fold = " / ".join(_pct(folds[k]) for k in sorted(folds, key=int)) or "not kept"
+        held = ", ".join(sorted(folds, key=int)) if folds else str(e.get("n_folds", "?")) + " folds"
+        mean = _pct(e.get("mean"))
+        if e.get("n_folds", len(folds)) > 1 and e.get("std") is not None:
+            mean += f" ± {_pct(e['std'])}"
+        elif e.get("mean") is not None:
+            mean += " (1 fold)"
+        spe = e.get("seconds_per_epoch")
+        lines.append(
+            f"| {e['label']} | `{e['recipe']}` | {held} | {per_fold} | **{mean}** | {e['epochs']} | "
+            f"{'n/a' if spe is None else f'{spe:g}'} | {e['device']} | {e['source']} |"
+        )
+    return "\n".join(lines)
+
+
+def render_robustness(doc: dict[str, Any]) -> str:
+    m = doc["model"]
+    head = (f"`{m['bundle']}` ({m['name']}, weights {m['weights_sha256'][:12]}), {doc['evaluated_on']}; "
+            f"ECE with T = {doc['temperature']:.3f}; target shifts marked *")
+    lines = [head, "", "| shift | accuracy (%) | change (points) | ECE |", "|---|---:|---:|---:|"]
+    targets = set(doc["target"]["shifts"])
+    for r in doc["rows"]:
+        drop = "" if r["accuracy_drop"] is None else f"{-100 * r['accuracy_drop']:+.1f}"
+        star = " *" if r["corruption"] in targets else ""
+        lines.append(f"| {r['corruption']}{star} | {_pct(r['accuracy'])} | {drop} | {r['ece']:.3f} |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"esc50_cv": render_esc50_cv, "robustness": render_robustness}
+
+
+def render_all(results: Path = RESULTS) -> dict[str, str]:
+    return {name: fn(json.loads((results / f"{name}.json").read_text())) for name, fn in RENDERERS.items()}
+
+
+def update(text: str, tables: dict[str, str]) -> str:
+    for name, table in tables.items():
+        pattern = re.compile(rf"(<!-- table:{name} [^\n]*-->\n)(.*?)(<!-- /table:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README has no <!-- table:{name} ... --> block")
+        text = pattern.sub(lambda mo: mo.group(1) + table + "\n" + mo.group(3), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if the README is not what the JSON gives")
+    p.add_argument("--readme", default=str(README))
+    args = p.parse_args(argv)
+    path = Path(args.readme)
+    text = path.read_text()
+    new = update(text, render_all())
+    if args.check:
+        if new != text:
+            print(f"{path}: tables differ from benchmarks/results/*.json; run benchmarks/readme_tables.py")
+            return 1
+        return 0
+    if new != text:
+        path.write_text(new)
+        print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
