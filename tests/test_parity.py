@@ -127,9 +127,74 @@ def test_served_logits_equal_offline_evaluation(synthetic_dir: Path, tmp_path: P
                 p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
                 assert body["top_k"][0]["index"] == int(np.argmax(p))
                 assert body["top_k"][0]["probability"] == pytest.approx(p.max(), abs=1e-4)
-        runtime = "torchscript" if app.state.service.predictor.fast_model is not None else "eager"
+        runtime = app.state.service.predictor.backend
         print(f"parity ({how} bundle, {runtime} serving): {len(uploads)} uploads, "
               f"max |served - offline| = {worst:.2e}")
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+# ------------------------------------------------------------------ every backend, and the GPU
+def _onnx_available() -> bool:
+    from tympan.inference.backends import onnxruntime_available
+
+    return onnxruntime_available()
+
+
+BACKEND_CASES = [
+    pytest.param("onnx", "cpu", marks=pytest.mark.skipif(not _onnx_available(),
+                                                         reason="onnxruntime/onnx not installed (the serve extra)")),
+    pytest.param("torchscript", "cpu"),
+    pytest.param("eager", "cpu"),
+    pytest.param("auto", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+
+
+@pytest.fixture(scope="module")
+def parity_setup(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("parity-backends")
+    bundle_dir, how = make_bundle(synthetic_dir, tmp)
+    files, expected = offline_logits(bundle_dir, synthetic_dir, tmp / "cache32")
+    return bundle_dir, how, files, expected
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKEND_CASES)
+def test_each_backend_serves_the_offline_logits(parity_setup, backend: str, device: str, tmp_path: Path) -> None:
+    """The same check per backend (and on CUDA where there is one): served == offline to 1e-4."""
+    bundle_dir, how, files, expected = parity_setup
+    app = create_app(bundle_dir, Settings(torch_threads=1, max_batch_size=8, warmup_batch_sizes=(1,),
+                                          backend=backend, device=device))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=(port := free_port()), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    worst = 0.0
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if client.get("/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+            predictor = app.state.service.predictor
+            assert predictor is not None and predictor.device.type == device
+            if backend != "auto":
+                assert predictor.backend == backend, predictor.backend_choice.summary()
+            for i in range(0, len(files), 11):
+                y, sr = sf.read(files[i], dtype="int16")
+                flac = tmp_path / f"{files[i].stem}.flac"
+                sf.write(flac, y, sr, subtype="PCM_16")
+                r = client.post("/predict/file", files={"file": ("clip.flac", flac.read_bytes())},
+                                data={"return_logits": "true", "top_k": "5"})
+                assert r.status_code == 200, r.text
+                served = np.asarray(r.json()["logits"], dtype=np.float32)
+                np.testing.assert_allclose(served[0], expected[i], rtol=0, atol=ATOL,
+                                           err_msg=f"{files[i].name} ({backend} on {device}, {how} bundle)")
+                worst = max(worst, float(np.abs(served[0] - expected[i]).max()))
+        print(f"parity ({how} bundle, {predictor.backend} on {device}): max |served - offline| = {worst:.2e}")
     finally:
         server.should_exit = True
         thread.join(15)

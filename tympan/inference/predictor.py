@@ -15,6 +15,7 @@ How window logits become a recording's answer is defined once, in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -35,8 +36,10 @@ from tympan.audio import DEFAULT_MAX_SECONDS, AudioSource, Decoded, frame_window
 from tympan.bundle import META_FILE, Bundle, load_bundle
 from tympan.contracts.prediction import AudioInfo, ModelRef, Prediction, PredictResponse
 from tympan.errors import AudioTooLongError
+from tympan.inference.backends import BackendChoice, select_backend
 from tympan.inference.prediction import TrustParams, UncertaintyPolicy, predict_recording
 from tympan.inference.saliency import explain_window
+from tympan.stats.background import level_features
 
 #: most decoded samples (frames x channels) one upload may hold: 600 s of 48 kHz stereo fits
 DEFAULT_MAX_SAMPLES = 64_000_000
@@ -89,6 +92,8 @@ class Predictor:
         policy: UncertaintyPolicy | None = None,
         max_chunk: int = 64,
         optimize: bool = True,
+        backend: str = "auto",
+        threads: int | None = None,
     ) -> None:
         directory = None
         if not isinstance(bundle, Bundle):
@@ -108,8 +113,20 @@ class Predictor:
         self.max_chunk = max(1, int(max_chunk))
         self.version = bundle_version(bundle, directory)
         self._lock = threading.Lock()  # one forward at a time; hooks (explain) need it too
-        #: a frozen, conv/BN-folded TorchScript copy for ``logits`` (CPU), or None: eager
-        self.fast_model = self._optimized() if optimize and self.device.type == "cpu" else None
+        if self.device.type == "cuda":  # TF32 convolutions would break parity with CPU evaluation
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        #: how the network runs (:mod:`tympan.inference.backends`): ``backend`` ("auto" = the
+        #: fastest copy that agrees with the eager model to 1e-4, measured at load; ``optimize=False``
+        #: = eager); ``threads``: ONNX Runtime's intra-op threads (default: torch's)
+        self.backend_choice = self._select_backend(backend if optimize else "eager", threads)
+        self.backend = self.backend_choice.name
+        self._runner = self.backend_choice.runner
+        #: the copy that serves ``forward`` (ONNX Runtime session or TorchScript), None: eager
+        self.fast_model = None if self.backend == "eager" else self._runner
+        #: the eager model is shared with ``explain``'s hooks: one pass at a time. The copies
+        #: are separate graphs and thread-safe, so several threads may run passes at once
+        self._runner_lock = self._lock if self.fast_model is None else contextlib.nullcontext()
 
     # the bundle's fitted numbers, read once into ``params``
     @property
@@ -128,36 +145,21 @@ class Predictor:
     def policy(self) -> UncertaintyPolicy:
         return self.params.policy
 
-    def _optimized(self) -> torch.nn.Module | None:
-        """Trace + freeze + ``optimize_for_inference`` a copy of the model, if it agrees.
+    def _select_backend(self, backend: str, threads: int | None) -> BackendChoice:
+        """ONNX Runtime, TorchScript or eager for ``forward``, checked against the eager model.
 
-        On CPU this folds BatchNorm into convolutions and fuses activations (about 1.3-2x
-        faster for mn04 here). The copy must match the eager model on a batch to 1e-4 or it
-        is not used; the eager model stays for ``explain`` (hooks, gradients). TorchScript
-        is deprecated in recent torch, so any failure just means eager.
+        Each copy must give every embedding and logit within 1e-4 of the eager model on a batch
+        of windows or it is not used; ``auto`` times the ones that agree on one window and keeps
+        the fastest. The eager model stays for ``explain`` (hooks, gradients).
         """
-        import copy
         import logging
-        import warnings
 
-        log = logging.getLogger("tympan.inference")
-        try:
-            rng = np.random.default_rng(0)
+        rng = np.random.default_rng(0)
+        with torch.inference_mode():
             x = self.features((rng.standard_normal((3, self.config.clip_samples)) * 0.05).astype(np.float32))
-            with warnings.catch_warnings(), torch.inference_mode():
-                warnings.simplefilter("ignore")
-                both = EmbedAndClassify(copy.deepcopy(self.model)).eval()
-                traced = torch.jit.trace(both, x[:1], check_trace=False)
-                fast = torch.jit.optimize_for_inference(traced.eval())
-                want, got = EmbedAndClassify(self.model)(x), fast(x)
-            if any(g.shape != w.shape or not torch.allclose(g, w, rtol=1e-4, atol=1e-4)
-                   for g, w in zip(got, want, strict=True)):
-                log.warning("optimized model disagrees with the eager one; serving eager")
-                return None
-            return fast
-        except Exception as exc:  # noqa: BLE001 - any failure: the eager model is the reference
-            log.warning("model optimisation unavailable (%s); serving eager", exc)
-            return None
+        choice = select_backend(EmbedAndClassify(self.model).eval(), x, backend=backend, threads=threads)
+        logging.getLogger("tympan.inference").debug("%s: %s", self.bundle.name, choice.summary())
+        return choice
 
     # ----------------------------------------------------------------- describing the model
     @property
@@ -221,13 +223,12 @@ class Predictor:
 
     def forward_features(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings ``(B, D)`` and logits ``(B, K)`` of log-mels ``(B, 1, n_mels, frames)``."""
-        net = self.fast_model or EmbedAndClassify(self.model)
         embs, out = [], []
-        with self._lock, torch.inference_mode():
+        with self._runner_lock, torch.inference_mode():
             for lo in range(0, features.shape[0], self.max_chunk):
-                e, z = net(features[lo : lo + self.max_chunk].to(self.device).float())
-                embs.append(e.float().cpu().numpy())
-                out.append(z.float().cpu().numpy())
+                e, z = self._runner(features[lo : lo + self.max_chunk].to(self.device).float())
+                embs.append(e)
+                out.append(z)
         if not out:
             return np.zeros((0, 0), np.float32), np.zeros((0, self.n_classes), np.float32)
         return np.concatenate(embs), np.concatenate(out)
@@ -250,6 +251,14 @@ class Predictor:
         """Raw logits ``(B, n_classes)`` of windows ``(B, clip_samples)``: one batched pass."""
         return self.forward(windows)[1]
 
+    def forward_many(self, prepared: Sequence[Prepared]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Embeddings and logits of several requests' windows in one forward pass, split back."""
+        if not prepared:
+            return []
+        sizes = np.cumsum([p.windows.shape[0] for p in prepared])[:-1]
+        e, z = self.forward(np.concatenate([p.windows for p in prepared]))
+        return list(zip(np.split(e, sizes), np.split(z, sizes), strict=True))
+
     def logits_many(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
         """Logits of several requests' windows in one forward pass, split back per request."""
         if not prepared:
@@ -268,19 +277,29 @@ class Predictor:
 
     # -------------------------------------------------------------------- post-processing
     def prediction(self, prepared: Prepared, logits: np.ndarray, *, top_k: int = 3,
-                   return_logits: bool = False) -> Prediction:
-        """The typed :class:`Prediction` of one request's window logits (the one path)."""
+                   return_logits: bool = False, embeddings: np.ndarray | None = None) -> Prediction:
+        """The typed :class:`Prediction` of one request's window logits (the one path).
+
+        Bundles that score OOD on the embedding or detect background also need the windows'
+        embeddings (from :meth:`forward`; recomputed here when not given) and levels.
+        """
         cfg, duration = self.config, prepared.decoded.source_duration
         starts = np.asarray(prepared.starts, np.float64) / cfg.sample_rate
         ends = np.minimum(starts + cfg.clip_seconds, duration)
+        levels = None
+        if self.params.needs_embeddings:
+            if embeddings is None:
+                embeddings = self.forward(prepared.windows)[0]
+            levels = level_features(prepared.windows, cfg.sample_rate)
         return predict_recording(logits, self.params, self.classes, starts_s=starts, ends_s=ends,
-                                 top_k=top_k, return_logits=return_logits)
+                                 top_k=top_k, return_logits=return_logits, embeddings=embeddings, levels=levels)
 
     def response(self, prepared: Prepared, logits: np.ndarray, *, top_k: int = 3,
-                 return_logits: bool = False, timing_ms: float = 0.0) -> PredictResponse:
+                 return_logits: bool = False, timing_ms: float = 0.0,
+                 embeddings: np.ndarray | None = None) -> PredictResponse:
         """The validated ``/predict`` body: the prediction plus model, audio and timing."""
         d = prepared.decoded
-        pred = self.prediction(prepared, logits, top_k=top_k, return_logits=return_logits)
+        pred = self.prediction(prepared, logits, top_k=top_k, return_logits=return_logits, embeddings=embeddings)
         return PredictResponse(
             **dict(pred), model=self.model_ref,
             audio=AudioInfo(duration_s=round(d.source_duration, 4), sample_rate=d.source_sample_rate,
@@ -302,7 +321,10 @@ class Predictor:
         """Decode, window, run and post-process one recording (``tympan predict``)."""
         start = time.perf_counter()
         prepared = self.prepare(source)
-        body = self.result(prepared, self.logits(prepared.windows), top_k=top_k, return_logits=return_logits)
+        e, z = self.forward(prepared.windows)
+        body = self.response(prepared, z, top_k=top_k, return_logits=return_logits, embeddings=e).model_dump()
+        if body.get("logits") is None:
+            body.pop("logits", None)
         body["timing_ms"] = round((time.perf_counter() - start) * 1000, 2)
         return body
 
@@ -310,8 +332,13 @@ class Predictor:
         self, prepared: Sequence[Prepared], *, top_k: int = 3, return_logits: bool = False
     ) -> list[dict[str, Any]]:
         """Several already-prepared recordings in one batched forward pass."""
-        return [self.result(p, z, top_k=top_k, return_logits=return_logits)
-                for p, z in zip(prepared, self.logits_many(prepared), strict=True)]
+        out = []
+        for p, (e, z) in zip(prepared, self.forward_many(prepared), strict=True):
+            body = self.response(p, z, top_k=top_k, return_logits=return_logits, embeddings=e).model_dump()
+            if body.get("logits") is None:
+                body.pop("logits", None)
+            out.append(body)
+        return out
 
     def explain(self, source: AudioSource | Decoded, *, top_k: int = 3) -> dict[str, Any]:
         """What the model saw for the first window, and where it looked (``/explain``)."""

@@ -23,12 +23,14 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import soundfile as sf
 import torch
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
@@ -325,9 +327,14 @@ class Service:
         self.warmup_s: float | None = None
         self.in_flight = 0
         self.decoding = 0  # requests between admission and the batcher's queue
+        self._decoding_lock = threading.Lock()  # worker threads count them down
 
     async def start(self) -> None:
-        self.decode_pool = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="tympan-decode")
+        # these threads also run forward passes (flat combining): torch's thread count is per thread
+        threads = self.settings.threads
+        self.decode_pool = ThreadPoolExecutor(max(self.settings.decode_threads, self.settings.concurrent_passes),
+                                              thread_name_prefix="tympan-decode",
+                                              initializer=torch.set_num_threads, initargs=(threads,))
 
     async def load(self) -> None:
         s = self.settings
@@ -335,20 +342,26 @@ class Service:
             torch.set_num_threads(s.threads)
             loop = asyncio.get_running_loop()
             policy = UncertaintyPolicy(s.min_confidence, s.min_margin)
-            self.predictor = await loop.run_in_executor(None, lambda: Predictor(
-                self.source, s.device, max_seconds=s.max_audio_seconds, max_samples=s.max_audio_samples,
-                policy=policy,
-                max_chunk=max(s.max_batch_size, 1), optimize=s.optimize))
+
+            def build() -> Predictor:  # the backends are timed with the threads they will have
+                torch.set_num_threads(s.threads)
+                return Predictor(self.source, s.device, max_seconds=s.max_audio_seconds,
+                                 max_samples=s.max_audio_samples, policy=policy,
+                                 max_chunk=max(s.max_batch_size, 1), optimize=s.optimize,
+                                 backend=s.backend, threads=s.threads)
+
+            self.predictor = await loop.run_in_executor(None, build)
             self.batcher = MicroBatcher(self.predictor, max_batch_size=s.max_batch_size,
                                         max_wait_ms=s.max_wait_ms, metrics=self.metrics,
-                                        torch_threads=s.threads, incoming=lambda: self.decoding)
+                                        torch_threads=s.threads, incoming=lambda: self.decoding,
+                                        passes=s.concurrent_passes)
             await self.batcher.start()
             sizes = sorted({b for b in (*s.warmup_batch_sizes, s.max_batch_size) if 1 <= b <= s.max_batch_size})
             self.warmup_s = await loop.run_in_executor(self.batcher.executor, self.predictor.warmup, sizes)
             self.ready = True
             self.metrics.ready.set(1)
-            log.info("tympan: model %s (%s) ready; warm-up %.2f s", self.predictor.version,
-                     self.predictor.bundle.arch, self.warmup_s)
+            log.info("tympan: model %s (%s) ready; %s; warm-up %.2f s", self.predictor.version,
+                     self.predictor.bundle.arch, self.predictor.backend_choice.summary(), self.warmup_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -376,20 +389,24 @@ class Service:
     async def off_loop(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, func, *args)
 
-    async def prepare(self, data: str | bytes) -> Prepared:
-        """Decode base64 (str) or file bytes, then audio, then windows: all off the event loop."""
-        predictor = self.require_ready()
+    def _count_decoding(self, n: int) -> None:
+        with self._decoding_lock:
+            self.decoding += n
 
-        def work() -> Prepared:
+    def _prepare(self, predictor: Predictor, data: str | bytes) -> Prepared:
+        """Base64 (str) or file bytes -> audio -> windows (in a worker thread; counted in ``decoding``)."""
+        try:
             raw = decode_base64(data) if isinstance(data, str) else data
             check_decode_budget(raw, self.settings)
             return predictor.prepare(raw)
-
-        self.decoding += 1
-        try:
-            return await self.off_loop(work)
         finally:
-            self.decoding -= 1
+            self._count_decoding(-1)
+
+    async def prepare(self, data: str | bytes) -> Prepared:
+        """Decode base64 (str) or file bytes, then audio, then windows: all off the event loop."""
+        predictor = self.require_ready()
+        self._count_decoding(1)
+        return await self.off_loop(self._prepare, predictor, data)
 
     def check_top_k(self, top_k: int | None) -> int:
         """``top_k`` checked against the model (None: the default 3, or fewer classes)."""
@@ -414,22 +431,50 @@ class Service:
             self.in_flight -= 1
 
     async def predict(self, request: Request, data: str | bytes, top_k: int | None,
-                      return_logits: bool) -> JSONResponse:
+                      return_logits: bool) -> Response:
+        """Decode, run and answer in ONE worker thread when the model is free (no hand-over, no
+        batching wait); when another thread's pass answers this request, await it here."""
         top_k = self.check_top_k(top_k)
         predictor = self.require_ready()
+        batcher = self.batcher
+        assert batcher is not None
+        t0 = request.scope.get("state", {}).get("t0") or time.perf_counter()
+
+        def work() -> bytes | tuple[Prepared, Future]:
+            prepared = self._prepare(predictor, data)
+            fut = batcher.enqueue(prepared)
+            if not fut.done():
+                return prepared, fut  # a pass on another thread answers it
+            return self._predict_body(predictor, prepared, fut.result(), top_k, return_logits, t0)
+
         with self.admit():
-            prepared = await self.prepare(data)
-            assert self.batcher is not None
-            logits = await self.batcher.submit(prepared)
-        resp = predictor.response(prepared, logits, top_k=top_k, return_logits=return_logits)
+            self._count_decoding(1)
+            out = await self.off_loop(work)
+            if isinstance(out, tuple):
+                prepared, fut = out
+                result = await asyncio.wrap_future(fut)
+                if len(prepared.starts) > 8 or return_logits:
+                    out = await self.off_loop(self._predict_body, predictor, prepared, result, top_k,
+                                              return_logits, t0)
+                else:
+                    out = self._predict_body(predictor, prepared, result, top_k, return_logits, t0)
+        return Response(out, media_type="application/json")
+
+    def _predict_body(self, predictor: Predictor, prepared: Prepared, result: tuple[np.ndarray, np.ndarray],
+                      top_k: int, return_logits: bool, t0: float) -> bytes:
+        """The validated ``PredictResponse`` serialised straight to JSON bytes (one pass)."""
+        embeddings, logits = result
+        if not np.isfinite(logits).all():  # strict JSON has no NaN; a bug, never a silent null
+            raise ValueError("the network returned non-finite logits")
+        resp = predictor.response(prepared, logits, top_k=top_k, return_logits=return_logits,
+                                  embeddings=embeddings)
         self.metrics.predictions.inc()
         if resp.ood.out_of_distribution:
             self.metrics.ood.inc()
         if resp.uncertain:
             self.metrics.uncertain.inc()
-        resp.timing_ms = _elapsed_ms(request)
-        body = resp.model_dump(exclude=None if return_logits else {"logits"})
-        return await self.render(body, large=len(prepared.starts) > 8 or return_logits)
+        resp.timing_ms = round((time.perf_counter() - t0) * 1000, 2)
+        return resp.__pydantic_serializer__.to_json(resp, exclude=None if return_logits else {"logits"})
 
     async def render(self, body: dict[str, Any], large: bool) -> Response:
         """JSON response; big bodies (explain, long recordings) are serialised off the event loop."""

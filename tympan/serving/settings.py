@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+#: ``tympan.inference.backends.BACKENDS`` (kept here so settings import without torch)
+BACKENDS = ("auto", "onnx", "torchscript", "eager")
+
 
 def _cores() -> int:
     try:
@@ -31,8 +34,10 @@ class Settings:
     max_audio_samples: int = 64_000_000
     #: most model windows in one forward pass (requests are gathered up to it)
     max_batch_size: int = 16
-    #: how long the batcher waits for more requests after the first one, in milliseconds
-    max_wait_ms: float = 2.0
+    #: how long a forward pass that is not full waits for requests being decoded right now, in
+    #: milliseconds (never when none is): 0 on CPU, where a batch costs as much per window as
+    #: single windows; a GPU gains from a few ms
+    max_wait_ms: float = 0.0
     #: requests decoded or waiting for the model at once; beyond it 503 `overloaded` (back-pressure)
     max_in_flight: int = 64
     #: request-body bytes held by all requests at once (admission control, before a byte is read:
@@ -57,10 +62,17 @@ class Settings:
     instance_token: str | None = None
     #: torch intra-op threads; None = the cores this process may use (divided among workers)
     torch_threads: int | None = None
-    #: threads that decode uploads (off the event loop)
+    #: forward passes that may run at once (ONNX Runtime/TorchScript copies only; eager: 1);
+    #: None = the cores this process may use / ``threads``
+    passes: int | None = None
+    #: threads that decode uploads (off the event loop) and run the passes they can
     decode_threads: int = 2
     device: str = "cpu"
-    #: on CPU, run a frozen TorchScript copy of the model (checked against the eager one)
+    #: how the network runs: auto (the fastest of onnx, torchscript and eager that agrees with
+    #: the eager model to 1e-4, measured at load), onnx (ONNX Runtime, CPU; needs the serve
+    #: extra), torchscript or eager; an unusable choice falls back to eager with a log line
+    backend: str = "auto"
+    #: False: eager whatever ``backend`` says
     optimize: bool = True
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
@@ -86,8 +98,12 @@ class Settings:
             problems.append("max_batch_size must be >= 1")
         if self.max_wait_ms < 0:
             problems.append("max_wait_ms must be >= 0")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend must be one of {', '.join(BACKENDS)}")
         if self.torch_threads is not None and self.torch_threads < 1:
             problems.append("torch_threads must be >= 1")
+        if self.passes is not None and self.passes < 1:
+            problems.append("passes must be >= 1")
         if self.max_in_flight < 1:
             problems.append("max_in_flight must be >= 1")
         if self.max_inflight_body_bytes is not None and self.max_inflight_body_bytes < self.max_body_bytes:
@@ -115,6 +131,11 @@ class Settings:
         """torch threads to use: the setting, else this machine's cores shared among workers."""
         return self.torch_threads or max(1, _cores() // self.workers)
 
+    @property
+    def concurrent_passes(self) -> int:
+        """Forward passes at once: the setting, else as many ``threads``-thread passes as cores."""
+        return self.passes or max(1, _cores() // self.workers // self.threads)
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -139,9 +160,9 @@ class Settings:
 def _parse(name: str, raw: str) -> Any:
     default = {f.name: f for f in dataclasses.fields(Settings)}[name].default
     try:
-        if name in ("api_key", "device", "log_level", "instance_token"):
+        if name in ("api_key", "device", "log_level", "instance_token", "backend"):
             return raw
-        if name in ("torch_threads", "max_inflight_body_bytes"):
+        if name in ("torch_threads", "max_inflight_body_bytes", "passes"):
             return int(raw)
         if name == "warmup_batch_sizes":
             return tuple(int(v) for v in raw.split(",") if v.strip())
