@@ -103,7 +103,9 @@ def fit_bundle(
             raise DataError(f"{root}: its classes differ from the bundle's")
         log(f"reference: {len(ds)} training clips of folds {folds} from {root}")
         train = esc50_clipset(predictor, ds, progress=progress)
-        fitted_on = f"ESC-50 folds {', '.join(map(str, folds))} ({len(ds)} training clips) at {root}"
+        # the folder's name and data fingerprint, never the build machine's path
+        fitted_on = (f"ESC-50 folds {', '.join(map(str, folds))} ({len(ds)} training clips) of "
+                     f"{Path(root).name} (data fingerprint {full.fingerprint()[:12]})")
         if trust:  # energy + k-NN OOD score and the background detector (tympan.diagnostics.trust)
             trust_fit = fit_trust(bundle, predictor, full, folds, ho.clip_ids, ood_dir=ood_dir, progress=progress,
                                   log=log)

@@ -250,6 +250,14 @@ def _write_results(path: Path, config: TrainConfig, holdout: list[int], done: di
     return results
 
 
+def portable_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's data provenance for a bundle: the folder's name and fingerprint, never its path."""
+    out = {k: v for k, v in data.items() if k != "root"}
+    if data.get("root"):
+        out["name"] = Path(str(data["root"])).name
+    return out
+
+
 def bundle_from_run(run_dir: str | Path, out_dir: str | Path, fold: int | None = None,
                     name: str | None = None, extra_provenance: dict[str, Any] | None = None) -> Path:
     """Write a bundle from one completed fold of a run (default: the last completed one).
@@ -274,9 +282,9 @@ def bundle_from_run(run_dir: str | Path, out_dir: str | Path, fold: int | None =
     fold_res = results["folds"][str(fold)]
     provenance: dict[str, Any] = {
         "trained_by": "tympan train",
-        "run_dir": str(run_dir),
+        "run_dir": run_dir.name,  # the name only: no path of the build machine in a bundle
         "code_version": meta.get("code_version", "unknown"),
-        "data": meta.get("data", {}),
+        "data": portable_data(meta.get("data", {})),
         "train_folds": sorted({int(f) for f in meta.get("data", {}).get("folds", [])} - {fold})
         or "all folds except the held-out one",
         "heldout_fold": fold,
