@@ -457,8 +457,9 @@ def gate_summary(checks: Mapping[str, Any], fmt: Mapping[str, Any] | None, *, n:
     elif ea and perf.get("verdict") != INSUFFICIENT:
         held = perf["heldout_accuracy"]
         diff = (held - ea["value"]) * 100
-        rel = (f"{diff:.0f} points below its held-out accuracy of {held:.0%}" if diff >= 0.5 else
-               f"{-diff:.0f} points above its held-out accuracy of {held:.0%}" if diff <= -0.5 else
+        pts = "point" if round(abs(diff)) == 1 else "points"
+        rel = (f"{diff:.0f} {pts} below its held-out accuracy of {held:.0%}" if diff >= 0.5 else
+               f"{-diff:.0f} {pts} above its held-out accuracy of {held:.0%}" if diff <= -0.5 else
                f"like its held-out accuracy of {held:.0%}")
         parts.append(f"On these {n_txt} recordings the model is probably about {ea['value']:.0%} accurate "
                      f"(95% interval {ea['low']:.0%}-{ea['high']:.0%}), {rel}")
