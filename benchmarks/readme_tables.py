@@ -60,7 +60,27 @@ def render_robustness(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"esc50_cv": render_esc50_cv, "robustness": render_robustness}
+def render_trust_ood(r: dict[str, Any]) -> str:
+    """OOD flagged per kind and background per kind (``results/trust_ood.json``)."""
+    lines = [f"Out-of-distribution audio flagged at {r.get('tpr', 0.95):.0%} TPR ({r['ood_set']['eval_windows']} evaluation clips "
+             f"of unseen sources; ESC-50 column: {r['heldout']}, cross-fitted):", "",
+             "| score | speech | music | UI sounds | generated | speech+music+UI | all | held-out ESC-50 flagged |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in r["ood"]:
+        lines.append(f"| {row['score']} | {row['speech']:.0%} | {row['music']:.0%} | {row['notification']:.0%} | "
+                     f"{row['generated']:.0%} | {row['speech_music_ui']:.0%} | {row['all_eval']:.0%} | "
+                     f"{row['esc50_heldout_flagged']:.1%} |")
+    lines += ["", "Background-only recordings (evaluation split) flagged as background or out of distribution "
+              "(outlier probe):", "", "| kind | clips | background | OOD | either |", "| --- | --- | --- | --- | --- |"]
+    for row in r["background"]:
+        lines.append(f"| {row['kind']} | {row['n']} | {row['background']:.0%} | {row['ood']:.0%} | {row['either']:.0%} |")
+    e = r["esc50_heldout"]
+    lines.append(f"| held-out ESC-50 (fold 5) | 400 | {e['background']:.1%} | {e['ood_probe']:.1%} | {e['either']:.1%} |")
+    return "\n".join(lines)
+
+
+
+RENDERERS = {"esc50_cv": render_esc50_cv, "robustness": render_robustness, "trust_ood": render_trust_ood}
 
 
 def render_all(results: Path = RESULTS) -> dict[str, str]:

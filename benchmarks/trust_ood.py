@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     o_kind = np.asarray([orows[i]["kind"] for i in out_all.index])
     b_split = np.asarray([brows[i]["split"] for i in bg_all.index])
     b_kind = np.asarray([brows[i]["kind"] for i in bg_all.index])
-    o_dev, o_ev = out_all.of(np.flatnonzero([r["split"] == "dev" for r in orows])), None
+    o_dev = out_all.of(np.flatnonzero([r["split"] == "dev" for r in orows]))
     ev = o_split == "eval"
 
     t = float(bundle.temperature)
@@ -180,27 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "trust_ood.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; bundle {bundle.name}")
-    print(markdown_tables(result))
+    from readme_tables import render_trust_ood
+
+    print(render_trust_ood(result))
     return 0
-
-
-def markdown_tables(r: dict[str, Any]) -> str:
-    """The README tables from ``trust_ood.json``."""
-    lines = [f"Out-of-distribution audio flagged at {r.get('tpr', 0.95):.0%} TPR ({r['ood_set']['eval_windows']} evaluation clips "
-             f"of unseen sources; ESC-50 column: {r['heldout']}, cross-fitted):", "",
-             "| score | speech | music | UI sounds | generated | speech+music+UI | all | held-out ESC-50 flagged |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in r["ood"]:
-        lines.append(f"| {row['score']} | {row['speech']:.0%} | {row['music']:.0%} | {row['notification']:.0%} | "
-                     f"{row['generated']:.0%} | {row['speech_music_ui']:.0%} | {row['all_eval']:.0%} | "
-                     f"{row['esc50_heldout_flagged']:.1%} |")
-    lines += ["", "Background-only recordings (evaluation split) flagged as background or out of distribution "
-              "(outlier probe):", "", "| kind | clips | background | OOD | either |", "| --- | --- | --- | --- | --- |"]
-    for row in r["background"]:
-        lines.append(f"| {row['kind']} | {row['n']} | {row['background']:.0%} | {row['ood']:.0%} | {row['either']:.0%} |")
-    e = r["esc50_heldout"]
-    lines.append(f"| held-out ESC-50 (fold 5) | 400 | {e['background']:.1%} | {e['ood_probe']:.1%} | {e['either']:.1%} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def _add_diagnose_args(p: argparse.ArgumentParser) -> None:
                    help="ESC-50 folder for the training reference / robustness (default: $TYMPAN_ESC50_DIR, "
                         "else the folder in the bundle's provenance)")
     p.add_argument("--ood-dir", type=Path, default=None,
-                   help="with --fit: an OOD audio folder (e.g. `tympan data ood`) for the stored OOD histograms")
+                   help="with --fit: the OOD set of `tympan data ood` (fits the outlier probe; OOD histograms)")
     p.add_argument("--robustness", action="store_true",
                    help="accuracy / ECE of the bundle on its held-out clips under controlled corruptions")
     p.add_argument("--max-clips", type=int, default=200, help="held-out clips in the robustness sweep (default 200)")
@@ -88,7 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--heldout", type=Path, default=None, help="held-out predictions (default: the bundle's)")
     c.add_argument("--data-dir", type=Path, default=None, help="ESC-50 folder (default: $TYMPAN_ESC50_DIR)")
     c.add_argument("--train-folds", default=None, help="comma-separated training folds (default: provenance)")
-    c.add_argument("--ood-dir", type=Path, default=None, help="OOD audio folder for the stored OOD histograms")
+    c.add_argument("--ood-dir", type=Path, default=None,
+                   help="OOD set built by `tympan data ood`: its dev split fits the outlier probe that decides OOD "
+                        "(its eval split is reported), and the stored OOD histograms")
     c.add_argument("--out", type=Path, default=None, help="write the fitted bundle here instead")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_calibrate)
