@@ -194,5 +194,5 @@ def bundle_params(bundle: Bundle) -> TrustParams:
 
 def predict_field(bundle: Bundle, ff: FieldFeatures) -> RecordingScores:
     """The bundle's per-file predictions on already featurised field audio (the one path)."""
-    _, z = Predictor(bundle).forward_features(ff.features)
-    return aggregate(z, bundle_params(bundle), ff.file_index, ff.n_files)
+    e, z = Predictor(bundle).forward_features(ff.features)
+    return aggregate(z, bundle_params(bundle), ff.file_index, ff.n_files, embeddings=e)
