@@ -21,7 +21,7 @@ def default_hop(n_samples: int) -> int:
 
 
 def iter_window_batches(
-    blocks: Iterable[np.ndarray], n_samples: int, hop: int | None = None, batch: int = 64
+    blocks: Iterable[np.ndarray], n_samples: int, hop: int | None = None, batch: int = 16
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(starts, windows)``: start samples ``(b,)`` and windows ``(b, n_samples)``, b <= batch."""
     hop = int(hop or default_hop(n_samples))
