@@ -239,3 +239,22 @@ def test_plain_predict_prints_long_files_by_share_of_windows(bundle_dir: Path, t
     assert main(["predict", "--bundle", str(bundle_dir), str(long)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{long}: 1219 windows over 0.17 h; labels by share of windows:")
+
+
+@pytest.mark.slow
+def test_shipped_bundle_rows_equal_the_api_windows(esc50_dir: Path, tmp_path: Path) -> None:
+    """Every per-window field of the /predict body (whatever the bundle's trust parts) is in the table."""
+    clip = tmp_path / "two.wav"
+    clips = sorted((esc50_dir / "audio").glob("5-*"))[:2]
+    sf.write(clip, np.concatenate([load_audio(c, 16_000).waveform for c in clips]), 16_000)
+    assert main(["predict", str(clip), "--out", str(tmp_path / "t.parquet"), "--quiet"]) == 0
+    rows = read_window_table(tmp_path / "t.parquet")
+    from tympan.bundle import resolve_bundle_dir
+
+    body = Predictor(resolve_bundle_dir(None)).predict(clip)
+    assert len(rows) == len(body["windows"]) == 3
+    for r, w in zip(rows, body["windows"], strict=True):
+        assert r["label"] == w["top_k"][0]["label"] and r["probability"] == pytest.approx(w["top_k"][0]["probability"], abs=1e-5)
+        for k, v in w.items():
+            if k != "top_k":
+                assert r[k] == (pytest.approx(v, abs=1e-3) if isinstance(v, float) else v), k

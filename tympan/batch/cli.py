@@ -198,7 +198,7 @@ def _table_mode(args: argparse.Namespace, predictor: Any) -> int:
                 bar.write(f"tympan: error: {res.error}", file=sys.stderr)
             audio_s += res.duration_s
             wall = time.perf_counter() - t0
-            bar.set_postfix_str(f"{audio_s / 3600:.2f} h audio, {audio_s / max(wall, 1e-9):.0f}x real time")
+            bar.set_postfix_str(f"{audio_s / 3600:.2f} h audio, {audio_s / max(wall, 1e-9):.0f}x real time", refresh=False)
             bar.update(1)
     except KeyboardInterrupt:
         interrupted = True

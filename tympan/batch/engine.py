@@ -60,6 +60,7 @@ class FileResult:
     starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # samples at sample_rate
     logits: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     embeddings: np.ndarray | None = None
+    levels: np.ndarray | None = None  # (n_windows, 3) tympan.stats.background.level_features
     #: (window index, descriptor values in tympan.stats.acoustic.FEATURE_NAMES order); -1 = whole file
     acoustic: list[tuple[int, list[float]]] = field(default_factory=list)
     wall_s: float = 0.0
@@ -118,8 +119,9 @@ def _estimated_windows(info: StreamInfo, cfg: _Config) -> int | None:
 
 
 def _stream_file(cfg: _Config, path: str, quota: int):
-    """Generator: yields ``(starts, windows)`` batches; returns the file's summary dict."""
+    """Generator: yields ``(starts, windows, levels)`` batches; returns the file's summary dict."""
     from tympan.recording_meta import read_recording_metadata
+    from tympan.stats.background import level_features
     from tympan.stats.acoustic import FEATURE_NAMES, acoustic_features
 
     blocks = iter_audio_blocks(path, cfg.sample_rate, cfg.block_seconds)
@@ -153,7 +155,7 @@ def _stream_file(cfg: _Config, path: str, quota: int):
                 f = acoustic_features(wins[j], cfg.sample_rate, source_sr=info.source_sample_rate)
                 rows.append((done + j, [f[k] for k in FEATURE_NAMES]))
         done += len(wins)
-        yield starts, wins
+        yield starts, wins, level_features(wins, cfg.sample_rate)
     if whole and kept:
         y = np.concatenate(kept)
         f = acoustic_features(y, cfg.sample_rate, source_sr=info.source_sample_rate,
@@ -177,11 +179,11 @@ def _local_messages(cfg: _Config, jobs: Sequence[tuple[int, str, int]]) -> Itera
         try:
             while True:
                 try:
-                    starts, wins = next(gen)
+                    starts, wins, levels = next(gen)
                 except StopIteration as stop:
                     yield ("done", idx, {**stop.value, "wall_s": time.perf_counter() - t0})
                     break
-                yield ("batch", idx, starts, wins)
+                yield ("batch", idx, starts, wins, levels)
         except Exception as exc:  # noqa: BLE001 - an unreadable file never stops the run
             yield ("error", idx, _failure(exc))
 
@@ -206,13 +208,13 @@ def _worker(cfg: _Config, tasks: Any, results: Any) -> None:
             gen = _stream_file(cfg, path, quota)
             while True:
                 try:
-                    starts, wins = next(gen)
+                    starts, wins, levels = next(gen)
                 except StopIteration as stop:
                     results.put(("done", idx, {**stop.value, "wall_s": time.perf_counter() - t0}))
                     break
                 with torch.inference_mode():
                     feats = frontend(torch.from_numpy(wins)).numpy()
-                results.put(("batch", idx, starts, feats))
+                results.put(("batch", idx, starts, feats, levels))
         except Exception as exc:  # noqa: BLE001 - an unreadable file never stops the run
             results.put(("error", idx, _failure(exc)))
 
@@ -275,6 +277,7 @@ class _Acc:
     starts: list[np.ndarray] = field(default_factory=list)
     logits: list[np.ndarray] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
+    levels: list[np.ndarray] = field(default_factory=list)
 
 
 def run_batch(
@@ -303,7 +306,8 @@ def run_batch(
     messages = (_worker_messages(cfg, jobs, min(int(options.jobs), len(jobs))) if workers
                 else _local_messages(cfg, jobs))
     acc: dict[int, _Acc] = {}
-    pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+    pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    keep_embeddings = bool(options.with_embeddings or getattr(predictor.params, "needs_embeddings", False))
     waiting: list[tuple[int, dict]] = []
 
     def flush() -> None:
@@ -315,12 +319,13 @@ def run_batch(
         else:
             e, z = predictor.forward(x)
         lo = 0
-        for idx, starts, part in pending:
+        for idx, starts, part, levels in pending:
             a = acc.setdefault(idx, _Acc())
             hi = lo + len(part)
             a.starts.append(starts)
             a.logits.append(z[lo:hi])
-            if options.with_embeddings:
+            a.levels.append(levels)
+            if keep_embeddings:
                 a.embeddings.append(e[lo:hi])
             lo = hi
         pending.clear()
@@ -334,13 +339,14 @@ def run_batch(
             np.concatenate(a.starts) if a.starts else np.zeros(0, np.int64),
             np.concatenate(a.logits) if a.logits else np.zeros((0, k), np.float32),
             np.concatenate(a.embeddings) if a.embeddings else None,
+            np.concatenate(a.levels) if a.levels else None,
             summary["acoustic"], float(summary.get("wall_s", 0.0)))
 
     try:
         for msg in messages:
             kind = msg[0]
             if kind == "batch":
-                pending.append((msg[1], msg[2], msg[3]))
+                pending.append((msg[1], msg[2], msg[3], msg[4]))
                 if sum(len(p[2]) for p in pending) >= cfg.batch:
                     flush()
             elif kind == "done":

@@ -78,6 +78,7 @@ class SummaryRow(BaseModel):
     top_labels: str | None = None  # "label share; label share; ..." by share of windows
     ood_share: float | None = None
     uncertain_share: float | None = None
+    background_share: float | None = None  # windows flagged background (when the bundle detects it)
     start_time: str | None = None
     start_time_source: str | None = None
     sample_rate: int | None = None
@@ -100,12 +101,16 @@ def window_rows(result: FileResult, predictor: Any) -> list[dict[str, Any]]:
     if not result.ok or not len(result.logits):
         return []
     params, classes = predictor.params, predictor.classes
+    extra = {"embeddings": result.embeddings, "levels": result.levels}
     pred = predict_recording(result.logits, params, classes, starts_s=result.starts_s,
-                             ends_s=result.ends_s, top_k=1)
-    scores = aggregate(result.logits, params)
+                             ends_s=result.ends_s, top_k=1, **extra)
+    scores = aggregate(result.logits, params, **extra)
+    score = scores.window_ood_score if scores.window_ood_score is not None else scores.window_energy
+    background = scores.window_background
     rows = []
     for i, w in enumerate(pred.windows):
-        unc, reasons = uncertainty_reasons(scores.window_probabilities[i], float(scores.window_energy[i]), params)
+        unc, reasons = uncertainty_reasons(scores.window_probabilities[i], float(score[i]), params,
+                                           bool(background[i]) if background is not None else False)
         fields = {k: v for k, v in w.model_dump().items() if k not in _NOT_COPIED}
         start_time = None
         if result.start_time is not None:
@@ -141,6 +146,8 @@ def summary_row(result: FileResult, rows: Sequence[dict[str, Any]]) -> dict[str,
                     top_labels="; ".join(f"{lab} {c / n:.3f}" for lab, c in counts[:5]),
                     ood_share=round(sum(bool(r["out_of_distribution"]) for r in rows) / n, 4),
                     uncertain_share=round(sum(bool(r["uncertain"]) for r in rows) / n, 4))
+        if rows[0].get("background") is not None:
+            base["background_share"] = round(sum(bool(r["background"]) for r in rows) / n, 4)
     return SummaryRow(**base).model_dump()
 
 

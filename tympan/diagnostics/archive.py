@@ -114,7 +114,8 @@ def analyse_archive(
             offsets = [float(res.starts[i]) / sr for i in keep]
         first = len(ids)
         for g, off in zip(groups, offsets, strict=True):
-            s = aggregate(z[g], params, embeddings=e[g])  # the one prediction path
+            lev = None if res.levels is None else res.levels[g]
+            s = aggregate(z[g], params, embeddings=e[g], levels=lev)  # the one prediction path
             ids.append(src.name if len(groups) == 1 else f"{src.name}@{off:.1f}s")
             emb.append(s.embeddings[0])
             logits.append(z[g].mean(axis=0))
