@@ -192,7 +192,12 @@ def test_some_unreadable_files_are_listed(fitted_bundle: Path, clean_dir: Path, 
     (folder / "empty.flac").write_bytes(b"")
     (folder / "notes.txt").write_text("not audio")
     out = tmp_path / "rep"
+    # files that could not be analysed fail the run (exit 2), the report is still written ...
     code = _diagnose("--field-dir", str(folder), "--bundle", str(fitted_bundle), "--out", str(out))
+    assert code == 2
+    # ... unless --max-failed-share allows them (2 of 42 files here)
+    code = _diagnose("--field-dir", str(folder), "--bundle", str(fitted_bundle), "--out", str(out),
+                     "--max-failed-share", "0.1")
     assert code in (0, 1)
     rep = json.loads((out / "report.json").read_text())
     bad = {b["file"] for b in rep["field"]["unreadable"]}
@@ -297,7 +302,8 @@ def test_acoustic_cache_is_reused(synthetic_dir: Path, monkeypatch: pytest.Monke
 def test_unfitted_bundle_is_an_error_not_a_silent_pass(fitted_bundle: Path, clean_dir: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     b = load_bundle(fitted_bundle)
-    raw = b.replace(reference={}, ood={"score": "energy", "temperature": 1.0, "threshold": None}, extra={})
+    raw = b.replace(reference={}, ood={"score": "energy", "temperature": 1.0, "threshold": None}, extra={},
+                    background={}, arrays={})  # nothing fitted
     raw.save(tmp_path / "raw")
     code = _diagnose("--field-dir", str(clean_dir), "--bundle", str(tmp_path / "raw"), "--out", str(tmp_path / "o"))
     assert code == 2 and "tympan calibrate" in capsys.readouterr().err

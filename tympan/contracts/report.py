@@ -158,9 +158,10 @@ class ConfidenceCheck(_Model):
 
 
 class OODRateCheck(_Model):
-    """:func:`tympan.stats.drift.ood_rate_shift` plus the threshold and score it used."""
+    """:func:`tympan.stats.drift.ood_rate_shift` plus the threshold and score it used (also the
+    ``background_rate`` check: the share of background-only units against the detector's rate)."""
 
-    check: Literal["ood_rate"]
+    check: Literal["ood_rate", "background_rate"]
     verdict: Verdict
     n_field: int
     n_flagged: int
@@ -217,6 +218,7 @@ class DriftChecks(_Model):
     predictions: LabelShiftCheck | None = None
     confidence: ConfidenceCheck | None = None
     ood_rate: OODRateCheck | None = None
+    background_rate: OODRateCheck | None = None
     performance: PerformanceCheck | None = None
 
 
@@ -328,6 +330,8 @@ class PerFileResult(_Model):
     energy: float
     out_of_distribution: bool
     windows: int
+    ood_score: float | None = Field(None, description="the bundle's deciding OOD score (when not energy)")
+    background: bool | None = Field(None, description="background only, no sound event (bundles with a detector)")
 
 
 # --------------------------------------------------------------------------- robustness

@@ -88,6 +88,8 @@ def analyse_archive(
     opts = BatchOptions(hop_s=hop, jobs=jobs, with_embeddings=True, whole_seconds=long_seconds)
     ids: list[str] = []
     emb, logits, probs, energy, nwin, formats, units = [], [], [], [], [], [], []
+    ood_scores: list[float] = []
+    backgrounds: list[bool | None] = []
     acoustic, acoustic_index, bad = [], [], []
     seconds_ok = seconds_bad = 0.0
     windows_total = 0
@@ -121,6 +123,8 @@ def analyse_archive(
             logits.append(z[g].mean(axis=0))
             probs.append(s.probabilities[0])
             energy.append(float(s.energy[0]))
+            ood_scores.append(float(s.ood_score[0]))
+            backgrounds.append(None if s.background is None else bool(s.background[0]))
             nwin.append(len(g))
             formats.append(fmt)
             start = None if res.start_time is None else res.start_time + timedelta(seconds=off)
@@ -150,6 +154,8 @@ def analyse_archive(
         formats=formats,
         unreadable=bad,
         skipped=[{"file": f, "reason": why} for f, why in scan.skipped],
+        ood_score=np.asarray(ood_scores, np.float64),
+        background=np.asarray(backgrounds, bool) if backgrounds and backgrounds[0] is not None else None,
     )
     clips.acoustic_index = np.asarray(acoustic_index, np.int64)
     clips.units = units

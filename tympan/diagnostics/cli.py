@@ -175,7 +175,7 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
                         f"(first: {clips.unreadable[0]['reason']})")
     perf = performance_for(bundle, bundle_dir)
     res = drift_checks(bundle.reference or {}, bundle.ood or {}, bundle.classes, clips, performance=perf,
-                       accuracy_margin=accuracy_margin)
+                       accuracy_margin=accuracy_margin, background=bundle.background or None)
     if not res["checks"]:
         from tympan.errors import BundleError
 
@@ -186,10 +186,18 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
     code = failed_files_exit_code(code, clips, analysis)  # 2: files failed beyond --max-failed-share
     classes = list(bundle.classes)
     thr = (bundle.ood or {}).get("threshold")
-    per_file = [{"file": f, "predicted": classes[int(p)], "confidence": float(c), "energy": float(e),
-                 "out_of_distribution": bool(thr is not None and e > thr), "windows": int(w)}
-                for f, p, c, e, w in zip(clips.ids, clips.predictions, clips.confidence, clips.energy,
-                                         clips.n_windows)]
+    emb_thr = ((bundle.ood or {}).get("embedding") or {}).get("threshold")
+    per_file = []
+    for i, (f, p, c, e, w) in enumerate(zip(clips.ids, clips.predictions, clips.confidence, clips.energy,
+                                             clips.n_windows, strict=True)):
+        row = {"file": f, "predicted": classes[int(p)], "confidence": float(c), "energy": float(e),
+               "out_of_distribution": bool(thr is not None and e > thr), "windows": int(w)}
+        if emb_thr is not None and clips.ood_score is not None:  # the score that decides OOD in /predict
+            row["ood_score"] = float(clips.ood_score[i])
+            row["out_of_distribution"] = bool(clips.ood_score[i] > float(emb_thr))
+        if clips.background is not None:
+            row["background"] = bool(clips.background[i])
+        per_file.append(row)
     acoustic = res["checks"].get("acoustic") or {}
     pc = res["checks"].get("performance") or {}
     performance = None

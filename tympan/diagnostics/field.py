@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from tympan.inference import Predictor, aggregate
+from tympan.stats.background import level_features
 from tympan.io import to_jsonable
 from tympan.stats.acoustic import FEATURE_NAMES, acoustic_features
 from tympan.stats.drift import (
@@ -101,6 +102,10 @@ class ClipSet:
     units: list[dict[str, Any]] = field(default_factory=list)
     #: how much of the folder was analysed (archive analysis; empty otherwise)
     coverage: dict[str, Any] = field(default_factory=dict)
+    #: per unit: the bundle's deciding OOD score (energy, energy+knn or probe) and whether the
+    #: unit holds only background (None: the bundle has no embedding score / no background detector)
+    ood_score: np.ndarray | None = None
+    background: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -130,6 +135,8 @@ class ClipSet:
             self.probabilities[idx], self.energy[idx], self.n_windows[idx],
             [self.formats[i] for i in idx], [], [], acoustic_index,
             [self.units[i] for i in idx] if self.units else [],
+            ood_score=None if self.ood_score is None else self.ood_score[idx],
+            background=None if self.background is None else self.background[idx],
         )
 
 
@@ -162,6 +169,8 @@ def analyse_sources(
 
     sr = int(predictor.config.sample_rate)
     ids, acoustic, embs, logits, probs, energy, nwin, formats, bad = [], [], [], [], [], [], [], [], []
+    ood_scores: list[float] = []
+    backgrounds: list[bool | None] = []
     items = list(sources) if total is None else sources
     bar = tqdm(items, desc=desc, unit="file", disable=not progress, total=total or len(items), leave=False)
     for pos, (clip_id, src) in enumerate(bar):
@@ -180,7 +189,10 @@ def analyse_sources(
         if with_model:
             prepared = predictor.prepare(dataclasses.replace(decoded, waveform=y))
             e, z = predictor.forward(prepared.windows)
-            scores = aggregate(z, predictor.params, embeddings=e)  # the one prediction path
+            scores = aggregate(z, predictor.params, embeddings=e,  # the one prediction path
+                               levels=level_features(prepared.windows, sr) if predictor.params.background else None)
+            ood_scores.append(float(scores.ood_score[0]))
+            backgrounds.append(None if scores.background is None else bool(scores.background[0]))
             embs.append(scores.embeddings[0])
             logits.append(z.mean(axis=0))
             probs.append(scores.probabilities[0])
@@ -208,6 +220,8 @@ def analyse_sources(
         n_windows=np.asarray(nwin, np.int64) if nwin else np.zeros(n, np.int64),
         formats=formats,
         unreadable=bad,
+        ood_score=np.asarray(ood_scores, np.float64) if ood_scores else None,
+        background=(np.asarray(backgrounds, bool) if backgrounds and backgrounds[0] is not None else None),
     )
 
 
@@ -300,10 +314,14 @@ def drift_checks(
     alpha: float = ALPHA_PER_CHECK,
     performance: Mapping[str, Any] | None = None,
     accuracy_margin: float | None = None,
+    background: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every check the bundle's reference allows; returns ``{"overall", "checks", "gate", ...}``.
 
     A check without a reference (bundle not fitted) is ``"not available"`` and does not vote.
+    ``background`` is the bundle's background detector block; with it (and a ClipSet analysed
+    with it), ``background_rate`` tests whether more units are background-only than the
+    detector calls on held-out foreground clips.
     ``performance`` is the bundle's ``extra["performance"]`` block (the label-free accuracy
     estimator); with it, the ``performance`` check estimates the accuracy on ``field``.
     """
@@ -344,7 +362,15 @@ def drift_checks(
     else:
         missing.append("confidence")
     thr = (ood or {}).get("threshold")
-    if thr is not None:
+    emb_ood = (ood or {}).get("embedding") or {}
+    if emb_ood.get("threshold") is not None and field.ood_score is not None:
+        # the score that decides OOD in /predict: its own threshold, its own false-alarm rate
+        flagged = int(np.sum(field.ood_score > float(emb_ood["threshold"])))
+        checks["ood_rate"] = ood_rate_shift(flagged, n, expected_rate=1.0 - float(emb_ood.get("tpr", 0.95)),
+                                            alpha=alpha, min_field_samples=MIN_FIELD_SAMPLES)
+        checks["ood_rate"]["threshold"] = float(emb_ood["threshold"])
+        checks["ood_rate"]["score"] = str(emb_ood.get("score", "embedding"))
+    elif thr is not None:
         flagged = int(np.sum(field.energy > float(thr)))
         expected = (reference.get("ood_rate") or {}).get("expected")
         if expected is None:
@@ -355,6 +381,16 @@ def drift_checks(
         checks["ood_rate"]["score"] = str((ood or {}).get("score", "energy"))
     else:
         missing.append("ood_rate")
+    if background and field.background is not None:
+        # windows called background on held-out foreground clips: at most max_foreground_rate
+        expected_bg = float(background.get("max_foreground_rate", 0.02))
+        bg = ood_rate_shift(int(np.sum(field.background)), n, expected_rate=expected_bg, alpha=alpha,
+                            min_field_samples=MIN_FIELD_SAMPLES)
+        bg["check"] = "background_rate"
+        bg["threshold"] = float(background.get("threshold", 0.5))
+        bg["score"] = "background probability"
+        bg["message"] = bg["message"].replace("flagged OOD", "background only (no sound event)")
+        checks["background_rate"] = bg
     if performance and (performance.get("estimator") or {}).get("method"):
         checks["performance"] = performance_check(performance, field, margin=accuracy_margin)
     else:
