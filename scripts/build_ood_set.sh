@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Rebuild the out-of-distribution evaluation set from Debian packages (nothing else downloaded):
-# espeak-ng speech, fluidsynth music with General MIDI soundfonts, desktop notification sounds,
+# espeak-ng speech (14 voices), fluidsynth music through three General MIDI soundfonts, five desktop
+# sound themes,
 # and generated noise/tones/silence. Usage: scripts/build_ood_set.sh [DEST] (default data/ood)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-data/ood}
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   need=()
-  for pkg in espeak-ng fluidsynth timgm6mb-soundfont sound-theme-freedesktop gnome-audio; do
+  for pkg in espeak-ng fluidsynth timgm6mb-soundfont fluidr3mono-gm-soundfont musescore-general-soundfont-small \
+             sound-theme-freedesktop gnome-audio oxygen-sounds deepin-sound-theme yaru-theme-sound; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then
