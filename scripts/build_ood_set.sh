@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the out-of-distribution evaluation set from Debian packages (nothing else downloaded):
 # espeak-ng speech (14 voices), fluidsynth music through three General MIDI soundfonts, five desktop
-# sound themes,
-# and generated noise/tones/silence. Usage: scripts/build_ood_set.sh [DEST] (default data/ood)
+# sound themes and generated noise/tones, split into dev and eval sources (manifest.csv).
+# Usage: scripts/build_ood_set.sh [DEST] (default data/ood)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-data/ood}
