@@ -494,3 +494,21 @@ def test_cli_runs_streamlit_on_the_packaged_app() -> None:
     at = AppTest.from_file(str(APP_PATH), default_timeout=TIMEOUT).run()  # the packaged script itself
     no_exception(at)
     assert at.title[0].value == "Classify a sound"
+
+
+def test_background_only_audio_is_said_so_with_the_shipped_model(monkeypatch: pytest.MonkeyPatch,
+                                                                  synthetic_dir: Path) -> None:
+    """Recorder hiss through the real API on the shipped bundle: the page says there is no sound event."""
+    shipped = Path(__file__).resolve().parents[1] / "tympan" / "assets" / "default"
+    y = np.random.default_rng(2).standard_normal(16_000 * 5) * 10 ** (-60 / 20)
+    buf = io.BytesIO()
+    sf.write(buf, y.astype(np.float32), 16_000, format="WAV", subtype="PCM_24")
+    with serve(shipped) as url:
+        monkeypatch.setenv("TYMPAN_API_URL", url)
+        monkeypatch.setenv("TYMPAN_ESC50_DIR", str(synthetic_dir))
+        at = AppTest.from_file(ENTRY, default_timeout=TIMEOUT).run()
+        at.radio(key="clip_source").set_value("upload").run()
+        at.file_uploader(key="upload").upload("hiss.wav", buf.getvalue(), "audio/wav")
+        at.run()
+    no_exception(at)
+    assert "Background only" in texts(at) and "no foreground sound event" in texts(at)

@@ -48,6 +48,11 @@ def _ood_badge(pred: dict[str, Any]) -> None:
     rel = f"{name} score {score:.2f}" if isinstance(score, int | float) else f"{name} score n/a"
     rel += f" vs threshold {thr:.2f}" if isinstance(thr, int | float) else " (no threshold fitted)"
     reasons = pred.get("uncertain_reasons") or []
+    background = pred.get("background") or {}
+    if background.get("background"):
+        st.badge("No sound event", icon=":material/graphic_eq:", color="gray")
+        st.warning("**Background only** — hiss, hum, rumble or room tone, no foreground sound event "
+                   f"({background.get('share_of_windows', 1):.0%} of the windows). The labels below mean nothing here.")
     if ood.get("out_of_distribution"):
         st.badge("Out of distribution", icon=":material/warning:", color="red")
         st.error(f"**Out of distribution** — {rel} (higher = more unlike the training audio). "
