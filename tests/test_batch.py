@@ -258,3 +258,37 @@ def test_shipped_bundle_rows_equal_the_api_windows(esc50_dir: Path, tmp_path: Pa
         for k, v in w.items():
             if k != "top_k":
                 assert r[k] == (pytest.approx(v, abs=1e-3) if isinstance(v, float) else v), k
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "GSM610"), ("WAV", "G721_32"), ("WAV", "IMA_ADPCM"),
+                                         ("WAV", "MS_ADPCM"), ("AU", "G723_24"), ("FLAC", "PCM_24"),
+                                         ("OGG", "VORBIS")])
+def test_streaming_decoder_keeps_the_decoders_guarantees(tmp_path: Path, fmt: str, subtype: str) -> None:
+    """Forward-only codecs, and unfinalised or cut files, stream to the samples load_audio gives."""
+    if subtype not in sf.available_subtypes(fmt):
+        pytest.skip(f"libsndfile has no {fmt}/{subtype}")
+    path = tmp_path / f"x.{fmt.lower()}"
+    sf.write(path, noise(3.0, 1, 8000), 8000, format=fmt, subtype=subtype)
+    cases = [path]
+    raw = path.read_bytes()
+    if fmt == "WAV":
+        unfinished = tmp_path / "unfinished.wav"  # data size left at 0: the header was never finalised
+        b = bytearray(raw)
+        i = b.find(b"data")
+        b[i + 4 : i + 8] = (0).to_bytes(4, "little")
+        unfinished.write_bytes(bytes(b))
+        cases.append(unfinished)
+    cut = tmp_path / f"cut.{fmt.lower()}"
+    cut.write_bytes(raw[: len(raw) * 3 // 4])
+    cases.append(cut)
+    for p in cases:
+        try:
+            want = load_audio(p, SR, max_seconds=None)
+        except Exception as exc:  # noqa: BLE001 - the streaming decoder must refuse it too
+            with pytest.raises(type(exc)):
+                list(iter_audio_blocks(p, SR, block_seconds=0.3))
+            continue
+        blocks = iter_audio_blocks(p, SR, block_seconds=0.3)
+        got = np.concatenate(list(blocks))
+        assert np.array_equal(got, want.waveform), p.name
+        assert blocks.info.warnings == want.warnings, p.name

@@ -612,11 +612,11 @@ class AudioBlocks:
                 with quiet():
                     data, err = _read_block(f, info.source_channels, self._block)
                 if data.shape[0]:
-                    if not np.isfinite(data).all():
+                    peak = float(np.abs(data).max())  # NaN or inf when any sample is: one pass for both checks
+                    if not np.isfinite(peak):
                         bad = int((~np.isfinite(data)).sum())
                         raise NonFiniteAudioError(f"{name}: {bad} samples are NaN or infinite "
                                                   f"(at {info.source_frames / sr:.1f} s)")
-                    peak = float(np.abs(data).max())
                     if peak > MAX_SAMPLE_MAGNITUDE:
                         raise SampleRangeError(
                             f"{name}: samples reach {peak:.3g}, far outside audio levels (|x| <= 1; float "
