@@ -492,6 +492,8 @@ def readme_table(results: dict) -> str:
     for name, rows in results["levels"].items():
         label = ("HTTP floor (no model)" if name == "floor" else f"tympan serve --backend {name}"
                  if name in ("onnx", "torchscript", "eager", "auto") else f"tympan serve ({name})")
+        if name == "baseline":
+            label = f"before this change ({results.get('baseline', 'baseline')}, defaults)"
         for r in rows:
             errors = sum(r["errors"].values()) if r["errors"] else 0
             err = f" ({errors} errors)" if errors else ""
@@ -547,6 +549,9 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                     help="also run tympan serve with these arguments under this name, e.g. "
                          "'onnx-1t=--backend onnx --torch-threads 1' (repeatable)")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="SRC",
+                    help="also run the tympan of another checkout (e.g. `git archive <commit>` unpacked in SRC) "
+                         "with its defaults, as 'baseline': before and after in the same run")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra argument for every tympan serve, e.g. --server-arg=--max-batch-size=8")
     ap.add_argument("--out", type=Path, default=None, help="write the results here (JSON)")
@@ -582,6 +587,10 @@ def main() -> int:
 
     servers = [] if args.no_floor else [Server.floor()]
     servers += [Server.tympan(b, args.bundle, ["--backend", b, *args.server_arg]) for b in backends]
+    if args.baseline:
+        base = args.baseline.resolve()
+        servers.append(Server("baseline", [sys.executable, "-m", "tympan", "serve", "--bundle", str(args.bundle),
+                                           "--log-level", "warning"], {"PYTHONPATH": str(base)}))
     for v in args.variant:
         name, _, extra = v.partition("=")
         servers.append(Server.tympan(name.strip(), args.bundle, [*extra.split(), *args.server_arg]))
@@ -602,6 +611,7 @@ def main() -> int:
     results = {"machine": info, "bundle": describe_bundle(args.bundle), "requests": args.requests,
                "rounds": args.rounds, "server_args": args.server_arg, "targets": TARGETS,
                "backend_selection": chosen, "levels": levels_out,
+               "baseline": os.environ.get("TYMPAN_BASELINE_LABEL", "baseline") if args.baseline else None,
                "load_average_end": load_average()}
     for name, rows in levels_out.items():
         if name == "floor":

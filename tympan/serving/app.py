@@ -389,24 +389,35 @@ class Service:
     async def off_loop(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, func, *args)
 
-    def _count_decoding(self, n: int) -> None:
+    def _start_decoding(self) -> list[bool]:
+        """Count a request as being decoded; the ticket ends it once (thread or coroutine)."""
         with self._decoding_lock:
-            self.decoding += n
+            self.decoding += 1
+        return [True]
 
-    def _prepare(self, predictor: Predictor, data: str | bytes) -> Prepared:
+    def _end_decoding(self, ticket: list[bool]) -> None:
+        with self._decoding_lock:
+            if ticket[0]:
+                ticket[0] = False
+                self.decoding -= 1
+
+    def _prepare(self, predictor: Predictor, data: str | bytes, ticket: list[bool]) -> Prepared:
         """Base64 (str) or file bytes -> audio -> windows (in a worker thread; counted in ``decoding``)."""
         try:
             raw = decode_base64(data) if isinstance(data, str) else data
             check_decode_budget(raw, self.settings)
             return predictor.prepare(raw)
         finally:
-            self._count_decoding(-1)
+            self._end_decoding(ticket)
 
     async def prepare(self, data: str | bytes) -> Prepared:
         """Decode base64 (str) or file bytes, then audio, then windows: all off the event loop."""
         predictor = self.require_ready()
-        self._count_decoding(1)
-        return await self.off_loop(self._prepare, predictor, data)
+        ticket = self._start_decoding()
+        try:
+            return await self.off_loop(self._prepare, predictor, data, ticket)
+        finally:  # also when cancelled before a thread took it
+            self._end_decoding(ticket)
 
     def check_top_k(self, top_k: int | None) -> int:
         """``top_k`` checked against the model (None: the default 3, or fewer classes)."""
@@ -441,15 +452,18 @@ class Service:
         t0 = request.scope.get("state", {}).get("t0") or time.perf_counter()
 
         def work() -> bytes | tuple[Prepared, Future]:
-            prepared = self._prepare(predictor, data)
+            prepared = self._prepare(predictor, data, ticket)
             fut = batcher.enqueue(prepared)
             if not fut.done():
                 return prepared, fut  # a pass on another thread answers it
             return self._predict_body(predictor, prepared, fut.result(), top_k, return_logits, t0)
 
         with self.admit():
-            self._count_decoding(1)
-            out = await self.off_loop(work)
+            ticket = self._start_decoding()
+            try:
+                out = await self.off_loop(work)
+            finally:  # also when cancelled before a thread took it
+                self._end_decoding(ticket)
             if isinstance(out, tuple):
                 prepared, fut = out
                 result = await asyncio.wrap_future(fut)

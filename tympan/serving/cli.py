@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="how long a pass that is not full waits for requests being decoded (0 ms)")
     p.add_argument("--torch-threads", type=int, default=None,
-                   help="torch and ONNX Runtime threads (default: cores / workers)")
+                   help="torch and ONNX Runtime threads per forward pass (default 1; --passes uses the other cores)")
     p.add_argument("--passes", type=int, default=None,
                    help="forward passes at once (ONNX Runtime/TorchScript; default: cores / torch threads)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")

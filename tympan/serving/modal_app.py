@@ -10,7 +10,10 @@ image and served instead::
 Secrets: create a Modal secret ``tympan-api`` holding ``TYMPAN_API_KEY`` and set
 ``API_SECRET = "tympan-api"`` below to require a bearer token.
 
-Every autoscaling knob is a module-level constant in the block below, and nowhere else.
+Every autoscaling knob is a module-level constant in the block below, and nowhere else. The
+container serves with ``device="cuda"`` (as ``tympan serve --device cuda``): the network runs on
+the GPU (TorchScript or eager, chosen by measurement at load, TF32 off so the logits match CPU
+evaluation to 1e-4, as ``tests/test_parity.py`` checks where a GPU is present).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ MAX_INPUTS = 64  # concurrent requests per container (they share micro-batches)
 TARGET_INPUTS = 32  # autoscaler adds containers above this many in flight per container
 TIMEOUT = 120  # seconds per request
 MAX_BATCH_SIZE = 64  # windows per forward pass: a GPU profits from bigger batches than a CPU
-MAX_WAIT_MS = 5.0
+MAX_WAIT_MS = 5.0  # a pass that is not full waits this long for requests being decoded
+BACKEND = "auto"  # on the GPU: the faster of TorchScript and eager, each checked against eager to 1e-4
 API_SECRET: str | None = None  # name of a Modal secret with TYMPAN_API_KEY, or None for an open API
 PYTHON_VERSION = "3.11"
 TORCH_VERSION = "2.13.0"
@@ -78,5 +82,5 @@ def web():
     if device.startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"
     settings = Settings.from_env(device=device, max_batch_size=MAX_BATCH_SIZE, max_wait_ms=MAX_WAIT_MS,
-                                 load_in_background=False)
+                                 backend=BACKEND, load_in_background=False)
     return create_app(os.environ.get("TYMPAN_BUNDLE") or None, settings)
