@@ -460,3 +460,12 @@ def test_settings_from_env_and_bad_bundle(tmp_path: Path) -> None:
 
     with pytest.raises(BundleError, match="no such bundle directory"):
         create_app(tmp_path / "missing")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_serve_on_cuda_without_a_gpu_is_one_line(bundle_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from tympan.cli import main
+
+    assert main(["serve", "--bundle", str(bundle_dir), "--device", "cuda", "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no usable CUDA device" in err
