@@ -96,15 +96,30 @@ def window_columns() -> list[str]:
     return cols + extra
 
 
+#: windows scored at once: per-window scores do not depend on other windows, and a bundle that
+#: scores OOD on the embedding compares every window with its reference set, so a long recording
+#: is scored in chunks to keep memory flat whatever its length
+ROW_CHUNK = 256
+
+
 def window_rows(result: FileResult, predictor: Any) -> list[dict[str, Any]]:
     """The per-window rows of a finished file (empty for failed files)."""
     if not result.ok or not len(result.logits):
         return []
+    rows: list[dict[str, Any]] = []
+    for lo in range(0, len(result.logits), ROW_CHUNK):
+        rows += _chunk_rows(result, predictor, slice(lo, lo + ROW_CHUNK))
+    return rows
+
+
+def _chunk_rows(result: FileResult, predictor: Any, part: slice) -> list[dict[str, Any]]:
     params, classes = predictor.params, predictor.classes
-    extra = {"embeddings": result.embeddings, "levels": result.levels}
-    pred = predict_recording(result.logits, params, classes, starts_s=result.starts_s,
-                             ends_s=result.ends_s, top_k=1, **extra)
-    scores = aggregate(result.logits, params, **extra)
+    extra = {"embeddings": None if result.embeddings is None else result.embeddings[part],
+             "levels": None if result.levels is None else result.levels[part]}
+    logits = result.logits[part]
+    pred = predict_recording(logits, params, classes, starts_s=result.starts_s[part],
+                             ends_s=result.ends_s[part], top_k=1, **extra)
+    scores = aggregate(logits, params, **extra)
     score = scores.window_ood_score if scores.window_ood_score is not None else scores.window_energy
     background = scores.window_background
     rows = []
