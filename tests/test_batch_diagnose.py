@@ -70,6 +70,8 @@ def test_long_files_count_by_windows_groups_and_failed_files(fitted_bundle: Path
     for g in groups.values():
         assert g["verdict"] and set(g["checks"]) >= {"embedding", "predictions", "confidence", "ood_rate"}
     assert "analysed 0.06 h of audio: 41 of 42 recordings" in printed and "site north:" in printed
+    # report.json says how much audio was analysed and carries the per-group checks too
+    assert rep["coverage"] == cov and rep["by"] == "site" and {g["group"] for g in rep["groups"]} == {"north", "south"}
     # allowed failures: the verdict decides again
     code = _run("--field-dir", str(archive), "--bundle", str(fitted_bundle), "--out", str(out),
                 "--max-failed-share", "0.05", "--by", "day", "--jobs", "2")

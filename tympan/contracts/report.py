@@ -402,6 +402,10 @@ class DiagnoseReport(_Model):
     performance: Performance | None = Field(None, description="field runs: estimated accuracy (null without an estimator)")
     gate: Gate | None = None
     adaptation: AdaptationInfo | None = None
+    coverage: dict[str, Any] | None = Field(None, description="field runs: how much of the folder was analysed "
+                                            "(files, hours of audio, units, failed share, acoustic sample)")
+    by: str | None = Field(None, description="field runs with --by: site, day or hour")
+    groups: list[dict[str, Any]] | None = Field(None, description="field runs with --by: every check per group")
     exit_code: int
     fail_on: Literal["model", "audio", "drift", "ood", "any", "never"]
 

@@ -228,6 +228,9 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
         "checks": res["checks"],
         "recording_format": res["recording_format"],
         "per_file": per_file,
+        "coverage": (archive or {}).get("coverage") or None,
+        "by": (archive or {}).get("by"),
+        "groups": (archive or {}).get("groups"),
         "exit_code": code,
         "fail_on": fail_on,
     }
