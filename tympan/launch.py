@@ -75,15 +75,22 @@ def _wait_ready(url: str, procs: list[subprocess.Popen], child: subprocess.Popen
     raise TympanError(f"{url} not ready after {timeout:.0f} s")
 
 
-def _example_clip(explicit: Path | None) -> Path | None:
+def _example_clip(explicit: Path | None, bundle: str | Path | None = None) -> Path | None:
+    """``--example``, else the first dog clip of the bundle's held-out fold (one it never trained on)."""
     if explicit:
         return explicit
+    from tympan.bundle import read_metadata, resolve_bundle_dir
     from tympan.datasets import locate_data_dir
 
     # $TYMPAN_ESC50_DIR, else the copy a development checkout has beside it
     root = locate_data_dir(None, Path(__file__).resolve().parents[2] / "shared" / "data" / "esc50")
     clips = sorted((root / "audio").glob("*-0.*")) if root is not None and (root / "audio").is_dir() else []
-    return clips[0] if clips else None
+    try:
+        fold = (read_metadata(resolve_bundle_dir(bundle)).get("provenance") or {}).get("heldout_fold")
+    except Exception:  # noqa: BLE001 - no bundle info: any clip will do as an example
+        fold = None
+    held = [c for c in clips if fold is not None and c.name.startswith(f"{fold}-")]
+    return (held or clips or [None])[0]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -114,7 +121,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             _wait_ready(f"http://{args.host}:{args.dashboard_port}/_stcore/health", procs, procs[1],
                         args.dashboard_port)
             print(f"dashboard  http://{args.host}:{args.dashboard_port}")
-        clip = _example_clip(args.example)
+        clip = _example_clip(args.example, args.bundle)
         if clip is not None:
             body = json.dumps({"audio_base64": base64.b64encode(clip.read_bytes()).decode(), "top_k": 3}).encode()
             req = urllib.request.Request(f"{api}/predict", data=body, headers={"Content-Type": "application/json"})
@@ -124,6 +131,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 result = json.load(r)
             top = ", ".join(f"{c['label']} {c['probability']:.2f}" for c in result["top_k"])
             flag = " [out of distribution]" if result["ood"]["out_of_distribution"] else ""
+            if (result.get("background") or {}).get("background"):
+                flag += " [background only]"
             print(f"example    {clip.name}: {top}{flag}")
         if args.check:
             return 0
