@@ -104,3 +104,22 @@ def test_a_generated_background_recording_is_flagged(synthetic_dir: Path, tmp_pa
     assert any("background" in r for r in body["uncertain_reasons"])
     clip = sorted((synthetic_dir / "audio").glob("5-*"))[0]  # a held-out clip holds an event
     assert pred.predict(clip)["background"]["background"] is False
+
+
+def test_window_outputs_at_another_level(synthetic_dir: Path) -> None:
+    """The quieter copies the outlier probe sees as in-distribution are the same windows, 20 dB down."""
+    from tympan.bundle import Bundle
+    from tympan.datasets import load_esc50
+    from tympan.diagnostics.trust import window_outputs
+    from tympan.features import FrontendConfig
+    from tympan.inference import Predictor
+    from tympan.models import build_model
+
+    ds = load_esc50(synthetic_dir)
+    b = Bundle(model=build_model("cnn", n_classes=len(ds.classes), width=4).eval(), arch="cnn",
+               arch_params={"width": 4}, classes=list(ds.classes), frontend=FrontendConfig(clip_seconds=2.0))
+    pred = Predictor(b, backend="eager")
+    loud = window_outputs(pred, ds.files[:3])
+    quiet = window_outputs(pred, ds.files[:3], gain_db=-20.0)
+    np.testing.assert_allclose(quiet.levels[:, 0], loud.levels[:, 0] - 20.0, atol=0.01)
+    assert not np.allclose(quiet.embeddings, loud.embeddings)  # log-mels are not level-normalised
