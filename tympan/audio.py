@@ -125,6 +125,26 @@ class _Input:
         self.path, self.data, self.size = None, data, len(data)
 
 
+def _open_checked(source: AudioSource) -> tuple[str, _Input, list[str], bool]:
+    """What every decode starts with: the header checks, an unfinalised WAV patched in memory.
+
+    Returns ``(name, input, notes, quiet)``: ``notes`` collects the warnings, ``quiet`` says
+    whether libsndfile may print while decoding this container (keep it out of the output).
+    """
+    name = _describe(source)
+    src = _Input(source)
+    notes: list[str] = []
+    with src.raw() as f:
+        head = f.read(64)
+        container = sniff_container(head)
+        _check_header(name, f, src.size, container)
+        if container == "WAV":
+            patched = _finalise_riff(name, f, src.size, notes)
+            if patched is not None:
+                src.replace(patched)
+    return name, src, notes, _may_print(head, container)
+
+
 def load_audio(
     source: AudioSource,
     sample_rate: int | None = None,
@@ -140,18 +160,7 @@ def load_audio(
     or raises :class:`~tympan.errors.TruncatedAudioError` with ``salvage=False``. Unfinalised WAV headers and FLAC streams of
     unknown length always decode, with a warning.
     """
-    name = _describe(source)
-    src = _Input(source)
-    notes: list[str] = []
-    with src.raw() as f:
-        head = f.read(64)
-        container = sniff_container(head)
-        _check_header(name, f, src.size, container)
-        if container == "WAV":
-            patched = _finalise_riff(name, f, src.size, notes)
-            if patched is not None:
-                src.replace(patched)
-    quiet = _may_print(head, container)
+    name, src, notes, quiet = _open_checked(source)
     with _quiet_native_output() if quiet else contextlib.nullcontext():
         data, sr, channels, fmt, subtype = _decode(src, name, max_seconds, salvage, notes)
 
@@ -700,18 +709,7 @@ def iter_audio_blocks(
     A WAV whose data size was left at 0 is patched in memory (the whole file is read once,
     as :func:`load_audio` does); every other file is read block by block.
     """
-    name = _describe(source)
-    src = _Input(source)
-    notes: list[str] = []
-    with src.raw() as f:
-        head = f.read(64)
-        container = sniff_container(head)
-        _check_header(name, f, src.size, container)
-        if container == "WAV":
-            patched = _finalise_riff(name, f, src.size, notes)
-            if patched is not None:
-                src.replace(patched)
-    quiet = _may_print(head, container)
+    name, src, notes, quiet = _open_checked(source)
     try:
         with _quiet_native_output() if quiet else contextlib.nullcontext(), src.open() as f:
             sr, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
