@@ -18,10 +18,9 @@ from typing import Any, Self
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
-from tympan.io import decode_array, encode_array
+from tympan.stats.probe import LinearProbe
 
 __all__ = ["LEVEL_FEATURES", "BackgroundDetector", "level_features"]
 
@@ -68,13 +67,7 @@ class BackgroundDetector(BaseEstimator):
         them it is 0.5.
         """
         X = np.asarray(X, np.float64)
-        y = np.asarray(y, np.int64)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0) + 1e-6
-        clf = LogisticRegression(C=self.C, class_weight="balanced", max_iter=2000)
-        clf.fit((X - self.mean_) / self.scale_, y)
-        self.coef_ = clf.coef_[0].astype(np.float64)
-        self.intercept_ = float(clf.intercept_[0])
+        self.probe_ = LinearProbe.fit(X, np.asarray(y, np.int64), C=self.C, max_iter=2000)
         self.n_features_in_ = X.shape[1]
         self.threshold_ = 0.5
         if foreground_heldout is not None and len(foreground_heldout):
@@ -84,11 +77,8 @@ class BackgroundDetector(BaseEstimator):
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Probability of background per row."""
-        check_is_fitted(self, "coef_")
-        X = np.asarray(X, np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected (n, {self.n_features_in_}) features, got {X.shape}")
-        z = ((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+        check_is_fitted(self, "probe_")
+        z = self.probe_.log_odds(X)
         return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
     def predict(self, X: Any) -> np.ndarray:
@@ -96,20 +86,15 @@ class BackgroundDetector(BaseEstimator):
         return self.decision_function(X) > self.threshold_
 
     def to_dict(self) -> dict[str, Any]:
-        check_is_fitted(self, "coef_")
+        check_is_fitted(self, "probe_")
         return {"method": "logistic regression on [embedding, level features]", "C": self.C,
                 "max_foreground_rate": self.max_foreground_rate, "level_features": list(LEVEL_FEATURES),
-                "mean": encode_array(self.mean_, "float32"), "scale": encode_array(self.scale_, "float32"),
-                "coef": encode_array(self.coef_, "float32"), "intercept": self.intercept_,
-                "threshold": self.threshold_, "n_features": self.n_features_in_}
+                **self.probe_.to_dict(), "threshold": self.threshold_, "n_features": self.n_features_in_}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BackgroundDetector:
         obj = cls(C=float(data.get("C", 0.1)), max_foreground_rate=float(data.get("max_foreground_rate", 0.02)))
-        obj.mean_ = decode_array(data["mean"]).astype(np.float64)
-        obj.scale_ = decode_array(data["scale"]).astype(np.float64)
-        obj.coef_ = decode_array(data["coef"]).astype(np.float64)
-        obj.intercept_ = float(data["intercept"])
+        obj.probe_ = LinearProbe.from_dict(data)
         obj.threshold_ = float(data["threshold"])
         obj.n_features_in_ = int(data["n_features"])
         return obj

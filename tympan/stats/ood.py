@@ -349,22 +349,18 @@ class ProbeOOD(BaseEstimator):
         self.tpr = tpr
 
     def fit(self, X_in: Any, X_out: Any, *, heldout: Any) -> Self:
-        from sklearn.linear_model import LogisticRegression
+        from tympan.stats.probe import LinearProbe
 
         a, b = _as_embeddings(X_in), _as_embeddings(X_out)
-        X = np.vstack([a, b])
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0) + 1e-6
-        clf = LogisticRegression(C=self.C, class_weight="balanced", max_iter=3000)
-        clf.fit((X - self.mean_) / self.scale_, np.r_[np.zeros(len(a)), np.ones(len(b))])
-        self.coef_, self.intercept_ = clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
-        self.n_features_in_ = X.shape[1]
+        self.probe_ = LinearProbe.fit(np.vstack([a, b]), np.r_[np.zeros(len(a)), np.ones(len(b))],
+                                      C=self.C, max_iter=3000)
+        self.n_features_in_ = a.shape[1]
         self.threshold_ = float(np.quantile(self.decision_function(heldout), self.tpr))
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
-        check_is_fitted(self, "coef_")
-        return ((_as_embeddings(X) - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+        check_is_fitted(self, "probe_")
+        return self.probe_.log_odds(_as_embeddings(X))
 
     def window_scores(self, energy: np.ndarray, embeddings: Any) -> np.ndarray:
         """The prediction path's window score (the energy is not used by this score)."""
@@ -375,23 +371,16 @@ class ProbeOOD(BaseEstimator):
         return self.decision_function(X) > self.threshold_
 
     def to_dict(self) -> dict[str, Any]:
-        from tympan.io import encode_array
-
-        check_is_fitted(self, "coef_")
+        check_is_fitted(self, "probe_")
         return {"score": self.score_name, "C": self.C, "tpr": self.tpr, "threshold": self.threshold_,
-                "mean": encode_array(self.mean_, "float32"), "scale": encode_array(self.scale_, "float32"),
-                "coef": encode_array(self.coef_, "float32"), "intercept": self.intercept_,
-                "dim": int(self.n_features_in_)}
+                **self.probe_.to_dict(), "dim": int(self.n_features_in_)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeOOD:
-        from tympan.io import decode_array
+        from tympan.stats.probe import LinearProbe
 
         obj = cls(C=float(data.get("C", 0.1)), tpr=float(data.get("tpr", 0.95)))
-        obj.mean_ = decode_array(data["mean"]).astype(np.float64)
-        obj.scale_ = decode_array(data["scale"]).astype(np.float64)
-        obj.coef_ = decode_array(data["coef"]).astype(np.float64)
-        obj.intercept_ = float(data["intercept"])
+        obj.probe_ = LinearProbe.from_dict(data)
         obj.threshold_ = float(data["threshold"])
         obj.n_features_in_ = int(data["dim"])
         return obj
