@@ -308,13 +308,10 @@ class Predictor:
             timing_ms=round(float(timing_ms), 2),
         )
 
-    def result(self, prepared: Prepared, logits: np.ndarray, *, top_k: int = 3,
-               return_logits: bool = False) -> dict[str, Any]:
-        """The ``/predict`` response body as JSON-ready dict (``timing_ms`` 0 until the caller sets it)."""
-        body = self.response(prepared, logits, top_k=top_k, return_logits=return_logits).model_dump()
-        if body.get("logits") is None:
-            body.pop("logits", None)
-        return body
+    @staticmethod
+    def body(response: PredictResponse) -> dict[str, Any]:
+        """The ``/predict`` body as a JSON-ready dict (``logits`` only when they were asked for)."""
+        return response.model_dump(exclude=None if response.logits is not None else {"logits"})
 
     # ------------------------------------------------------------------------- offline use
     def predict(self, source: AudioSource, *, top_k: int = 3, return_logits: bool = False) -> dict[str, Any]:
@@ -322,23 +319,16 @@ class Predictor:
         start = time.perf_counter()
         prepared = self.prepare(source)
         e, z = self.forward(prepared.windows)
-        body = self.response(prepared, z, top_k=top_k, return_logits=return_logits, embeddings=e).model_dump()
-        if body.get("logits") is None:
-            body.pop("logits", None)
-        body["timing_ms"] = round((time.perf_counter() - start) * 1000, 2)
-        return body
+        response = self.response(prepared, z, top_k=top_k, return_logits=return_logits, embeddings=e)
+        response.timing_ms = round((time.perf_counter() - start) * 1000, 2)
+        return self.body(response)
 
     def predict_many(
         self, prepared: Sequence[Prepared], *, top_k: int = 3, return_logits: bool = False
     ) -> list[dict[str, Any]]:
         """Several already-prepared recordings in one batched forward pass."""
-        out = []
-        for p, (e, z) in zip(prepared, self.forward_many(prepared), strict=True):
-            body = self.response(p, z, top_k=top_k, return_logits=return_logits, embeddings=e).model_dump()
-            if body.get("logits") is None:
-                body.pop("logits", None)
-            out.append(body)
-        return out
+        return [self.body(self.response(p, z, top_k=top_k, return_logits=return_logits, embeddings=e))
+                for p, (e, z) in zip(prepared, self.forward_many(prepared), strict=True)]
 
     def explain(self, source: AudioSource | Decoded, *, top_k: int = 3) -> dict[str, Any]:
         """What the model saw for the first window, and where it looked (``/explain``)."""
