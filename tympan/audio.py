@@ -86,6 +86,25 @@ class Decoded:
         return self.source_frames / self.source_sample_rate
 
 
+@dataclass(frozen=True)
+class Header:
+    """What a file's header promises, before any sample is decoded: what budgets are checked on."""
+
+    frames: int | None  # None: the header does not give the length
+    channels: int
+    sample_rate: int
+    format: str
+
+    @property
+    def samples(self) -> int | None:
+        """Frames x channels: what decoding would hold in memory (None: unknown)."""
+        return None if self.frames is None else self.frames * self.channels
+
+
+#: called with the :class:`Header` before decoding; raises to refuse the file
+HeaderCheck = Callable[[Header], None]
+
+
 def _describe(source: AudioSource) -> str:
     return str(source) if isinstance(source, str | Path) else "audio bytes"
 
@@ -151,6 +170,7 @@ def load_audio(
     *,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
     salvage: bool = True,
+    check_header: HeaderCheck | None = None,
 ) -> Decoded:
     """Decode ``source`` (path, bytes or binary file) to mono float32 at ``sample_rate``.
 
@@ -158,11 +178,12 @@ def load_audio(
     length *before* decoding it all (or, for streams without a length, while decoding), so a
     huge upload cannot exhaust memory. A truncated file decodes what it holds (with a warning),
     or raises :class:`~tympan.errors.TruncatedAudioError` with ``salvage=False``. Unfinalised WAV headers and FLAC streams of
-    unknown length always decode, with a warning.
+    unknown length always decode, with a warning. ``check_header`` sees the header first (one
+    open of the file: a server's decode budget costs no second parse) and raises to refuse it.
     """
     name, src, notes, quiet = _open_checked(source)
     with _quiet_native_output() if quiet else contextlib.nullcontext():
-        data, sr, channels, fmt, subtype = _decode(src, name, max_seconds, salvage, notes)
+        data, sr, channels, fmt, subtype = _decode(src, name, max_seconds, salvage, notes, check_header)
 
     if data.shape[0] == 0:
         raise EmptyAudioError(f"{name}: contains no audio samples")
@@ -196,13 +217,16 @@ def load_audio(
 
 
 def _decode(
-    src: _Input, name: str, max_seconds: float | None, salvage: bool, notes: list[str]
+    src: _Input, name: str, max_seconds: float | None, salvage: bool, notes: list[str],
+    check_header: HeaderCheck | None = None,
 ) -> tuple[np.ndarray, int, int, str, str]:
     """libsndfile's part: header, then the samples (at once, as a stream, or salvaged)."""
     try:
         with src.open() as f:
             sr, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
             fmt, subtype = f.format, f.subtype
+            if check_header is not None:
+                check_header(Header(frames if 0 <= frames < _UNKNOWN_FRAMES else None, channels, sr, fmt))
             seekable = f.seekable()
             if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
                 raise SampleRateError(

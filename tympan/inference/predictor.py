@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import threading
 import time
@@ -27,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from torch import nn
 
-from tympan.audio import DEFAULT_MAX_SECONDS, AudioSource, Decoded, frame_windows, load_audio
+from tympan.audio import DEFAULT_MAX_SECONDS, AudioSource, Decoded, Header, HeaderCheck, frame_windows, load_audio
 from tympan.bundle import META_FILE, Bundle, load_bundle
 from tympan.contracts.prediction import AudioInfo, ModelRef, Prediction, PredictResponse
 from tympan.errors import AudioTooLongError
@@ -186,33 +184,41 @@ class Predictor:
         }
 
     # ----------------------------------------------------------------------- the pipeline
-    def decode(self, source: AudioSource) -> Decoded:
-        """The one decoder, at the model's sample rate, with the duration and sample limits."""
-        if self.max_samples is not None and isinstance(source, bytes | bytearray | memoryview):
-            self._check_samples(bytes(source))
-        return load_audio(source, self.config.sample_rate, max_seconds=self.max_seconds)
+    def decode(self, source: AudioSource, *, check_header: HeaderCheck | None = None) -> Decoded:
+        """The one decoder, at the model's sample rate, with the duration and sample limits.
 
-    def _check_samples(self, data: bytes) -> None:
+        ``check_header`` (e.g. a server's decode budget) sees the header too, before any sample
+        is decoded; the file is opened once for both.
+        """
+        limit = self.max_samples if isinstance(source, bytes | bytearray | memoryview) else None
+
+        def check(header: Header) -> None:
+            if limit is not None:
+                self._check_samples(header, limit)
+            if check_header is not None:
+                check_header(header)
+
+        return load_audio(source, self.config.sample_rate, max_seconds=self.max_seconds,
+                          check_header=check if limit is not None or check_header is not None else None)
+
+    @staticmethod
+    def _check_samples(header: Header, limit: int) -> None:
         """Refuse decompression bombs: a few kB of FLAC can promise gigabytes of samples.
 
         The duration limit alone does not bound memory (600 s x 768 kHz x 8 channels is 14 GB
-        of float32), so the header's frames x channels must fit ``max_samples`` too. Files whose
-        header cannot be read are left to :func:`load_audio`, which names the problem.
+        of float32), so the header's frames x channels must fit ``max_samples`` too (uploads;
+        files without a length are bounded by the duration limit while they decode).
         """
-        try:
-            info = sf.info(io.BytesIO(data))
-        except Exception:  # noqa: BLE001 - load_audio classifies undecodable input
-            return
-        total = int(info.frames) * int(info.channels)
-        if 0 < info.frames < 0x7FFF_FFFF and total > self.max_samples:
+        total = header.samples
+        if total is not None and total > limit:
             raise AudioTooLongError(
-                f"audio bytes: {info.frames} frames x {info.channels} channels = {total} samples; "
-                f"the limit is {self.max_samples} samples"
+                f"audio bytes: {header.frames} frames x {header.channels} channels = {total} samples; "
+                f"the limit is {limit} samples"
             )
 
-    def prepare(self, source: AudioSource | Decoded) -> Prepared:
+    def prepare(self, source: AudioSource | Decoded, *, check_header: HeaderCheck | None = None) -> Prepared:
         """Decode (if needed) and cut into 50%-overlapping model windows."""
-        decoded = source if isinstance(source, Decoded) else self.decode(source)
+        decoded = source if isinstance(source, Decoded) else self.decode(source, check_header=check_header)
         windows, starts = frame_windows(decoded.waveform, self.config.clip_samples)
         return Prepared(decoded, windows, starts)
 

@@ -17,8 +17,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hmac
-import io
 import json
 import logging
 import os
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +39,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tympan import __version__
+from tympan.audio import Header
 from tympan.bundle import META_FILE, Bundle, default_bundle_dir, read_metadata
 from tympan.errors import AudioError, AudioTooLongError, BundleError, NotAudioError
 from tympan.inference import Predictor, Prepared, UncertaintyPolicy
@@ -405,8 +405,8 @@ class Service:
         """Base64 (str) or file bytes -> audio -> windows (in a worker thread; counted in ``decoding``)."""
         try:
             raw = decode_base64(data) if isinstance(data, str) else data
-            check_decode_budget(raw, self.settings)
-            return predictor.prepare(raw)
+            return predictor.prepare(raw, check_header=functools.partial(check_decode_budget, n_bytes=len(raw),
+                                                                         settings=self.settings))
         finally:
             self._end_decoding(ticket)
 
@@ -510,27 +510,20 @@ class Service:
         return await self.render(resp.model_dump(), large=True)
 
 
-def check_decode_budget(data: bytes, settings: Settings) -> None:
+def check_decode_budget(header: Header, *, n_bytes: int, settings: Settings) -> None:
     """Refuse uploads whose header promises far more samples than their size can honestly hold.
 
     A 232 kB FLAC of silence decodes to 64 M samples (256 MB of float32, seconds of CPU): the
     header's frames x channels must fit ``max(max_samples_per_byte x size, min_decode_samples)``
-    (see :meth:`Settings.decode_budget`). Unreadable headers are left to the decoder, which
-    names the problem.
+    (see :meth:`Settings.decode_budget`). Called by the decoder with the header it opened, before
+    any sample is decoded; files without a length are bounded by the duration limit as they decode.
     """
-    try:
-        info = sf.info(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 - the decoder classifies undecodable input
-        return
-    frames, channels = int(info.frames), max(int(info.channels), 1)
-    if not 0 < frames < 0x7FFF_FFFF:  # unknown length: the decoder's own limits apply
-        return
-    total, budget = frames * channels, settings.decode_budget(len(data))
-    if total > budget:
+    total, budget = header.samples, settings.decode_budget(n_bytes)
+    if total is not None and total > budget:
         raise RequestError(
             413, "decode_budget_exceeded",
-            f"{len(data)} bytes of {info.format} promise {frames} frames x {channels} channels = {total} samples "
-            f"({total / max(len(data), 1):.0f} per byte); the limit is {budget} samples "
+            f"{n_bytes} bytes of {header.format} promise {header.frames} frames x {header.channels} channels = "
+            f"{total} samples ({total / max(n_bytes, 1):.0f} per byte); the limit is {budget} samples "
             f"(max({settings.max_samples_per_byte:g} per byte, {settings.min_decode_samples}))")
 
 
