@@ -252,8 +252,9 @@ class BodyLimitMiddleware:
         if wait is None:
             return await receive()
         try:
-            return await asyncio.wait_for(receive(), max(wait, 0.0))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(max(wait, 0.0)):  # no task per read, unlike wait_for
+                return await receive()
+        except TimeoutError:
             return None
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
