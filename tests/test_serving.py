@@ -365,6 +365,28 @@ def test_concurrent_requests_are_micro_batched(server: LiveServer, client: httpx
     assert "tympan_ood_predictions_total" in after
 
 
+def test_idle_requests_run_inline_and_answer_as_handed_over_ones(bundle_dir: Path) -> None:
+    """The idle fast path (decode and run on the event loop's thread) gives the same answers as the
+    worker path; audio longer than inline_max_seconds, or a disabled fast path, goes to the workers."""
+    short, long = encode(tone(1.0), SR), encode(tone(12.0), SR)
+    bodies, inline = {}, {}
+    for limit in (10.0, 0.0):
+        settings = Settings(torch_threads=1, warmup_batch_sizes=(1,), max_batch_size=4, inline_max_seconds=limit)
+        with LiveServer(create_app(bundle_dir, settings)) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+            got = []
+            for data in (short, short, long):
+                before = metric(c.get("/metrics").text, "tympan_inline_requests_total")
+                r = c.post("/predict/file", files={"file": ("x.wav", data)})
+                assert r.status_code == 200, r.text
+                got.append(metric(c.get("/metrics").text, "tympan_inline_requests_total") - before)
+                body = r.json()
+                body.pop("timing_ms")
+                bodies.setdefault(limit, []).append(body)
+            inline[limit] = got
+    assert inline[10.0] == [1, 1, 0] and inline[0.0] == [0, 0, 0]
+    assert bodies[10.0] == bodies[0.0]
+
+
 def test_no_request_reached_the_500_handler(client: httpx.Client) -> None:
     text = client.get("/metrics").text
     assert metric(text, "tympan_requests_total", status="500") == 0

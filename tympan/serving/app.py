@@ -81,6 +81,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+class _HandOver(Exception):
+    """The header says this request is too long to run on the event loop: hand it to a worker."""
+
+
+#: uploads larger than this never run inline (their decode time is not small whatever they hold)
+INLINE_MAX_BYTES = 4 * 1024 * 1024
+
+
 class RequestError(Exception):
     """A client error with its HTTP status and code."""
 
@@ -157,6 +165,8 @@ class MetricsMiddleware:
                     message = {**message, "headers": [*message.get("headers", []), (b"x-tympan-instance", self.instance)]}
             await send(message)
 
+        self.metrics.active_requests += 1
+        self.metrics.active.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception:  # a bug in tympan: answer JSON here, so the connection survives
@@ -166,6 +176,8 @@ class MetricsMiddleware:
             status = 500
             await _send_json(send_wrapper, 500, INTERNAL_ERROR)
         finally:
+            self.metrics.active_requests -= 1
+            self.metrics.active.dec()
             method = scope.get("method", "")
             self.metrics.requests.labels(endpoint, method if method in METHODS else "other", str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
@@ -402,14 +414,32 @@ class Service:
                 ticket[0] = False
                 self.decoding -= 1
 
-    def _prepare(self, predictor: Predictor, data: str | bytes, ticket: list[bool]) -> Prepared:
-        """Base64 (str) or file bytes -> audio -> windows (in a worker thread; counted in ``decoding``)."""
+    def _prepare(self, predictor: Predictor, data: str | bytes, ticket: list[bool], *,
+                 inline: bool = False) -> Prepared:
+        """Base64 (str) or file bytes -> audio -> windows (in a worker thread, or inline on the
+        loop's thread when idle; counted in ``decoding``)."""
         try:
             raw = decode_base64(data) if isinstance(data, str) else data
-            return predictor.prepare(raw, check_header=functools.partial(check_decode_budget, n_bytes=len(raw),
-                                                                         settings=self.settings))
+            budget = functools.partial(check_decode_budget, n_bytes=len(raw), settings=self.settings)
+            if inline:
+                limit = self.settings.inline_max_seconds
+
+                def check(header: Header) -> None:
+                    budget(header)
+                    if header.frames is None or header.frames > limit * header.sample_rate:
+                        raise _HandOver  # long or of unknown length: not on the event loop
+            return predictor.prepare(raw, check_header=check if inline else budget)
         finally:
             self._end_decoding(ticket)
+
+    def _inline_ok(self, data: str | bytes) -> bool:
+        """Run this request on the loop's thread? Only when the server is otherwise idle (no
+        other HTTP request inside the app: under a burst, several are being received at once) and
+        the upload is small enough that its header can be trusted to bound the work (the decode
+        budget: at most max(64 x bytes, 4 M) samples; the header check hands longer audio over)."""
+        s, b = self.settings, self.batcher
+        return (s.inline_max_seconds > 0 and self.metrics.active_requests <= 1 and self.in_flight == 1
+                and self.decoding == 0 and b is not None and b.idle and len(data) <= INLINE_MAX_BYTES)
 
     async def prepare(self, data: str | bytes) -> Prepared:
         """Decode base64 (str) or file bytes, then audio, then windows: all off the event loop."""
@@ -444,8 +474,9 @@ class Service:
 
     async def predict(self, request: Request, data: str | bytes, top_k: int | None,
                       return_logits: bool) -> Response:
-        """Decode, run and answer in ONE worker thread when the model is free (no hand-over, no
-        batching wait); when another thread's pass answers this request, await it here."""
+        """Decode, run and answer in one thread: the event loop's own when the server is idle and
+        the audio short (``inline_max_seconds``: no hand-over at all), else one worker thread
+        (no batching wait); when another thread's pass answers this request, await it here."""
         top_k = self.check_top_k(top_k)
         predictor = self.require_ready()
         batcher = self.batcher
@@ -460,11 +491,25 @@ class Service:
             return self._predict_body(predictor, prepared, fut.result(), top_k, return_logits, t0)
 
         with self.admit():
-            ticket = self._start_decoding()
-            try:
-                out = await self.off_loop(work)
-            finally:  # also when cancelled before a thread took it
-                self._end_decoding(ticket)
+            out = None
+            if self._inline_ok(data):  # idle: no hand-over to a worker thread and back
+                ticket = self._start_decoding()
+                try:
+                    prepared = self._prepare(predictor, data, ticket, inline=True)
+                    self.metrics.inline.inc()
+                    fut = batcher.enqueue(prepared)
+                    out = (self._predict_body(predictor, prepared, fut.result(), top_k, return_logits, t0)
+                           if fut.done() else (prepared, fut))
+                except _HandOver:
+                    out = None
+                finally:
+                    self._end_decoding(ticket)
+            if out is None:
+                ticket = self._start_decoding()
+                try:
+                    out = await self.off_loop(work)
+                finally:  # also when cancelled before a thread took it
+                    self._end_decoding(ticket)
             if isinstance(out, tuple):
                 prepared, fut = out
                 result = await asyncio.wrap_future(fut)

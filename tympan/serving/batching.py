@@ -17,8 +17,8 @@ After a thread's own request is answered it stops combining: what is still queue
 the batcher's own inference thread(s), so no request pays for a long queue behind it. With a
 compiled copy of the network (ONNX Runtime, TorchScript: thread-safe, separate from the eager
 model) up to ``passes`` threads run passes at once, e.g. two one-thread passes on two cores; an
-eager model runs one pass at a time (``explain``'s hooks share it). The event loop never runs
-the model.
+eager model runs one pass at a time (``explain``'s hooks share it). The event loop's thread runs
+a pass only for a short request that found the server idle (``Settings.inline_max_seconds``).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class MicroBatcher:
         self.passes = max(1, int(passes)) if predictor.fast_model is not None else 1
         self._combiner = threading.BoundedSemaphore(self.passes)
         self._gathering = 0  # passes waiting (max_wait) for requests being decoded
+        self._running_passes = 0  # threads combining now (read by ``idle``)
         self._running = False
         # runs what a combining thread leaves queued, and explain (hooks need the eager model)
         self._executor = ThreadPoolExecutor(max_workers=self.passes, thread_name_prefix="tympan-infer",
@@ -105,6 +106,11 @@ class MicroBatcher:
     @property
     def depth(self) -> int:
         return len(self._items)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no forward pass running (a snapshot: for the inline fast path)."""
+        return not self._items and self._running_passes == 0
 
     # ------------------------------------------------------------------- request side
     def enqueue(self, prepared: Prepared) -> Future:
@@ -143,10 +149,12 @@ class MicroBatcher:
         """Run passes over the queue while no other thread does; stop once ``until`` is answered
         (None: until the queue is empty), then hand what is left to the inference thread."""
         while self._items and self._combiner.acquire(blocking=False):
+            self._running_passes += 1
             try:
                 while self._items and not (until is not None and until.future.done()):
                     self._pass()
             finally:
+                self._running_passes -= 1
                 self._combiner.release()
             if until is not None and until.future.done():
                 break  # the queue (if any) goes to the inference thread, checked below

@@ -34,10 +34,16 @@ class Metrics:
         self.ood = Counter("tympan_ood_predictions", "recordings flagged out of distribution "
                            "(OOD rate = tympan_ood_predictions_total / tympan_predictions_total)", registry=r)
         self.uncertain = Counter("tympan_uncertain_predictions", "recordings flagged uncertain", registry=r)
+        self.inline = Counter("tympan_inline_requests", "requests run on the event loop's thread (the idle "
+                              "fast path, TYMPAN_INLINE_MAX_SECONDS)", registry=r)
         self.rejected = Counter("tympan_rejected_inputs", "requests refused, by error code",
                                 ["code"], registry=r)
         self.queue = Gauge("tympan_batch_queue_depth", "requests waiting for the model", registry=r)
         self.ready = Gauge("tympan_ready", "1 once the model is loaded and warmed", registry=r)
+        self.active = Gauge("tympan_active_requests", "HTTP requests inside the app now (receiving, "
+                            "waiting or running)", registry=r)
+        #: the same count as a plain int (read on every request: the inline fast path's "idle")
+        self.active_requests = 0
         self.body_bytes = Gauge("tympan_inflight_body_bytes", "request-body bytes held by requests in flight "
                                 "(admission control budget: TYMPAN_MAX_INFLIGHT_BODY_BYTES)", registry=r)
 

@@ -67,6 +67,12 @@ class Settings:
     passes: int | None = None
     #: threads that decode uploads (off the event loop) and run the passes they can
     decode_threads: int = 2
+    #: a request that finds the server idle (nothing else in flight or queued) and whose audio
+    #: is at most this many seconds long is decoded and run on the event loop's own thread:
+    #: no hand-over to a worker and back, which costs about 1 ms of latency on 2 cores
+    #: (benchmarks/serve_load.py). Bounds how long such a request holds the loop (a 10-s clip:
+    #: ~15 ms on 2 cores); anything longer, or arriving under load, goes to the workers. 0: never
+    inline_max_seconds: float = 10.0
     device: str = "cpu"
     #: how the network runs: auto (the fastest of onnx, torchscript and eager that agrees with
     #: the eager model to 1e-4, measured at load), onnx (ONNX Runtime, CPU; needs the serve
@@ -112,6 +118,8 @@ class Settings:
             problems.append("read_timeout_s, body_timeout_s and keep_alive_timeout_s must be positive")
         if self.max_samples_per_byte <= 0 or self.min_decode_samples < 1:
             problems.append("max_samples_per_byte and min_decode_samples must be positive")
+        if self.inline_max_seconds < 0:
+            problems.append("inline_max_seconds must be >= 0")
         if self.decode_threads < 1 or self.workers < 1:
             problems.append("decode_threads and workers must be >= 1")
         if problems:
