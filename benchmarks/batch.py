@@ -63,7 +63,7 @@ def build_recording(clips: list[tuple[Path, str]], path: Path, seconds: float, s
     import soxr
 
     rng = np.random.default_rng(seed)
-    truth, t = [], 0.0
+    truth = []
     total = int(seconds * sr)
     with sf.SoundFile(path, "w", sr, channels, subtype) as f:
         written = 0

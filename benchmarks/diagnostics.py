@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== calibration on {bundle.ood.get('fitted_on')} (accuracy {b['accuracy']:.4f})")
     print(f"   {cal['protocol']}")
     print(f"   {'':<26}{'ECE':>8}{'adaECE':>8}{'MCE':>8}{'NLL':>8}{'Brier':>8}")
-    for label, m in (("before (T=1)", b), (f"after, cross-fitted", a), ("after, in-sample", cal["after_in_sample"])):
+    for label, m in (("before (T=1)", b), ("after, cross-fitted", a), ("after, in-sample", cal["after_in_sample"])):
         print(f"   {label:<26}{m['ece']:>8.4f}{m['adaptive_ece']:>8.4f}{m['mce']:>8.4f}{m['nll']:>8.4f}{m['brier']:>8.4f}")
     nf = cal["ece_noise_floor"]
     print(f"   ECE noise floor (a perfectly calibrated model, these confidences, {b['n_samples']} clips): "

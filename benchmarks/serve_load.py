@@ -35,7 +35,6 @@ import os
 import platform
 import random
 import re
-import select
 import socket
 import string
 import subprocess

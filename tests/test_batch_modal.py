@@ -24,7 +24,7 @@ def test_sharded_modal_job_runs_locally_and_matches_tympan_predict(tmp_path: Pat
     from tympan.batch import modal_app as m
 
     torch.manual_seed(0)
-    bundle = Bundle(model=build_model("cnn", n_classes=3, width=8).eval(), arch="cnn", arch_params={"width": 8},
+    Bundle(model=build_model("cnn", n_classes=3, width=8).eval(), arch="cnn", arch_params={"width": 8},
                     classes=["a", "b", "c"], frontend=FrontendConfig(clip_seconds=1.0)).save(tmp_path / "bundle")
     volume = tmp_path / "volume"
     folder = volume / "archive"
