@@ -4,8 +4,10 @@ The README holds each table between ``<!-- table:NAME -->`` and ``<!-- /table:NA
 ``python benchmarks/readme_tables.py`` rewrites what lies between them from the JSON,
 ``--check`` exits 1 if the README differs from what the JSON gives (a test runs the check).
 
-Tables: ``esc50_cv`` (``results/esc50_cv.json``: five-fold CV per model and recipe) and
-``robustness`` (``results/robustness.json``: the shipped model under field shifts).
+Tables: ``esc50_cv`` (``results/esc50_cv.json``: five-fold CV per model and recipe),
+``robustness`` (``results/robustness.json``: the shipped model under field shifts), ``trust_ood``
+and ``trust_performance`` (``benchmarks/trust.py``: OOD and background rates; accuracy-estimate
+bias and the gate per shift).
 """
 
 from __future__ import annotations
@@ -79,8 +81,37 @@ def render_trust_ood(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_trust_performance(r: dict[str, Any]) -> str:
+    """Accuracy-estimate bias per shift and estimator, and the default gate (``results/trust_performance.json``)."""
+    names = {"atc_mc": "ATC-MC", "atc_ne": "ATC-NE", "mean_confidence": "mean calibrated confidence",
+             "doc": "difference of confidences"}
+    methods = [m for m in names if m in r["summary"]]
+    desc = {c["label"]: c["description"] for c in r["conditions"]}
+    lines = ["| shift | true accuracy (± 1 SE) | " + " | ".join(names[m] for m in methods)
+             + " | default gate: exit (why) |", "| --- | --- |" + " --- |" * len(methods) + " --- |"]
+    why = {"ood_rate": "OOD", "performance": "accuracy", "background_rate": "background", "embedding": "embedding"}
+    for label, e in r["estimators"].items():
+        g = r["gate"]["rows"].get(label, {})
+        code = g.get("exit_code_default")
+        reasons = ", ".join(why.get(x, x) for x in g.get("model_failing", []))
+        gate = "" if code is None else (f"**{code}** ({reasons})" if code else "0")
+        biases = " | ".join(f"{e['methods'][m]['bias'] * 100:+.1f}".replace("-", "−") for m in methods)
+        se = f" ± {e['sampling_se']:.3f}" if "sampling_se" in e else ""
+        lines.append(f"| {desc.get(label, label)} | {e['true_accuracy']:.3f}{se} | {biases} | {gate} |")
+    summ = r["summary"]
+    cells = []
+    for m in methods:
+        s = summ[m]
+        noise = f"; {s['shifts_within_sampling_noise']}/{s['n_shifts']}" if "shifts_within_sampling_noise" in s else ""
+        cells.append(f"{s['max_abs_bias'] * 100:.1f}; {s['mean_abs_bias'] * 100:.1f}; "
+                     f"{s['shifts_within_tolerance']}/{s['n_shifts']}{noise}")
+    lines.append("| **largest bias; mean abs. bias; shifts within 2 points; within 1.96 SE** | | "
+                 + " | ".join(cells) + " | |")
+    return "\n".join(lines)
 
-RENDERERS = {"esc50_cv": render_esc50_cv, "robustness": render_robustness, "trust_ood": render_trust_ood}
+
+RENDERERS = {"esc50_cv": render_esc50_cv, "robustness": render_robustness, "trust_ood": render_trust_ood,
+             "trust_performance": render_trust_performance}
 
 
 def render_all(results: Path = RESULTS) -> dict[str, str]:
