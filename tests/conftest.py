@@ -44,3 +44,31 @@ def esc50_dir() -> Path:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the feature cache of tests out of the user's home."""
     monkeypatch.setenv("TYMPAN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+
+
+# the tiny fitted bundle and field folders of the diagnose, batch and contract tests
+@pytest.fixture(scope="module")
+def fitted_bundle(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from tympan.diagnostics.calibrate import fit_bundle
+    from helpers import train_tiny_bundle
+
+    torch.set_num_threads(1)
+    dest = train_tiny_bundle(synthetic_dir, tmp_path_factory.mktemp("bundle") / "tiny")
+    fit_bundle(dest, data_dir=synthetic_dir, progress=False, log=lambda *a: None)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def clean_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from helpers import field_folder
+
+    return field_folder(tmp_path_factory.mktemp("field") / "clean", seed=11, shift=False)
+
+
+@pytest.fixture(scope="module")
+def shifted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from helpers import field_folder
+
+    return field_folder(tmp_path_factory.mktemp("field") / "shifted", seed=12, shift=True)

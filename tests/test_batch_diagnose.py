@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from test_diagnose import _field_folder, _train_tiny_bundle  # the same tiny fitted bundle and clips
+from helpers import field_folder, train_tiny_bundle  # the same tiny fitted bundle and clips
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def fitted_bundle(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     from tympan.diagnostics.calibrate import fit_bundle
 
     torch.set_num_threads(1)
-    dest = _train_tiny_bundle(synthetic_dir, tmp_path_factory.mktemp("bundle") / "tiny")
+    dest = train_tiny_bundle(synthetic_dir, tmp_path_factory.mktemp("bundle") / "tiny")
     fit_bundle(dest, data_dir=synthetic_dir, progress=False, log=lambda *a: None)
     return dest
 
@@ -27,7 +27,7 @@ def fitted_bundle(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("arch")
-    clean = _field_folder(base / "clean", seed=11, shift=False)
+    clean = field_folder(base / "clean", seed=11, shift=False)
     root = base / "archive"
     files = sorted(clean.rglob("*.wav"), key=lambda p: p.name)
     for i, p in enumerate(files):

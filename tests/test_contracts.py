@@ -24,7 +24,7 @@ from tympan.contracts.diagnostics import (
 from tympan.contracts.report import DiagnoseReport, Robustness
 
 # the tiny fitted bundle and the field folder of the diagnose tests (module-scoped fixtures)
-from test_diagnose import _diagnose, clean_dir, fitted_bundle  # noqa: F401
+from helpers import run_diagnose
 
 SHIPPED = Path(__file__).resolve().parents[1] / "tympan" / "assets" / "default" / "bundle.json"
 
@@ -115,7 +115,7 @@ def test_report_with_a_wrong_type_is_refused_and_nothing_is_written(tmp_path: Pa
 def test_report_of_a_real_diagnose_run_validates(fitted_bundle: Path, clean_dir: Path,  # noqa: F811
                                                  synthetic_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    code = _diagnose("--field-dir", str(clean_dir), "--bundle", str(fitted_bundle), "--robustness",
+    code = run_diagnose("--field-dir", str(clean_dir), "--bundle", str(fitted_bundle), "--robustness",
                      "--data-dir", str(synthetic_dir), "--max-clips", "10", "--out", str(out))
     assert code in (0, 1)
     raw = json.loads((out / "report.json").read_text())

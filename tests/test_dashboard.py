@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from tympan.dashboard.client import ApiClient, ApiError  # noqa: E402
 from tympan.dashboard.reports import parse_diagnostics, parse_drift_report  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = str(REPO / "dashboard" / "streamlit_app.py")
@@ -37,12 +37,6 @@ TIMEOUT = 60
 
 
 # -- a real server ------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def make_bundle(dest: Path, diagnostics: dict | None = None) -> Path:
     import torch

@@ -10,96 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from tympan.bundle import Bundle, HeldoutPredictions, load_bundle
-from tympan.features import FrontendConfig
+from tympan.bundle import load_bundle
 
-
-# --------------------------------------------------------------------------- fixtures
-def _train_tiny_bundle(data_dir: Path, dest: Path) -> Path:
-    """A width-8 CNN trained for a few epochs on synthetic folds 1-4; fold 5's logits as held-out."""
-    from tympan.cache import featurize
-    from tympan.datasets import load_esc50
-    from tympan.models import build_model
-
-    torch.manual_seed(0)
-    frontend = FrontendConfig(clip_seconds=2.0)
-    ds = load_esc50(data_dir)
-    fs = featurize(ds, frontend, dtype="float32", progress=False)
-    x = torch.from_numpy(np.array(fs.features, np.float32))
-    y = torch.from_numpy(fs.labels)
-    train, held = fs.folds != 5, fs.folds == 5
-    model = build_model("cnn", n_classes=len(fs.classes), width=8)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = x[train], y[train]
-    g = torch.Generator().manual_seed(0)
-    for _ in range(12):
-        model.train()
-        perm = torch.randperm(len(xt), generator=g)
-        for i in range(0, len(xt), 16):
-            idx = perm[i : i + 16]
-            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        logits = model(x[held]).numpy()
-    bundle = Bundle(model=model, arch="cnn", arch_params={"width": 8}, classes=list(fs.classes), frontend=frontend,
-                    provenance={"train_folds": [1, 2, 3, 4], "heldout_fold": 5, "data": {"root": str(data_dir)}},
-                    name="tiny-test")
-    heldout = HeldoutPredictions(logits, fs.labels[held], [c for c, h in zip(fs.clip_ids, held) if h],
-                                 list(fs.classes), weights_sha256=bundle.weights_fingerprint, meta={"fold": 5})
-    bundle.save(dest, heldout=heldout)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def fitted_bundle(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tympan.diagnostics.calibrate import fit_bundle
-
-    torch.set_num_threads(1)
-    dest = _train_tiny_bundle(synthetic_dir, tmp_path_factory.mktemp("bundle") / "tiny")
-    fit_bundle(dest, data_dir=synthetic_dir, progress=False, log=lambda *a: None)
-    return dest
-
-
-def _field_folder(dest: Path, *, seed: int, shift: bool, n_per_class: int = 8) -> Path:
-    """Fresh synthetic clips (same generator, another seed), optionally -20 dB and low-passed at 1.5 kHz."""
-    from scipy import signal
-
-    from tympan.datasets.synthetic import make_synthetic
-
-    src = make_synthetic(dest.parent / f".src-{dest.name}", n_classes=5, clips_per_class=n_per_class,
-                         n_folds=n_per_class, seed=seed)
-    dest.mkdir(parents=True)
-    sos = signal.butter(8, 1500, btype="low", fs=16000, output="sos")
-    for i, p in enumerate(sorted((src / "audio").glob("*.wav"))):
-        yv, sr = sf.read(p, dtype="float32")
-        if shift:
-            yv = signal.sosfiltfilt(sos, yv) * 10 ** (-20 / 20)
-        sub = dest / ("a" if i % 2 else "b")  # nested folders: the scan is recursive
-        sub.mkdir(exist_ok=True)
-        sf.write(sub / p.name, np.asarray(yv, np.float32), sr, subtype="PCM_16")
-    shutil.rmtree(src)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def clean_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _field_folder(tmp_path_factory.mktemp("field") / "clean", seed=11, shift=False)
-
-
-@pytest.fixture(scope="module")
-def shifted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _field_folder(tmp_path_factory.mktemp("field") / "shifted", seed=12, shift=True)
-
-
-def _diagnose(*argv: str) -> int:
-    from tympan.diagnostics.cli import diagnose_main
-
-    return diagnose_main([*argv, "--quiet"])
+from helpers import field_folder, run_diagnose, train_tiny_bundle  # noqa: F401
 
 
 # --------------------------------------------------------------------------- fitting
@@ -154,7 +68,7 @@ def test_calibrate_cli_is_idempotent_on_temperature(fitted_bundle: Path, tmp_pat
 # --------------------------------------------------------------------------- diagnose --field-dir
 def test_shifted_folder_is_flagged(fitted_bundle: Path, shifted_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    assert _diagnose("--field-dir", str(shifted_dir), "--bundle", str(fitted_bundle), "--out", str(out)) == 1
+    assert run_diagnose("--field-dir", str(shifted_dir), "--bundle", str(fitted_bundle), "--out", str(out)) == 1
     rep = json.loads((out / "report.json").read_text())
     assert rep["verdict"] == "drift" and rep["exit_code"] == 1
     drifted = rep["checks"]["acoustic"]["drifted_features"]
@@ -171,7 +85,7 @@ def test_shifted_folder_is_flagged(fitted_bundle: Path, shifted_dir: Path, tmp_p
 
 def test_clean_folder_passes(fitted_bundle: Path, clean_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    code = _diagnose("--field-dir", str(clean_dir), "--bundle", str(fitted_bundle), "--out", str(out))
+    code = run_diagnose("--field-dir", str(clean_dir), "--bundle", str(fitted_bundle), "--out", str(out))
     rep = json.loads((out / "report.json").read_text())
     assert code == 0, rep["overall"]
     assert rep["checks"]["acoustic"]["verdict"] == "no drift"
@@ -179,7 +93,7 @@ def test_clean_folder_passes(fitted_bundle: Path, clean_dir: Path, tmp_path: Pat
 
 
 def test_fail_on_never_and_drift(fitted_bundle: Path, shifted_dir: Path, tmp_path: Path) -> None:
-    assert _diagnose("--field-dir", str(shifted_dir), "--bundle", str(fitted_bundle), "--out", str(tmp_path / "a"),
+    assert run_diagnose("--field-dir", str(shifted_dir), "--bundle", str(fitted_bundle), "--out", str(tmp_path / "a"),
                      "--fail-on", "never") == 0
     rep = json.loads((tmp_path / "a" / "report.json").read_text())
     assert rep["verdict"] == "drift" and rep["exit_code"] == 0
@@ -193,10 +107,10 @@ def test_some_unreadable_files_are_listed(fitted_bundle: Path, clean_dir: Path, 
     (folder / "notes.txt").write_text("not audio")
     out = tmp_path / "rep"
     # files that could not be analysed fail the run (exit 2), the report is still written ...
-    code = _diagnose("--field-dir", str(folder), "--bundle", str(fitted_bundle), "--out", str(out))
+    code = run_diagnose("--field-dir", str(folder), "--bundle", str(fitted_bundle), "--out", str(out))
     assert code == 2
     # ... unless --max-failed-share allows them (2 of 42 files here)
-    code = _diagnose("--field-dir", str(folder), "--bundle", str(fitted_bundle), "--out", str(out),
+    code = run_diagnose("--field-dir", str(folder), "--bundle", str(fitted_bundle), "--out", str(out),
                      "--max-failed-share", "0.1")
     assert code in (0, 1)
     rep = json.loads((out / "report.json").read_text())
@@ -224,7 +138,7 @@ def test_bad_input_exits_2_with_one_line(case: str, fitted_bundle: Path, tmp_pat
         sf.write(folder / "a.wav", np.zeros(16000, np.float32), 16000)
         bundle = tmp_path / "nobundle"
         bundle.mkdir()
-    code = _diagnose("--field-dir", str(folder), "--bundle", str(bundle), "--out", str(tmp_path / "o"))
+    code = run_diagnose("--field-dir", str(folder), "--bundle", str(bundle), "--out", str(tmp_path / "o"))
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("diagnose: error:") and "Traceback" not in err
@@ -238,7 +152,7 @@ def test_tiny_folder_is_insufficient_data(fitted_bundle: Path, tmp_path: Path) -
     for i in range(3):
         sf.write(folder / f"{i}.wav", (rng.standard_normal(16000) * 0.1).astype(np.float32), 16000)
     out = tmp_path / "rep"
-    assert _diagnose("--field-dir", str(folder), "--bundle", str(fitted_bundle), "--out", str(out)) == 0
+    assert run_diagnose("--field-dir", str(folder), "--bundle", str(fitted_bundle), "--out", str(out)) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["verdict"] == "insufficient data" and "insufficient" in rep["overall"]["note"]
 
@@ -249,7 +163,7 @@ def test_reports_are_written_atomically_and_replaced_whole(fitted_bundle: Path, 
     out.mkdir()
     (out / "report.json").write_text('{"old": true, "padding": "' + "x" * 100000 + '"}')
     (out / "report.html").write_text("<html>old</html>" + "x" * 100000)
-    _diagnose("--bundle", str(fitted_bundle), "--out", str(out))
+    run_diagnose("--bundle", str(fitted_bundle), "--out", str(out))
     rep = json.loads((out / "report.json").read_text())  # parses: replaced whole, not overwritten in place
     assert "old" not in rep and rep["kind"] == "model"
     assert "old" not in (out / "report.html").read_text()[:200]
@@ -259,7 +173,7 @@ def test_reports_are_written_atomically_and_replaced_whole(fitted_bundle: Path, 
 def test_bundle_alone_reports_stored_diagnostics(fitted_bundle: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "rep"
-    assert _diagnose("--bundle", str(fitted_bundle), "--out", str(out)) == 0
+    assert run_diagnose("--bundle", str(fitted_bundle), "--out", str(out)) == 0
     text = capsys.readouterr().out
     assert "ECE" in text and "temperature" in text
     rep = json.loads((out / "report.json").read_text())
@@ -305,14 +219,14 @@ def test_unfitted_bundle_is_an_error_not_a_silent_pass(fitted_bundle: Path, clea
     raw = b.replace(reference={}, ood={"score": "energy", "temperature": 1.0, "threshold": None}, extra={},
                     background={}, arrays={})  # nothing fitted
     raw.save(tmp_path / "raw")
-    code = _diagnose("--field-dir", str(clean_dir), "--bundle", str(tmp_path / "raw"), "--out", str(tmp_path / "o"))
+    code = run_diagnose("--field-dir", str(clean_dir), "--bundle", str(tmp_path / "raw"), "--out", str(tmp_path / "o"))
     assert code == 2 and "tympan calibrate" in capsys.readouterr().err
 
 
 def test_robustness_sweep(fitted_bundle: Path, synthetic_dir: Path, tmp_path: Path,
                           capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "rep"
-    assert _diagnose("--robustness", "--bundle", str(fitted_bundle), "--data-dir", str(synthetic_dir),
+    assert run_diagnose("--robustness", "--bundle", str(fitted_bundle), "--data-dir", str(synthetic_dir),
                      "--max-clips", "10", "--out", str(out)) == 0
     rep = json.loads((out / "report.json").read_text())
     rows = {r["corruption"]: r for r in rep["robustness"]["rows"]}
@@ -349,7 +263,7 @@ def test_accuracy_estimator_is_fitted_on_heldout_predictions_only(fitted_bundle:
 
 def test_report_opens_with_estimated_accuracy(fitted_bundle: Path, shifted_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    _diagnose("--field-dir", str(shifted_dir), "--bundle", str(fitted_bundle), "--out", str(out))
+    run_diagnose("--field-dir", str(shifted_dir), "--bundle", str(fitted_bundle), "--out", str(out))
     rep = json.loads((out / "report.json").read_text())
     ea = rep["performance"]["estimated_accuracy"]
     assert set(ea) == {"value", "low", "high", "method"} and ea["low"] <= ea["value"] <= ea["high"]
@@ -377,7 +291,7 @@ def test_adapted_bundle_marks_trust_stale_or_refits(fitted_bundle: Path, shifted
     assert {"temperature", "ood_threshold", "performance", "reference.embedding"} <= set(a.extra["adaptation"]["stale"])
     assert a.extra["adaptation"]["refitted"] == []
     out = tmp_path / "rep"
-    _diagnose("--field-dir", str(clean_dir), "--bundle", str(stale_dir), "--out", str(out))
+    run_diagnose("--field-dir", str(clean_dir), "--bundle", str(stale_dir), "--out", str(out))
     rep = json.loads((out / "report.json").read_text())
     assert "adabn" in rep["adaptation"]["description"] and str(shifted_dir) in rep["adaptation"]["description"]
     assert "performance" in rep["adaptation"]["stale"]
@@ -394,6 +308,6 @@ def test_adapted_bundle_marks_trust_stale_or_refits(fitted_bundle: Path, shifted
     assert {"temperature", "ood_threshold", "performance"} <= set(r.extra["adaptation"]["refitted"])
     assert not {"temperature", "ood_threshold", "performance"} & set(r.extra["adaptation"]["stale"])
     out2 = tmp_path / "rep2"
-    _diagnose("--field-dir", str(clean_dir), "--bundle", str(refit_dir), "--out", str(out2))
+    run_diagnose("--field-dir", str(clean_dir), "--bundle", str(refit_dir), "--out", str(out2))
     rep2 = json.loads((out2 / "report.json").read_text())
     assert not rep2["performance"]["stale"] and "performance" in rep2["adaptation"]["refitted"]

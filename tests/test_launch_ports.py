@@ -18,14 +18,9 @@ import time
 import pytest
 
 from tympan.errors import TympanError
+from helpers import free_port  # noqa: E402
 
 MiB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ import torch
 
 pytest.importorskip("uvicorn")
 
-from test_serving import LiveServer  # noqa: E402 - the serving tests' real uvicorn server
+from helpers import LiveServer  # noqa: E402 - a real uvicorn server in a thread
 
 from tympan.bundle import Bundle, HeldoutPredictions, load_bundle  # noqa: E402
 from tympan.datasets import load_esc50  # noqa: E402

@@ -9,7 +9,6 @@ Served: a real uvicorn server, real WAV and FLAC uploads, ``return_logits``.
 from __future__ import annotations
 
 import base64
-import socket
 import threading
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from tympan.features import FrontendConfig  # noqa: E402
 from tympan.models import build_model  # noqa: E402
 from tympan.serving.app import create_app  # noqa: E402
 from tympan.serving.settings import Settings  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 try:  # the training helper's API, when it is there
     from tympan.training import TrainConfig, bundle_from_run, predict_logits, run_cv
@@ -65,12 +65,6 @@ def offline_logits(bundle_dir: Path, synthetic_dir: Path, cache: Path) -> tuple[
         with torch.inference_mode():
             logits = bundle.model.eval()(torch.from_numpy(np.asarray(fs.features))).numpy()
     return list(dataset.files), logits
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_served_logits_equal_offline_evaluation(synthetic_dir: Path, tmp_path: Path) -> None:

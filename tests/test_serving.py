@@ -12,10 +12,7 @@ import base64
 import io
 import re
 import json
-import socket
 import struct
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -35,6 +32,7 @@ from tympan.models import build_model  # noqa: E402
 from tympan.serving.app import create_app  # noqa: E402
 from tympan.serving.schemas import ExplainResponse, PredictResponse  # noqa: E402
 from tympan.serving.settings import Settings  # noqa: E402
+from helpers import LiveServer, free_port  # noqa: E402
 
 SR = 16_000
 LIMIT = 2 * 1024 * 1024
@@ -43,40 +41,6 @@ MAX_SAMPLES = 1_500_000
 
 
 # ----------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """uvicorn.Server in a thread, on a free port; ``url`` once /ready says so."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("server did not become ready")
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-
-
 def tiny_bundle(threshold: float | None = None) -> Bundle:
     torch.manual_seed(0)
     model = build_model("cnn", n_classes=5, width=8).eval()

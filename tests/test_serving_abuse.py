@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import free_port  # noqa: E402
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -37,12 +38,6 @@ TOKEN = "abuse-test-instance"
 
 
 # ----------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of ``pid`` in bytes."""
     out = {}

@@ -87,12 +87,12 @@ def test_trust_models_refuse_heldout_clips_from_training_folds(synthetic_dir: Pa
 
 def test_a_generated_background_recording_is_flagged(synthetic_dir: Path, tmp_path: Path) -> None:
     """Calibrate a small model on the generated set; recorder hiss then comes back as background."""
-    from test_diagnose import _train_tiny_bundle
+    from helpers import train_tiny_bundle
 
     from tympan.diagnostics.calibrate import fit_bundle
     from tympan.inference import Predictor
 
-    dest = _train_tiny_bundle(synthetic_dir, tmp_path / "tiny")
+    dest = train_tiny_bundle(synthetic_dir, tmp_path / "tiny")
     fit_bundle(dest, data_dir=synthetic_dir, progress=False, log=lambda *a: None)
     pred = Predictor(dest)
     assert pred.params.background is not None and pred.params.embedding_ood is not None

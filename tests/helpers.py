@@ -1,0 +1,120 @@
+"""Helpers several test modules share: free ports, a live uvicorn server, a tiny fitted bundle,
+field folders of generated clips, and diagnose run in-process. Fixtures built on them are in
+``conftest.py``."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile as sf
+import torch
+
+from tympan.bundle import Bundle, HeldoutPredictions
+from tympan.features import FrontendConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn.Server in a thread, on a free port; ``url`` once /ready says so."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not become ready")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def train_tiny_bundle(data_dir: Path, dest: Path) -> Path:
+    """A width-8 CNN trained for a few epochs on synthetic folds 1-4; fold 5's logits as held-out."""
+    from tympan.cache import featurize
+    from tympan.datasets import load_esc50
+    from tympan.models import build_model
+
+    torch.manual_seed(0)
+    frontend = FrontendConfig(clip_seconds=2.0)
+    ds = load_esc50(data_dir)
+    fs = featurize(ds, frontend, dtype="float32", progress=False)
+    x = torch.from_numpy(np.array(fs.features, np.float32))
+    y = torch.from_numpy(fs.labels)
+    train, held = fs.folds != 5, fs.folds == 5
+    model = build_model("cnn", n_classes=len(fs.classes), width=8)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = x[train], y[train]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        model.train()
+        perm = torch.randperm(len(xt), generator=g)
+        for i in range(0, len(xt), 16):
+            idx = perm[i : i + 16]
+            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        logits = model(x[held]).numpy()
+    bundle = Bundle(model=model, arch="cnn", arch_params={"width": 8}, classes=list(fs.classes), frontend=frontend,
+                    provenance={"train_folds": [1, 2, 3, 4], "heldout_fold": 5, "data": {"root": str(data_dir)}},
+                    name="tiny-test")
+    heldout = HeldoutPredictions(logits, fs.labels[held], [c for c, h in zip(fs.clip_ids, held) if h],
+                                 list(fs.classes), weights_sha256=bundle.weights_fingerprint, meta={"fold": 5})
+    bundle.save(dest, heldout=heldout)
+    return dest
+
+
+def field_folder(dest: Path, *, seed: int, shift: bool, n_per_class: int = 8) -> Path:
+    """Fresh synthetic clips (same generator, another seed), optionally -20 dB and low-passed at 1.5 kHz."""
+    from scipy import signal
+
+    from tympan.datasets.synthetic import make_synthetic
+
+    src = make_synthetic(dest.parent / f".src-{dest.name}", n_classes=5, clips_per_class=n_per_class,
+                         n_folds=n_per_class, seed=seed)
+    dest.mkdir(parents=True)
+    sos = signal.butter(8, 1500, btype="low", fs=16000, output="sos")
+    for i, p in enumerate(sorted((src / "audio").glob("*.wav"))):
+        yv, sr = sf.read(p, dtype="float32")
+        if shift:
+            yv = signal.sosfiltfilt(sos, yv) * 10 ** (-20 / 20)
+        sub = dest / ("a" if i % 2 else "b")  # nested folders: the scan is recursive
+        sub.mkdir(exist_ok=True)
+        sf.write(sub / p.name, np.asarray(yv, np.float32), sr, subtype="PCM_16")
+    shutil.rmtree(src)
+    return dest
+
+
+def run_diagnose(*argv: str) -> int:
+    from tympan.diagnostics.cli import diagnose_main
+
+    return diagnose_main([*argv, "--quiet"])
