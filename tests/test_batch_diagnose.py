@@ -9,19 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from helpers import field_folder, train_tiny_bundle  # the same tiny fitted bundle and clips
-
-
-@pytest.fixture(scope="module")
-def fitted_bundle(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tympan.diagnostics.calibrate import fit_bundle
-
-    torch.set_num_threads(1)
-    dest = train_tiny_bundle(synthetic_dir, tmp_path_factory.mktemp("bundle") / "tiny")
-    fit_bundle(dest, data_dir=synthetic_dir, progress=False, log=lambda *a: None)
-    return dest
+from helpers import field_folder  # the clips of the diagnose tests (fitted_bundle: conftest.py)
 
 
 @pytest.fixture(scope="module")
