@@ -37,19 +37,10 @@ ROW_KEYS = ("corruption", "name", "params", "description", "accuracy", "accuracy
             "mean_confidence", "ood_flagged")
 
 
-def repo_relative(path: str | Path) -> str:
-    """``path`` relative to the repository if inside it, else only its last component."""
-    p = Path(path).resolve()
-    try:
-        return str(p.relative_to(REPO))
-    except ValueError:
-        return p.name
-
-
 def run(bundle_dir: str | Path | None, data_dir: str | Path | None, max_clips: int | None, seed: int = 0,
         progress: bool = True) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
-    from _machine import cpu_model
+    from _machine import cpu_model, repo_relative
     import torch
 
     from tympan.bundle import resolve_bundle_dir

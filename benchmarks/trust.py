@@ -39,7 +39,7 @@ RESULTS = REPO / "benchmarks" / "results"
 PROGRESS = sys.stderr.isatty()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, repo_relative  # noqa: E402
 
 
 def machine() -> str:
@@ -239,11 +239,6 @@ def add_sampling_se(per_shift: dict[str, Any], n_clips: int) -> None:
         r["sampling_se"] = float(np.sqrt(acc * (1 - acc) / n_clips))
 
 
-def _shown(path: Path) -> str:
-    """A path as results files record it: relative to the checkout (no machine paths)."""
-    return os.path.relpath(Path(path).resolve(), REPO)
-
-
 def summarise_errors(per_shift: dict[str, Any], tolerance: float = 0.02) -> dict[str, Any]:
     """Per method: worst and mean |bias|, shifts within ``tolerance``, and (where the shifts carry
     ``sampling_se``) shifts whose bias is within 1.96 standard errors of the measured accuracy."""
@@ -287,9 +282,9 @@ def performance_section(bundle_dir: Path, data_dir: Path, *, n_splits: int = 20)
     print_errors(per_shift, summ)
     gate = gate_decisions(bundle_dir, outs, ho.labels)
     return {
-        "machine": machine(), "bundle": _shown(bundle_dir), "seconds": time.perf_counter() - t0,
+        "machine": machine(), "bundle": repo_relative(bundle_dir), "seconds": time.perf_counter() - t0,
         "measured_on": (f"{len(ho.labels)} held-out clips of {bundle_dir.name} (heldout.json: ESC-50 fold "
-                        f"{ho.meta.get('fold')}, never trained on) from {_shown(data_dir)}; shifts applied at the model's "
+                        f"{ho.meta.get('fold')}, never trained on) from {repo_relative(data_dir)}; shifts applied at the model's "
                         "rate with a per-clip seed"),
         "protocol": (f"{n_splits} seeded class-stratified splits of the held-out clips into halves, both ways round: "
                      "temperature and estimators fitted on the CLEAN half A, accuracy estimated on the SHIFTED half B "
