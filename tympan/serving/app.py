@@ -25,7 +25,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -402,11 +402,17 @@ class Service:
     async def off_loop(self, func: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, func, *args)
 
-    def _start_decoding(self) -> list[bool]:
-        """Count a request as being decoded; the ticket ends it once (thread or coroutine)."""
+    @contextlib.contextmanager
+    def _decoding(self) -> Iterator[list[bool]]:
+        """Count a request as being decoded until its ticket ends (whichever ends it first: the
+        thread once the audio is decoded, or this context when the coroutine leaves or is cancelled)."""
         with self._decoding_lock:
             self.decoding += 1
-        return [True]
+        ticket = [True]
+        try:
+            yield ticket
+        finally:
+            self._end_decoding(ticket)
 
     def _end_decoding(self, ticket: list[bool]) -> None:
         with self._decoding_lock:
@@ -444,11 +450,8 @@ class Service:
     async def prepare(self, data: str | bytes) -> Prepared:
         """Decode base64 (str) or file bytes, then audio, then windows: all off the event loop."""
         predictor = self.require_ready()
-        ticket = self._start_decoding()
-        try:
+        with self._decoding() as ticket:
             return await self.off_loop(self._prepare, predictor, data, ticket)
-        finally:  # also when cancelled before a thread took it
-            self._end_decoding(ticket)
 
     def check_top_k(self, top_k: int | None) -> int:
         """``top_k`` checked against the model (None: the default 3, or fewer classes)."""
@@ -483,8 +486,10 @@ class Service:
         assert batcher is not None
         t0 = request.scope.get("state", {}).get("t0") or time.perf_counter()
 
-        def work() -> bytes | tuple[Prepared, Future]:
-            prepared = self._prepare(predictor, data, ticket)
+        def work(ticket: list[bool], inline: bool = False) -> bytes | tuple[Prepared, Future]:
+            prepared = self._prepare(predictor, data, ticket, inline=inline)
+            if inline:
+                self.metrics.inline.inc()
             fut = batcher.enqueue(prepared)
             if not fut.done():
                 return prepared, fut  # a pass on another thread answers it
@@ -493,23 +498,11 @@ class Service:
         with self.admit():
             out = None
             if self._inline_ok(data):  # idle: no hand-over to a worker thread and back
-                ticket = self._start_decoding()
-                try:
-                    prepared = self._prepare(predictor, data, ticket, inline=True)
-                    self.metrics.inline.inc()
-                    fut = batcher.enqueue(prepared)
-                    out = (self._predict_body(predictor, prepared, fut.result(), top_k, return_logits, t0)
-                           if fut.done() else (prepared, fut))
-                except _HandOver:
-                    out = None
-                finally:
-                    self._end_decoding(ticket)
+                with contextlib.suppress(_HandOver), self._decoding() as ticket:
+                    out = work(ticket, inline=True)
             if out is None:
-                ticket = self._start_decoding()
-                try:
-                    out = await self.off_loop(work)
-                finally:  # also when cancelled before a thread took it
-                    self._end_decoding(ticket)
+                with self._decoding() as ticket:
+                    out = await self.off_loop(work, ticket)
             if isinstance(out, tuple):
                 prepared, fut = out
                 result = await asyncio.wrap_future(fut)
