@@ -497,6 +497,10 @@ class Service:
 
         with self.admit():
             out = None
+            if self._inline_ok(data):
+                # requests that have arrived but whose tasks have not run yet are not counted in
+                # active_requests: let them enter the app first, so a burst is seen as one
+                await asyncio.sleep(0)
             if self._inline_ok(data):  # idle: no hand-over to a worker thread and back
                 with contextlib.suppress(_HandOver), self._decoding() as ticket:
                     out = work(ticket, inline=True)
