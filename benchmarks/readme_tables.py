@@ -6,8 +6,9 @@ The README holds each table between ``<!-- table:NAME -->`` and ``<!-- /table:NA
 
 Tables: ``esc50_cv`` (``results/esc50_cv.json``: five-fold CV per model and recipe),
 ``robustness`` (``results/robustness.json``: the shipped model under field shifts), ``trust_ood``
-and ``trust_performance`` (``benchmarks/trust.py``: OOD and background rates; accuracy-estimate
-bias and the gate per shift).
+``trust_performance`` and ``trust_performance_cv`` (``benchmarks/trust.py``: OOD and background
+rates; accuracy-estimate bias and the gate per shift on the shipped model's held-out fold; the
+bias pooled over the five held-out folds of a five-fold run, with interval coverage).
 """
 
 from __future__ import annotations
@@ -110,8 +111,33 @@ def render_trust_performance(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_trust_performance_cv(r: dict[str, Any]) -> str:
+    """Accuracy-estimate bias per shift pooled over five held-out folds, and interval coverage
+    (``results/trust_performance_cv.json``)."""
+    names = {"atc_mc": "ATC-MC", "atc_ne": "ATC-NE", "mean_confidence": "mean calibrated confidence",
+             "doc": "difference of confidences"}
+    methods = [m for m in names if m in r["summary"]]
+    desc = {c["label"]: c["description"] for c in r["conditions"]}
+    n_folds = len(r["folds"])
+    lines = ["| shift | true accuracy (± 1 SE) | " + " | ".join(names[m] for m in methods)
+             + " | ATC-MC interval covers the truth (folds) |", "| --- | --- |" + " --- |" * len(methods) + " --- |"]
+    for label, e in r["estimators"].items():
+        biases = " | ".join(f"{e['methods'][m]['bias'] * 100:+.1f}".replace("-", "−") for m in methods)
+        cov = e.get("interval_covers", [])
+        lines.append(f"| {desc.get(label, label)} | {e['true_accuracy']:.3f} ± {e['sampling_se']:.3f} | {biases} | "
+                     f"{sum(cov)}/{len(cov)} |")
+    summ = r["summary"]
+    cells = [f"{summ[m]['max_abs_bias'] * 100:.1f}; {summ[m]['mean_abs_bias'] * 100:.1f}; "
+             f"{summ[m]['shifts_within_tolerance']}/{summ[m]['n_shifts']}; "
+             f"{summ[m]['shifts_within_sampling_noise']}/{summ[m]['n_shifts']}" for m in methods]
+    iv = summ.get("interval", {})
+    lines.append("| **largest bias; mean abs. bias; shifts within 2 points; within 1.96 SE** | | " + " | ".join(cells)
+                 + f" | {iv.get('covered', 0)}/{iv.get('cases', 0)} (of {n_folds} folds x shifts) |")
+    return "\n".join(lines)
+
+
 RENDERERS = {"esc50_cv": render_esc50_cv, "robustness": render_robustness, "trust_ood": render_trust_ood,
-             "trust_performance": render_trust_performance}
+             "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv}
 
 
 def render_all(results: Path = RESULTS) -> dict[str, str]:
