@@ -315,8 +315,11 @@ def cv_performance_section(bundle_dirs: Sequence[Path], data_dir: Path, *, n_spl
     2-point target cannot be checked there. Here every fold's own model is scored on its own
     held-out fold with the same cross-fitted protocol as :func:`performance_section`; a shift's
     bias is the mean of the five folds' biases and its true accuracy is measured on all held-out
-    clips (sampling SE about 0.8 points).
+    clips (sampling SE about 0.8 points). Calibrated bundles (``tympan calibrate``) also get the
+    default ``diagnose`` gate per fold and shift (:func:`gate_decisions`).
     """
+    from tympan.bundle import load_bundle
+
     t0 = time.perf_counter()
     folds: dict[str, Any] = {}
     n_total = 0
@@ -326,6 +329,8 @@ def cv_performance_section(bundle_dirs: Sequence[Path], data_dir: Path, *, n_spl
         per = estimator_errors(outs, ho.labels, n_splits=n_splits)
         folds[str(ho.meta.get("fold"))] = {"bundle": repo_relative(b), "n_clips": len(ho.labels), "estimators": per,
                                            "interval": interval_coverage(outs, ho.labels, fold=ho.meta.get("fold"))}
+        if (load_bundle(b).ood or {}).get("threshold") is not None:  # calibrated: the gate can be run
+            folds[str(ho.meta.get("fold"))]["gate"] = gate_decisions(b, outs, ho.labels)
         n_total += len(ho.labels)
     shifts = list(next(iter(folds.values()))["estimators"])
     per_shift: dict[str, Any] = {}
@@ -345,6 +350,9 @@ def cv_performance_section(bundle_dirs: Sequence[Path], data_dir: Path, *, n_spl
     print_errors(per_shift, summ)
     for s in shifts:
         per_shift[s]["interval_covers"] = [f["interval"]["shifts"][s]["covers"] for f in folds.values()]
+        if all("gate" in f for f in folds.values()):
+            per_shift[s]["gate_exit_codes"] = [f["gate"]["rows"][s]["exit_code_default"] for f in folds.values()]
+            per_shift[s]["gate_failing"] = [f["gate"]["rows"][s]["model_failing"] for f in folds.values()]
     covered = sum(sum(r["interval_covers"]) for r in per_shift.values())
     n_cases = sum(len(r["interval_covers"]) for r in per_shift.values())
     summ["interval"] = {"covered": covered, "cases": n_cases,
