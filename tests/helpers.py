@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, *, timeout: float, interval: float = 0.05,
+               died: Callable[[], str | None] | None = None) -> None:
+    """Poll ``url + "/ready"`` until it answers 200; ``died()`` returns why the server is gone, if it is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if died is not None and (why := died()) is not None:
+            raise RuntimeError(why)
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(interval)
+    raise RuntimeError(f"{url} did not become ready in {timeout:.0f} s")
+
+
 class LiveServer:
     """uvicorn.Server in a thread, on a free port; ``url`` once /ready says so."""
 
@@ -40,15 +57,8 @@ class LiveServer:
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("server did not become ready")
+        wait_ready(self.url, timeout=60)
+        return self
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True

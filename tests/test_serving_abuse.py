@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import free_port  # noqa: E402
+from helpers import free_port, wait_ready  # noqa: E402
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -155,18 +155,17 @@ class ServeProcess:
     def __enter__(self) -> ServeProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "tympan", "serve", "--port", str(self.port)],
                                      env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tympan serve exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.proc.kill()
-        raise RuntimeError("tympan serve did not become ready in 240 s")
+        def died() -> str | None:
+            if self.proc.poll() is None:
+                return None
+            return f"tympan serve exited: {self.proc.stderr.read().decode()[-2000:]}"
+
+        try:
+            wait_ready(self.url, timeout=240, interval=0.2, died=died)
+        except RuntimeError:
+            self.proc.kill()
+            raise
+        return self
 
     def __exit__(self, *exc) -> None:
         self.proc.terminate()
