@@ -133,6 +133,24 @@ def test_stale_estimator_never_votes_and_embedding_stands_in(world: dict) -> Non
     assert "cannot be estimated reliably" in res["gate"]["summary"]
 
 
+def test_large_embedding_shift_fails_even_when_confidence_hides_it(world: dict) -> None:
+    """A model that stays confident on audio it gets wrong fools the estimate; a large embedding
+    shift still says the model is affected, a small one (drift, but below the bar) does not."""
+    from tympan.diagnostics.field import LARGE_EMBEDDING_MMD2
+
+    y = np.repeat(np.arange(K), 60)
+    big = _clipset(np.random.default_rng(13), y, world["t"], emb_shift=0.5)  # logits unchanged: estimate sees nothing
+    res, code = _run(world, big)
+    assert res["checks"]["performance"]["verdict"] != "drift"
+    assert res["checks"]["embedding"]["mmd2"] >= LARGE_EMBEDDING_MMD2
+    assert code == 1 and res["gate"]["large_embedding_shift"] and res["gate"]["model_failing"] == ["embedding"]
+    assert "The model is affected (embedding)" in res["gate"]["summary"]
+    small = _clipset(np.random.default_rng(13), y, world["t"], emb_shift=0.1)
+    res, code = _run(world, small)
+    assert res["checks"]["embedding"]["verdict"] == "drift" and res["checks"]["embedding"]["mmd2"] < LARGE_EMBEDDING_MMD2
+    assert code == 0 and not res["gate"]["large_embedding_shift"] and res["gate"]["supporting_evidence"] == ["embedding"]
+
+
 def test_ood_excess_fails_the_model_gate(world: dict) -> None:
     res = {"checks": {"acoustic": {"verdict": "no drift"}, "ood_rate": {"verdict": "drift"},
                       "background_rate": {"verdict": "no drift"}}}

@@ -250,6 +250,9 @@ class Gate(_Model):
     audio_failing: list[str]
     format_notes: list[str]
     supporting_evidence: list[str]
+    large_embedding_shift: bool = Field(False, description="the embedding check's MMD² reached large_embedding_mmd2: "
+                                        "it votes for 'the model is affected' even beside an accuracy estimate")
+    large_embedding_mmd2: float | None = None
 
 
 class AdaptationInfo(_Model):
