@@ -190,6 +190,13 @@ def compute_all(bundle_dir: Path, data_dir: Path, labels: Sequence[str] | None =
     return outs
 
 
+def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+    """Results files are replaced whole (a killed run leaves the previous one); same layout as before."""
+    from tympan.io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=None)
@@ -198,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="performance | performance-cv (default: performance)")
     ap.add_argument("--cv-bundles", type=Path, nargs="+", default=None,
                     help="performance-cv: one bundle per held-out fold of one five-fold run (each fold's own model)")
+    ap.add_argument("--cv-out", default="trust_performance_cv.json",
+                    help="results file (under benchmarks/results/) of --cv-bundles")
     ap.add_argument("--compute-only", action="store_true", help="only fill the cache of model outputs")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -211,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         res = cv_performance_section(args.cv_bundles, args.data_dir)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "trust_performance_cv.json").write_text(json.dumps(res, indent=1) + "\n")
-        print(f"wrote {RESULTS / 'trust_performance_cv.json'}")
+        write_json_atomic(RESULTS / args.cv_out, res)
+        print(f"wrote {RESULTS / args.cv_out}")
         return 0
     bundle_dir = resolve_bundle_dir(args.bundle)
     if args.compute_only:
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if "performance" in sections:
         res = performance_section(bundle_dir, args.data_dir)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "trust_performance.json").write_text(json.dumps(res, indent=1) + "\n")
+        write_json_atomic(RESULTS / "trust_performance.json", res)
         print(f"wrote {RESULTS / 'trust_performance.json'}")
     return 0
 
