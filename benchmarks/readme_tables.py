@@ -153,7 +153,8 @@ def render_trust_performance_cv(r: dict[str, Any]) -> str:
 
 
 RENDERERS = {"esc50_cv": render_esc50_cv, "robustness": render_robustness, "trust_ood": render_trust_ood,
-             "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv}
+             "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
+             "trust_performance_cv_baseline": render_trust_performance_cv}
 
 
 def render_all(results: Path = RESULTS) -> dict[str, str]:
