@@ -82,34 +82,42 @@ def render_trust_ood(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+ESTIMATOR_NAMES = {"atc_mc": "ATC-MC", "atc_ne": "ATC-NE", "mean_confidence": "mean calibrated confidence",
+                   "doc": "difference of confidences"}
+GATE_REASONS = {"ood_rate": "OOD", "performance": "accuracy", "background_rate": "background", "embedding": "embedding"}
+
+
+def _bias_cells(e: dict[str, Any], methods: list[str]) -> str:
+    return " | ".join(f"{e['methods'][m]['bias'] * 100:+.1f}".replace("-", "−") for m in methods)
+
+
+def _summary_cell(s: dict[str, Any]) -> str:
+    """Largest bias; mean abs. bias; shifts within 2 points[; within 1.96 SE] of one estimator."""
+    noise = f"; {s['shifts_within_sampling_noise']}/{s['n_shifts']}" if "shifts_within_sampling_noise" in s else ""
+    return (f"{s['max_abs_bias'] * 100:.1f}; {s['mean_abs_bias'] * 100:.1f}; "
+            f"{s['shifts_within_tolerance']}/{s['n_shifts']}{noise}")
+
+
 def render_trust_performance(r: dict[str, Any]) -> str:
     """Accuracy-estimate bias per shift and estimator, and the default gate (``results/trust_performance.json``)."""
-    names = {"atc_mc": "ATC-MC", "atc_ne": "ATC-NE", "mean_confidence": "mean calibrated confidence",
-             "doc": "difference of confidences"}
+    names = ESTIMATOR_NAMES
     methods = [m for m in names if m in r["summary"]]
     desc = {c["label"]: c["description"] for c in r["conditions"]}
     lines = ["| shift | true accuracy (± 1 SE) | " + " | ".join(names[m] for m in methods)
              + " | reported interval covers the truth | default gate: exit (why) |",
              "| --- | --- |" + " --- |" * len(methods) + " --- | --- |"]
-    why = {"ood_rate": "OOD", "performance": "accuracy", "background_rate": "background", "embedding": "embedding"}
     for label, e in r["estimators"].items():
         g = r["gate"]["rows"].get(label, {})
         code = g.get("exit_code_default")
-        reasons = ", ".join(why.get(x, x) for x in g.get("model_failing", []))
+        reasons = ", ".join(GATE_REASONS.get(x, x) for x in g.get("model_failing", []))
         gate = "" if code is None else (f"**{code}** ({reasons})" if code else "0")
-        biases = " | ".join(f"{e['methods'][m]['bias'] * 100:+.1f}".replace("-", "−") for m in methods)
+        biases = _bias_cells(e, methods)
         se = f" ± {e['sampling_se']:.3f}" if "sampling_se" in e else ""
         ei = g.get("estimated_accuracy")
         cover = "" if ei is None else (f"{'yes' if g['estimate_within_interval'] else '**no**'} "
                                        f"({100 * ei['low']:.0f}–{100 * ei['high']:.0f})")
         lines.append(f"| {desc.get(label, label)} | {e['true_accuracy']:.3f}{se} | {biases} | {cover} | {gate} |")
-    summ = r["summary"]
-    cells = []
-    for m in methods:
-        s = summ[m]
-        noise = f"; {s['shifts_within_sampling_noise']}/{s['n_shifts']}" if "shifts_within_sampling_noise" in s else ""
-        cells.append(f"{s['max_abs_bias'] * 100:.1f}; {s['mean_abs_bias'] * 100:.1f}; "
-                     f"{s['shifts_within_tolerance']}/{s['n_shifts']}{noise}")
+    cells = [_summary_cell(r["summary"][m]) for m in methods]
     rows = r["gate"]["rows"].values()
     covered = f"{sum(bool(g.get('estimate_within_interval')) for g in rows)}/{len(rows)}"
     lines.append("| **largest bias; mean abs. bias; shifts within 2 points; within 1.96 SE** | | "
@@ -120,33 +128,28 @@ def render_trust_performance(r: dict[str, Any]) -> str:
 def render_trust_performance_cv(r: dict[str, Any]) -> str:
     """Accuracy-estimate bias per shift pooled over five held-out folds, and interval coverage
     (``results/trust_performance_cv.json``)."""
-    names = {"atc_mc": "ATC-MC", "atc_ne": "ATC-NE", "mean_confidence": "mean calibrated confidence",
-             "doc": "difference of confidences"}
+    names = ESTIMATOR_NAMES
     methods = [m for m in names if m in r["summary"]]
     desc = {c["label"]: c["description"] for c in r["conditions"]}
     n_folds = len(r["folds"])
     gated = all("gate_exit_codes" in e for e in r["estimators"].values())
-    why = {"ood_rate": "OOD", "performance": "accuracy", "background_rate": "background", "embedding": "embedding"}
     lines = ["| shift | true accuracy (± 1 SE) | " + " | ".join(names[m] for m in methods)
              + " | ATC-MC interval covers the truth (folds) |" + (" default gate fails (folds; why) |" if gated else ""),
              "| --- | --- |" + " --- |" * len(methods) + " --- |" + (" --- |" if gated else "")]
     for label, e in r["estimators"].items():
-        biases = " | ".join(f"{e['methods'][m]['bias'] * 100:+.1f}".replace("-", "−") for m in methods)
+        biases = _bias_cells(e, methods)
         cov = e.get("interval_covers", [])
         row = (f"| {desc.get(label, label)} | {e['true_accuracy']:.3f} ± {e['sampling_se']:.3f} | {biases} | "
                f"{sum(cov)}/{len(cov)} |")
         if gated:
             codes = e["gate_exit_codes"]
-            reasons = sorted({why.get(x, x) for f in e["gate_failing"] for x in f})
+            reasons = sorted({GATE_REASONS.get(x, x) for f in e["gate_failing"] for x in f})
             n_fail = sum(1 for c in codes if c)
             row += f" {'**' if n_fail else ''}{n_fail}/{len(codes)}{'**' if n_fail else ''}" + (
                 f" ({', '.join(reasons)})" if reasons else "") + " |"
         lines.append(row)
-    summ = r["summary"]
-    cells = [f"{summ[m]['max_abs_bias'] * 100:.1f}; {summ[m]['mean_abs_bias'] * 100:.1f}; "
-             f"{summ[m]['shifts_within_tolerance']}/{summ[m]['n_shifts']}; "
-             f"{summ[m]['shifts_within_sampling_noise']}/{summ[m]['n_shifts']}" for m in methods]
-    iv = summ.get("interval", {})
+    cells = [_summary_cell(r["summary"][m]) for m in methods]
+    iv = r["summary"].get("interval", {})
     lines.append("| **largest bias; mean abs. bias; shifts within 2 points; within 1.96 SE** | | " + " | ".join(cells)
                  + f" | {iv.get('covered', 0)}/{iv.get('cases', 0)} (of {n_folds} folds x shifts) |" + (" |" if gated else ""))
     return "\n".join(lines)

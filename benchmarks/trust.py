@@ -201,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=None)
     ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TYMPAN_ESC50_DIR", DEFAULT_DATA)))
-    ap.add_argument("--section", action="append", default=None,
-                    help="performance | performance-cv (default: performance)")
+    ap.add_argument("--section", action="append", default=None, help="performance (the default and only section)")
     ap.add_argument("--cv-bundles", type=Path, nargs="+", default=None,
-                    help="performance-cv: one bundle per held-out fold of one five-fold run (each fold's own model)")
+                    help="instead of --section: the estimators pooled over one bundle per held-out fold of a five-fold "
+                         "run (each fold's own model; calibrated bundles also get the gate)")
     ap.add_argument("--cv-out", default="trust_performance_cv.json",
                     help="results file (under benchmarks/results/) of --cv-bundles")
     ap.add_argument("--compute-only", action="store_true", help="only fill the cache of model outputs")
@@ -335,18 +335,18 @@ def cv_performance_section(bundle_dirs: Sequence[Path], data_dir: Path, *, n_spl
     for b in bundle_dirs:
         _, ho, _ = load_heldout_set(b, data_dir)
         outs = compute_all(b, data_dir)
-        per = estimator_errors(outs, ho.labels, n_splits=n_splits)
-        folds[str(ho.meta.get("fold"))] = {"bundle": repo_relative(b), "n_clips": len(ho.labels), "estimators": per,
-                                           "interval": interval_coverage(outs, ho.labels, fold=ho.meta.get("fold"))}
+        fold = {"bundle": repo_relative(b), "n_clips": len(ho.labels),
+                "estimators": estimator_errors(outs, ho.labels, n_splits=n_splits),
+                "interval": interval_coverage(outs, ho.labels, fold=ho.meta.get("fold"))}
         if (load_bundle(b).ood or {}).get("threshold") is not None:  # calibrated: the gate can be run
-            folds[str(ho.meta.get("fold"))]["gate"] = gate_decisions(b, outs, ho.labels)
+            fold["gate"] = gate_decisions(b, outs, ho.labels)
+        folds[str(ho.meta.get("fold"))] = fold
         n_total += len(ho.labels)
     shifts = list(next(iter(folds.values()))["estimators"])
+    w = np.asarray([f["n_clips"] for f in folds.values()], float) / n_total
     per_shift: dict[str, Any] = {}
     for s in shifts:
         rows = [f["estimators"][s] for f in folds.values()]
-        w = np.asarray([f["n_clips"] for f in folds.values()], float)
-        w /= w.sum()
         per_shift[s] = {
             "true_accuracy": float(sum(wi * r["true_accuracy"] for wi, r in zip(w, rows))),
             "per_fold_true_accuracy": [r["true_accuracy"] for r in rows],
