@@ -58,7 +58,10 @@ def feats(z, T, emb_u, bankA, excl, counts_ref):
     crowd = np.log(cnt[pred] / counts_ref)          # how over-represented the predicted class is in this batch
     return np.column_stack([lconf, marg, ent, lse, kd, crowd]), conf, pred
 
-FEATSETS = {'inst': [0, 1, 2, 3, 4], 'inst+crowd': [0, 1, 2, 3, 4, 5], 'conf+crowd': [0, 5], 'conf+knn': [0, 4]}
+FEATSETS = {'conf+knn+lse': [0, 3, 4], 'conf+marg+knn': [0, 1, 4], 'inst': [0, 1, 2, 3, 4], 'inst+crowd': [0, 1, 2, 3, 4, 5],
+            'conf+crowd': [0, 5], 'conf+knn': [0, 4]}
+#: feature sets of the correctness models per run: '' (res_n*.pkl) and '2' (res2_n*.pkl, the k-NN / energy ones)
+RUNS = {'': ('inst', 'inst+crowd', 'conf+crowd'), '2': ('conf+knn', 'conf+knn+lse', 'conf+marg+knn')}
 
 def run_model(name, n_splits=20, methods_lr=('inst', 'inst+crowd', 'conf+crowd')):
     y = C[name]['y']; outs = C[name]['outs']; K = outs['clean']['logits'].shape[1]
@@ -129,7 +132,8 @@ def run_model(name, n_splits=20, methods_lr=('inst', 'inst+crowd', 'conf+crowd')
 if __name__ == '__main__':
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     models = sys.argv[2].split(',') if len(sys.argv) > 2 else ['S', 'R1', 'R2', 'R3', 'R4', 'R5']
+    run = sys.argv[3] if len(sys.argv) > 3 else ''
     res = {}
     for m in models:
-        t0 = time.time(); res[m] = run_model(m, n); print(m, f'{time.time()-t0:.0f}s', flush=True)
-        pickle.dump(res, open(WORK / f'res_n{n}.pkl', 'wb'))
+        t0 = time.time(); res[m] = run_model(m, n, RUNS[run]); print(m, f'{time.time()-t0:.0f}s', flush=True)
+        pickle.dump(res, open(WORK / f'res{run}_n{n}.pkl', 'wb'))

@@ -1,7 +1,8 @@
 from _paths import DATA, REPO, WORK  # noqa: F401,E402 (sets sys.path)
 import sys, pickle, numpy as np
 n = sys.argv[1] if len(sys.argv) > 1 else '20'
-res = pickle.load(open(WORK / f'res_n{n}.pkl', 'rb'))
+run = sys.argv[3] if len(sys.argv) > 3 else ''  # '' or '2' (harness.py's third argument)
+res = pickle.load(open(WORK / f'res{run}_n{n}.pkl', 'rb'))
 def pooled(keys):
     rs = [res[k] for k in keys]
     out = {}
@@ -13,7 +14,7 @@ if 'S' in res: tabs['S'] = res['S']
 R = [k for k in res if k.startswith('R')]
 if R: tabs['R'] = pooled(R)
 methods = list(next(iter(tabs.values()))['clean']['bias'])
-sel = sys.argv[2].split(',') if len(sys.argv) > 2 else methods
+sel = sys.argv[2].split(',') if len(sys.argv) > 2 and sys.argv[2] != 'all' else methods
 print('summary: max|bias| (pts) / #within 2 / mean|bias|')
 for m in methods:
     line = f'{m:<22}'
