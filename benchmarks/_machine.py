@@ -3,22 +3,11 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
+from tympan.machine import cpu_model  # noqa: F401  (re-exported for the scripts here)
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def repo_relative(path: str | Path) -> str:

@@ -11,6 +11,11 @@ its state can be checkpointed (a ``ByteTensor``) and resumed exactly.
 - Random time roll: circular shift along time (a clip's event may start anywhere).
 - Random gain: ``+g`` dB of power is ``+g ln(10)/10`` in natural-log mel, divided by the
   front end's ``norm_std``.
+- Waveform mixing (EfficientAT's ESC-50 fine-tuning: with probability ``wavmix_p`` a clip is
+  mixed with a random partner, ``x = l x1 + (1 - l) x2``, ``l ~ Beta(2, 2)`` folded to >= 0.5,
+  targets mixed alike). From cached log-mels it is done in the power domain: two independent
+  signals' powers add, so the mixture's mel power is ``l^2 P1 + (1 - l)^2 P2`` (exact in
+  expectation; the cross term averages out over a mel band's bins and frames).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class AugmentConfig:
     roll: bool = True
     gain_db: float = 6.0  # max |gain|; 0 disables
     norm_std: float = 1.0  # the front end's norm_std (gain is scaled by it)
+    wavmix_p: float = 0.0  # probability of waveform mixing per example (0 disables)
+    wavmix_beta: float = 2.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,7 +148,25 @@ def draw_batch(b: int, n_mels: int, frames: int, cfg: AugmentConfig, gen: torch.
             start = (torch.rand(b, generator=gen) * (size - width + 1).float()).long()
             spans.append(torch.stack([start, width], 1))
         d[key] = torch.stack(spans, 1)  # (b, n_masks, 2)
+    if cfg.wavmix_p > 0 and b >= 2:  # drawn last: runs without it draw exactly as before
+        d["wmix"] = torch.rand(b, generator=gen) < cfg.wavmix_p
+        lam = _beta_from_uniform(torch.distributions.Beta(cfg.wavmix_beta, cfg.wavmix_beta),
+                                 torch.rand(b, generator=gen))
+        d["wlam"] = torch.maximum(lam, 1 - lam)
+        d["wpartner"] = (torch.rand(b, generator=gen) * b).long().clamp(max=b - 1)
     return d
+
+
+def wave_mix(x: Tensor, y: Tensor, mix: Tensor, lam: Tensor, partner: Tensor, frontend: Any) -> tuple[Tensor, Tensor]:
+    """Mix the waveforms behind normalised log-mels ``x`` in the power domain (see module doc)."""
+    fe = frontend
+    p = (torch.exp(x.float() * fe.norm_std + fe.norm_mean) - fe.log_offset).clamp_min(0.0)
+    lam = torch.where(mix.to(x.device).bool(), lam.to(x.device, torch.float32), torch.ones_like(lam, device=x.device))
+    lv = lam.view(-1, 1, 1, 1)
+    mixed = lv**2 * p + (1 - lv) ** 2 * p[partner]
+    z = ((torch.log(mixed + fe.log_offset) - fe.norm_mean) / fe.norm_std).to(x.dtype)
+    ly = lam.view(-1, 1).to(y.dtype)
+    return z, ly * y + (1 - ly) * y[partner]
 
 
 def _apply_mask(x: Tensor, spans: Tensor, axis: int) -> Tensor:
@@ -155,16 +180,23 @@ def _apply_mask(x: Tensor, spans: Tensor, axis: int) -> Tensor:
     return torch.where(~masked.view(*shape), x, fill)
 
 
-def apply_draws(x: Tensor, y: Tensor, d: dict[str, Any], field: Any = None) -> tuple[Tensor, Tensor]:
+def apply_draws(x: Tensor, y: Tensor, d: dict[str, Any], field: Any = None,
+                frontend: Any = None) -> tuple[Tensor, Tensor]:
     """Apply the augmentations drawn by :func:`draw_batch` (tensors already on ``x``'s device).
 
     ``field`` is an optional callable ``x -> x`` (the log-mel field augmentation of
     :mod:`tympan.training.field_augment`), applied after the roll and before gain and Mixup.
+    ``frontend`` (the features' :class:`~tympan.features.FrontendConfig`) is needed for
+    waveform mixing, which happens after the roll, as in EfficientAT's data pipeline.
     """
     if "shift" in d:
         frames = x.shape[-1]
         idx = (torch.arange(frames, device=x.device)[None] - d["shift"][:, None]) % frames
         x = torch.gather(x, 3, idx[:, None, None, :].expand_as(x))
+    if "wmix" in d:
+        if frontend is None:
+            raise ValueError("waveform mixing needs the features' front end (apply_draws(frontend=...))")
+        x, y = wave_mix(x, y, d["wmix"], d["wlam"], d["wpartner"], frontend)
     if field is not None:
         x = field(x)
     if "gain" in d:

@@ -94,9 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             field_augment=args.field_augment,
             field_augment_p=args.field_augment_p,
         )
-        for name in ("epochs", "batch_size", "lr"):
-            if getattr(args, name) is not None:
-                fields[name] = getattr(args, name)
+        if args.epochs is not None:
+            fields["epochs"] = args.epochs
         config = TrainConfig(**fields)
         frontend = resolve_frontend(args.frontend, args.arch, args.init)
         config.augment = AugmentConfig(
@@ -104,8 +103,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         from tympan.training.recipes import apply_recipe
 
-        config = apply_recipe(config, args.recipe)
+        config = apply_recipe(config, args.recipe, epochs=args.epochs)
+        for name in ("batch_size", "lr"):  # explicit values win over the recipe's
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
         config.checkpoint_every = args.checkpoint_every
+        config.precision = args.precision
         config.validate()
         from tympan.models import UnknownArchitectureError, build_model
 
@@ -117,11 +120,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise TrainingConfigError(f"bad --arch-param for {config.arch!r}: {exc}") from None
         if config.init:
             pretrained_spec(config.arch)  # --init for an arch without pretrained weights
-        holdout_text = None if args.cv else (args.folds or "5")
+        holdout_text = args.folds or (None if args.cv else "5")
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config.arch)
         data_dir = args.data_dir
     features, info = featureset_for(data_dir, frontend, progress=not args.quiet)
     holdout = parse_folds(holdout_text, sorted({int(f) for f in features.folds}))
+    on_fold_end = None
+    if args.records:
+        holdout, on_fold_end = _with_records(Path(args.records), config, features.frontend, info, holdout)
+        if not holdout:
+            print(f"every requested fold is already in {args.records} for this configuration; nothing to train")
+            return 0
     extra = None
     if config.field_augment:
         from tympan.training.field_augment import augmented_feature_copies
@@ -130,11 +139,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra = augmented_feature_copies(load_esc50(data_dir), frontend, config.field_augment,
                                          seed=config.seed, p=config.field_augment_p, progress=not args.quiet)
     print(f"run dir: {run_dir}")
-    print(f"recipe {config.recipe}, arch {config.arch} {config.arch_params or ''}, front end {frontend.name}, "
+    from tympan.training.loop import resolve_device, resolve_precision
+
+    device = resolve_device(config.device)
+    params = f" {config.arch_params}" if config.arch_params else ""
+    print(f"recipe {config.recipe}, arch {config.arch}{params}, front end {frontend.name}, "
           f"held-out folds {holdout}, "
-          f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr}, device {config.device}")
+          f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr}, device {device}, "
+          f"precision {resolve_precision(config.precision, device)}")
     results = run_cv(features, config, holdout, run_dir, data_info=info, progress=not args.quiet,
-                     max_folds=args.max_folds, extra=extra)
+                     max_folds=args.max_folds, extra=extra, on_fold_end=on_fold_end)
     acc = results["accuracy"]
     for fold, r in results["folds"].items():
         print(f"fold {fold}: {r['accuracy']:.4f} ({r['seconds_per_epoch']:.1f} s/epoch, {r['seconds']:.0f} s)")
@@ -145,6 +159,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = bundle_from_run(run_dir, args.out, fold=args.bundle_fold)
         print(f"bundle: {out}")
     return 0
+
+
+def _with_records(path: Path, config: TrainConfig, frontend: FrontendConfig, info: dict[str, Any],
+                  holdout: list[int]) -> tuple[list[int], Any]:
+    """The folds of ``holdout`` not yet in the records file for this config, and a callback that
+    records each fold as it finishes."""
+    from tympan.training.cv import code_version
+    from tympan.training.loop import resolve_device, resolve_precision
+    from tympan.training.records import append_record, config_hash, hashed_config, load_records, missing_folds, record_of
+
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    hashed = hashed_config(config, frontend, info.get("fingerprint"), precision)
+    chash = config_hash(hashed)
+    todo = missing_folds(load_records(path), chash, holdout)
+    skipped = [f for f in holdout if f not in todo]
+    print(f"config hash {chash}: " + (f"folds {skipped} already recorded in {path}, skipped; " if skipped else "")
+          + f"training {todo or 'nothing'}")
+
+    def on_fold_end(result: Any) -> None:
+        append_record(path, record_of(result, config, hashed, code_version()))
+        print(f"fold {result.fold}: recorded in {path}")
+
+    return todo, on_fold_end
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -178,18 +215,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--mixup", type=float, default=0.3, help="Mixup alpha (0 disables)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--folds", help="held-out folds, e.g. 1,2 (default: 5)")
-    g.add_argument("--cv", action="store_true", help="hold out each of the five folds in turn")
+    p.add_argument("--folds", help="held-out folds, e.g. 1,2 (default: 5; with --cv: which of the five to run)")
+    p.add_argument("--cv", action="store_true", help="hold out each of the five folds in turn")
     p.add_argument("--init", help="pretrained weights for mn04: mn04_as, a URL, a .pt or .safetensors")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--field-augment", type=int, default=0, metavar="N",
                    help="mix N field-like corrupted copies of each training clip into training "
                         "(noise, gain, EQ/band-limiting, codecs, reverb; see tympan.corruptions)")
     p.add_argument("--field-augment-p", type=float, default=0.5, help="probability of each corruption")
-    p.add_argument("--recipe", default="robust", choices=["baseline", "robust"],
+    p.add_argument("--recipe", default="robust", choices=["baseline", "robust", "efficientat", "efficientat-robust"],
                    help="robust (default): + on-the-fly log-mel field augmentation; baseline: the recipe "
-                        "without it (the earlier shipped model's)")
+                        "without it (the earlier shipped model's); efficientat: EfficientAT's published "
+                        "ESC-50 fine-tuning (Adam 6e-5, 80 epochs, batch 128, waveform mixing)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="training-step arithmetic: auto = bfloat16 autocast where native (CUDA; CPUs with "
+                        "AVX512-BF16/AMX), else fp32")
+    p.add_argument("--records", metavar="FILE",
+                   help="fold records (JSON): each finished fold is appended; folds already recorded with "
+                        "the same config hash are skipped (e.g. benchmarks/results/folds.json)")
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                    help="write the resumable checkpoint every N epochs (default 1; written in the background)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")

@@ -80,8 +80,21 @@ class TrainConfig:
     field_mel: MelFieldConfig = field(default_factory=MelFieldConfig)
     #: write the resumable checkpoint every N epochs (and after the last one)
     checkpoint_every: int = 1
-    #: name of the recipe the config was built from (``baseline``, ``robust``; informational)
+    #: name of the recipe the config was built from (``baseline``, ``robust``, ``efficientat``)
     recipe: str = "baseline"
+    #: arithmetic of the training step: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the
+    #: device has it natively: CUDA, or a CPU with AVX512-BF16/AMX; see :func:`resolve_precision`)
+    precision: str = "auto"
+    #: ``adamw`` or ``adam`` (EfficientAT's fine-tuning uses Adam without weight decay)
+    optimizer: str = "adamw"
+    #: ``onecycle`` (per step) or ``warmup_linear``: EfficientAT's exponential warm-up over
+    #: ``warmup_epochs``, then linear decay from ``rampdown_start`` over ``rampdown_epochs`` to
+    #: ``final_lr_ratio`` of the peak, constant per epoch
+    schedule: str = "onecycle"
+    warmup_epochs: float = 10.0
+    rampdown_start: float = 10.0
+    rampdown_epochs: float = 65.0
+    final_lr_ratio: float = 0.01
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -108,10 +121,67 @@ class TrainConfig:
             raise TrainingConfigError("--field-augment must be >= 0 and --field-augment-p in [0, 1]")
         if self.checkpoint_every < 1:
             raise TrainingConfigError("--checkpoint-every must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise TrainingConfigError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.optimizer not in ("adamw", "adam"):
+            raise TrainingConfigError(f"optimizer {self.optimizer!r}: expected adamw or adam")
+        if self.schedule not in ("onecycle", "warmup_linear"):
+            raise TrainingConfigError(f"schedule {self.schedule!r}: expected onecycle or warmup_linear")
+        if not (0 < self.final_lr_ratio <= 1 and self.warmup_epochs >= 0 and self.rampdown_epochs > 0):
+            raise TrainingConfigError("warm-up/ramp-down schedule: need warmup >= 0, ramp-down > 0, final ratio in (0, 1]")
         try:
             self.field_mel.validate()
         except ValueError as exc:
             raise TrainingConfigError(str(exc)) from None
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles).
+
+    Without them oneDNN emulates bfloat16 and autocast makes a training step slower, not faster.
+    """
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and any(bool(c()) for c in checks if c is not None)
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool | None = None) -> str:
+    """``fp32`` or ``bf16`` for ``device``: ``auto`` takes bf16 only where it is native.
+
+    CUDA keeps its bfloat16 autocast (float16 with a loss scaler where bf16 is missing);
+    ``cpu_bf16`` overrides the CPU check (tests).
+    """
+    if precision not in PRECISIONS:
+        raise TrainingConfigError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu":
+        return "bf16" if (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16) else "fp32"
+    return "fp32"
+
+
+def warmup_linear_factor(epoch: int, config: TrainConfig) -> float:
+    """EfficientAT's lr factor for ``epoch`` (0-based): exp warm-up times linear ramp-down."""
+    up = 1.0
+    if epoch < config.warmup_epochs:
+        e = min(max(float(epoch), 0.5), config.warmup_epochs)
+        up = math.exp(-5.0 * (1.0 - e / config.warmup_epochs) ** 2)
+    last = config.final_lr_ratio
+    if epoch <= config.rampdown_start:
+        down = 1.0
+    elif epoch - config.rampdown_start < config.rampdown_epochs:
+        down = last + (1.0 - last) * (config.rampdown_epochs - epoch + config.rampdown_start) / config.rampdown_epochs
+    else:
+        down = last
+    return up * down
 
 
 def resolve_device(device: str) -> torch.device:
@@ -181,6 +251,7 @@ class FoldResult:
     seconds_per_epoch: float
     history: list[dict[str, float]]
     device: str
+    precision: str = "fp32"  # the resolved arithmetic of the training step
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -290,24 +361,32 @@ def train_fold(
         model = model.to(memory_format=torch.channels_last)
     groups = param_groups(model, config)
     opt_kwargs = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **opt_kwargs)
+    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(groups, lr=config.lr, weight_decay=config.weight_decay, **opt_kwargs)
     extra_idx = np.zeros(0, dtype=np.int64)
     if extra is not None:
         extra_idx = np.flatnonzero(~np.isin(extra.folds, np.unique(features.folds[val_idx])))
     n_train = len(train_idx) + len(extra_idx)
     drop_last = n_train % config.batch_size == 1  # never a batch of one (BatchNorm)
     steps = n_train // config.batch_size if drop_last else math.ceil(n_train / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[g["lr"] for g in groups],
-        total_steps=config.epochs * steps,
-        pct_start=config.pct_start,
-    )
+    if config.schedule == "onecycle":
+        scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in groups],
+            total_steps=config.epochs * steps,
+            pct_start=config.pct_start,
+        )
+    else:  # stepped per batch like OneCycleLR, constant within an epoch like EfficientAT's
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_linear_factor(step // steps, config))
     gen = torch.Generator().manual_seed(config.seed * 1000 + fold)
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    precision = resolve_precision(config.precision, device)
+    use_amp = precision == "bf16" and device.type in ("cuda", "cpu")
+    amp_dtype = torch.bfloat16
+    if use_amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        amp_dtype = torch.float16
     # bfloat16 needs no loss scaling; the scaler's inf check would sync the host every step
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda" and amp_dtype == torch.float16)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -352,6 +431,8 @@ def train_fold(
     dev_gen = torch.Generator(device=device) if field_aug is not None else None
     sizes = [min(config.batch_size, n_train - s * config.batch_size) for s in range(steps)]
     saver = _BackgroundSaver()
+    log(f"fold {fold}: training on {device} in {precision}"
+        + (" (bfloat16 autocast)" if use_amp and amp_dtype == torch.bfloat16 else ""))
 
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -371,7 +452,7 @@ def train_fold(
                 idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
                 x = x_train[idx].float()
                 y = F.one_hot(y_train[idx], n_classes).float()
-                x, y_soft = apply_draws(x, y, draws[step], field_fn)
+                x, y_soft = apply_draws(x, y, draws[step], field_fn, frontend=features.frontend)
                 x = x.contiguous(memory_format=memory_format)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     logits = model(x)
@@ -452,4 +533,5 @@ def train_fold(
         seconds_per_epoch=past_seconds / max(1, len(history)),
         history=history,
         device=str(device) if device.type != "cpu" else "cpu",
+        precision=precision,
     )
