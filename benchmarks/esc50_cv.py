@@ -217,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-root", default="runs")
     p.add_argument("--from-runs", nargs="+", metavar="RUN_DIR", help="tabulate finished runs, no training")
     p.add_argument("--json", help="also write the rows as JSON here")
-    p.add_argument("--recipe", default="robust", choices=["baseline", "robust"])
+    p.add_argument("--recipe", default="robust", choices=["baseline", "robust", "efficientat", "efficientat-robust"])
     p.add_argument("--results", default=str(RESULTS_JSON), help="results file the runs are recorded in")
     p.add_argument("--no-record", action="store_true", help="do not record trained runs in --results")
     p.add_argument("--record", action="store_true", help="with --from-runs: record those runs in --results")
+    p.add_argument("--records", metavar="FILE", help="with --from-runs: add each finished fold of those runs to "
+                   "this fold-records file (e.g. benchmarks/results/folds.json), keyed by config hash")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
@@ -230,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row_from_run(Path(d)) for d in args.from_runs]
         if args.record:
             record([entry_from_run(Path(d)) for d in args.from_runs], Path(args.results))
+        if args.records:
+            from tympan.training.records import append_record, records_from_run
+
+            for d in args.from_runs:
+                for rec in records_from_run(Path(d), machine=machine()):
+                    append_record(Path(args.records), rec)
+                    print(f"recorded fold {rec.fold} of {d} ({rec.config_hash}) in {args.records}")
     else:
         names = [a.strip() for a in args.archs.split(",") if a.strip()]
         unknown = [n for n in names if n not in RECIPES]

@@ -50,6 +50,44 @@ def render_esc50_cv(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_folds(doc: dict[str, Any]) -> str:
+    """One row per configuration hash of ``results/folds.json`` (fold records, any day or machine)."""
+    sys.path.insert(0, str(HERE.parent))
+    from tympan.contracts.training import FoldRecords
+    from tympan.training.records import assemble_all
+
+    lines = ["| recipe | model | epochs | lr | batch | precision | folds recorded (accuracy %) | five-fold mean ± std (%) "
+             "| s / epoch | machines | config hash |",
+             "|---|---|---:|---:|---:|---|---|---|---:|---|---|"]
+    for fig in assemble_all(FoldRecords.model_validate(doc).records):
+        folds = ", ".join(f"{k}: {_pct(v)}" for k, v in fig["folds"].items())
+        if fig["n_folds"] == 5:
+            mean = f"**{_pct(fig['mean'])} ± {_pct(fig['std'])}**"
+        else:
+            mean = f"{fig['n_folds']}/5 folds ({_pct(fig['mean'])} so far)"
+        model = f"`{fig['arch']}`" + (" from AudioSet" if fig["init"] else " from scratch")
+        lines.append(f"| `{fig['recipe']}` | {model} | {fig['epochs']} | {fig['lr']:g} | {fig['batch_size']} | "
+                     f"{fig['precision']} | {folds} | {mean} | {fig['seconds_per_epoch']:.1f} | "
+                     f"{'; '.join(fig['machines'])} | `{fig['config_hash']}` |")
+    return "\n".join(lines)
+
+
+def render_train_speed(doc: dict[str, Any]) -> str:
+    """Training-step cost per variant (``results/train_speed.json``)."""
+    lines = ["| model | batch | precision | torch.compile | s / step | ms / clip | epoch (s, 1600 clips) "
+             "| per clip vs fp32 batch 32 | first step (s) |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    for r in doc["rows"]:
+        ratio = "n/a" if r["vs_fp32_batch32"] is None else f"{r['vs_fp32_batch32']:.2f}"
+        lines.append(f"| `{r['arch']}` | {r['batch']} | {r['precision']} | {'yes' if r['compile'] else 'no'} | "
+                     f"{r['step_seconds']:.3f} | {r['ms_per_clip']:.1f} | {r['epoch_seconds']:.0f} | {ratio} | "
+                     f"{r['first_step_seconds']:.1f} |")
+    lines += ["", f"{doc['machine']}; native bfloat16: {'yes' if doc['cpu_bf16_native'] else 'no (emulated by oneDNN)'}; "
+              f"load average {doc['load_average_start']} at the start, {doc['load_average_end']} at the end; "
+              f"`{doc['command']}`, {doc['measured']} UTC."]
+    return "\n".join(lines)
+
+
 def render_robustness(doc: dict[str, Any]) -> str:
     m = doc["model"]
     head = (f"`{m['bundle']}` ({m['name']}, weights {m['weights_sha256'][:12]}), {doc['evaluated_on']}; "

@@ -13,7 +13,8 @@ ESC-50 folder, so the log-mels travel as an xz-compressed cache entry:
 :func:`tympan.training.run_cv` (``--parallel N``: N worker processes, each its own folds), and
 writes to ``--out``: ``esc50_cv.json`` (entries of the ``benchmarks/results/esc50_cv.json``
 schema; merge them with ``benchmarks/esc50_cv.py --from-runs ... --record`` or by hand),
-``epoch_time.json`` (seconds per epoch per fold, mode single/parallel, device) and the run dirs'
+``folds.json`` (fold records keyed by config hash: merge with ``benchmarks/esc50_cv.py``'s
+``--records`` or copy the records into ``benchmarks/results/folds.json``), ``epoch_time.json`` (seconds per epoch per fold, mode single/parallel, device) and the run dirs'
 ``results.json`` / ``config.json`` (weights stay on the machine unless ``--keep-weights``).
 """
 
@@ -68,12 +69,14 @@ def _config(args: argparse.Namespace, fs):
     fields = get_spec(args.arch).training_defaults(pretrained=bool(args.init))
     fields.update(arch=args.arch, init=args.init, device=args.device, seed=args.seed,
                   checkpoint_every=args.checkpoint_every)
-    for k in ("epochs", "batch_size", "lr"):
-        if getattr(args, k) is not None:
-            fields[k] = getattr(args, k)
     cfg = TrainConfig(**fields)
     cfg.augment = AugmentConfig(norm_std=fs.frontend.norm_std)
-    return apply_recipe(cfg, args.recipe)
+    cfg = apply_recipe(cfg, args.recipe, epochs=args.epochs)
+    for k in ("batch_size", "lr"):  # explicit values win over the recipe's, as in `tympan train`
+        if getattr(args, k) is not None:
+            setattr(cfg, k, getattr(args, k))
+    cfg.precision = args.precision
+    return cfg
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     n = max(1, min(args.parallel, len(folds)))
     groups = [folds[i::n] for i in range(n)]
     base = [sys.executable, __file__, "worker", "--cache", args.cache, "--arch", args.arch, "--recipe", args.recipe,
-            "--device", args.device, "--seed", str(args.seed), "--checkpoint-every", str(args.checkpoint_every)]
+            "--device", args.device, "--precision", args.precision, "--seed", str(args.seed), "--checkpoint-every", str(args.checkpoint_every)]
     for k in ("epochs", "batch_size", "lr", "init", "threads"):
         if getattr(args, k) is not None:
             base += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
@@ -132,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
             timing.append({"fold": int(k), "seconds_per_epoch": v["seconds_per_epoch"], "device": v["device"]})
     (merged / "config.json").write_text(json.dumps(cfg))
     (merged / "results.json").write_text(json.dumps(res))
+    from tympan.training.records import append_record, records_from_run
+
+    for rd in run_dirs:  # fold records (benchmarks/results/folds.json schema), keyed by config hash
+        for rec in records_from_run(rd):
+            append_record(out / "folds.json", rec)
     entry = entry_from_run(merged, source="run (scripts/gpu_train.py)")
     entry["notes"] += f"; {n} process(es) sharing the device, wall {wall:.0f} s"
     record([entry], out / "esc50_cv.json")
@@ -163,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument("--cache", required=True, help="packed .tar.xz from `pack`, or a cache entry folder")
         r.add_argument("--arch", default="cnn")
         r.add_argument("--init", help="pretrained weights for mn04 (a .pt/.safetensors path)")
-        r.add_argument("--recipe", default="robust", choices=["baseline", "robust"])
+        r.add_argument("--recipe", default="robust", choices=["baseline", "robust", "efficientat", "efficientat-robust"])
+        r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
         r.add_argument("--epochs", type=int)
         r.add_argument("--batch-size", type=int)
         r.add_argument("--lr", type=float)

@@ -101,7 +101,7 @@ def heldout_of(result: FoldResult, classes: list[str]) -> HeldoutPredictions:
         weights_sha256=weights_fingerprint(result.model),
         meta={"fold": result.fold, "accuracy": result.accuracy, "epochs": result.epochs,
               "seconds": result.seconds, "seconds_per_epoch": result.seconds_per_epoch,
-              "device": result.device, "history": result.history,
+              "device": result.device, "precision": result.precision, "history": result.history,
               "note": "logits of the final-epoch model on a fold it never trained on"},
     )
 
@@ -207,6 +207,7 @@ def run_cv(
             "seconds": round(result.seconds, 1),
             "seconds_per_epoch": round(result.seconds_per_epoch, 2),
             "device": result.device,
+            "precision": result.precision,
         }
         _write_results(results_path, config, holdout_folds, done, features)
         (fold_dir / "checkpoint.pt").unlink(missing_ok=True)

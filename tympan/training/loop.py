@@ -374,7 +374,9 @@ def train_fold(
             optimizer,
             max_lr=[g["lr"] for g in groups],
             total_steps=config.epochs * steps,
-            pct_start=config.pct_start,
+            # a warm-up shorter than two steps divides by zero inside OneCycleLR (a 1-epoch run on
+            # a small set); runs long enough for the configured warm-up are unchanged
+            pct_start=max(config.pct_start, 2.0 / max(config.epochs * steps, 3)),
         )
     else:  # stepped per batch like OneCycleLR, constant within an epoch like EfficientAT's
         scheduler = torch.optim.lr_scheduler.LambdaLR(

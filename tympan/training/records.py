@@ -71,15 +71,43 @@ def machine_line() -> str:
 
 
 def record_of(result: FoldResult, config: TrainConfig, hashed: dict[str, Any], code_version: str) -> FoldRecord:
+    """The record of a fold that just finished in this process."""
+    return _record(config, hashed, fold=result.fold, accuracy=result.accuracy, n=len(result.clip_ids),
+                   device=result.device, precision=result.precision, seconds_per_epoch=result.seconds_per_epoch,
+                   seconds=result.seconds, code_version=code_version, machine=machine_line())
+
+
+def _record(config: TrainConfig, hashed: dict[str, Any], *, fold: int, accuracy: float, n: int, device: str,
+            precision: str, seconds_per_epoch: float, seconds: float, code_version: str, machine: str,
+            recorded: str | None = None) -> FoldRecord:
     return FoldRecord(
         config_hash=config_hash(hashed), recipe=config.recipe, arch=config.arch,
         init=None if not config.init else Path(str(config.init)).name, epochs=config.epochs, seed=config.seed,
-        precision=result.precision, lr=config.lr, batch_size=config.batch_size, fold=result.fold,
-        accuracy=result.accuracy, n=len(result.clip_ids), device=result.device, machine=machine_line(),
-        seconds_per_epoch=round(result.seconds_per_epoch, 3), seconds=round(result.seconds, 1),
+        precision=precision, lr=config.lr, batch_size=config.batch_size, fold=fold, accuracy=accuracy, n=n,
+        device=device, machine=machine, seconds_per_epoch=round(seconds_per_epoch, 3), seconds=round(seconds, 1),
         code_version=code_version, data_fingerprint=hashed.get("data_fingerprint"),
-        recorded=datetime.now(timezone.utc).isoformat(timespec="seconds"), config=hashed,
+        recorded=recorded or datetime.now(timezone.utc).isoformat(timespec="seconds"), config=hashed,
     )
+
+
+def records_from_run(run_dir: str | Path, machine: str | None = None) -> list[FoldRecord]:
+    """Records of the finished folds of a ``tympan train`` run dir (for runs trained without
+    ``--records``). Folds written before precision was recorded trained in fp32 on a CPU (the
+    only CPU arithmetic then) and under bf16 autocast on CUDA."""
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "config.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    config = TrainConfig.from_dict(meta["train"])
+    frontend = FrontendConfig.from_dict(meta["frontend"])
+    out = []
+    for fold, r in sorted(results["folds"].items(), key=lambda kv: int(kv[0])):
+        precision = r.get("precision") or ("fp32" if r["device"] == "cpu" else "bf16")
+        hashed = hashed_config(config, frontend, meta.get("data", {}).get("fingerprint"), precision)
+        out.append(_record(config, hashed, fold=int(fold), accuracy=float(r["accuracy"]), n=int(r["n"]),
+                           device=r["device"], precision=precision, seconds_per_epoch=float(r["seconds_per_epoch"]),
+                           seconds=float(r["seconds"]), code_version=meta.get("code_version", "unknown"),
+                           machine=machine or machine_line(), recorded=results.get("updated")))
+    return out
 
 
 def load_records(path: str | Path) -> list[FoldRecord]:
