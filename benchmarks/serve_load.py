@@ -39,6 +39,7 @@ import os
 import platform
 import random
 import re
+import select
 import socket
 import string
 import subprocess
@@ -482,6 +483,243 @@ def abuse_labels(server: Server, n: int = 2000) -> dict:
             "request_series_before": before, "request_series_after": series(), **mem.report()}
 
 
+def _fds(server: Server) -> int:
+    try:
+        return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+    except OSError:
+        return -1
+
+
+def abuse_unread_bodies(server: Server, n: int = 100) -> dict:
+    """``n`` connections that send a GET declaring a body, get their answer and then send a body
+    byte every 0.5 s: each must be closed (or refused 503 beyond the per-client cap) in bounded time."""
+    fds_before = _fds(server)
+    socks, statuses = [], []
+    with PeakRss(server) as mem:
+        for _ in range(n):
+            try:
+                s = _connect(server.port)
+                s.sendall(f"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n".encode())
+                statuses.append(_status(s, 5))
+                socks.append(s)
+            except OSError:
+                statuses.append(None)
+        fds_peak = _fds(server)
+        t0, open_socks = time.monotonic(), list(socks)
+        while open_socks and time.monotonic() - t0 < 20:
+            still = []
+            for s in open_socks:
+                try:
+                    s.sendall(b"x")
+                    if select.select([s], [], [], 0)[0] and not s.recv(65536):
+                        raise ConnectionResetError
+                    still.append(s)
+                except OSError:
+                    pass
+            open_socks = still
+            time.sleep(0.5)
+        took = time.monotonic() - t0
+        for s in socks:
+            s.close()
+    time.sleep(0.5)
+    return {"scenario": f"{n} answered GETs with an unread body, then a byte every 0.5 s",
+            "statuses": _counts(statuses), "all_closed_within_s": round(took, 2), "still_open": len(open_socks),
+            "server_fds_before_peak_after": [fds_before, fds_peak, _fds(server)], **mem.report()}
+
+
+def abuse_squatters(server: Server, n: int = 3, size: int = 4 * MiB) -> dict:
+    """``n`` uploads that declare the body limit and trickle a byte every 0.5 s, and a real small
+    upload meanwhile: the share kept for small bodies admits it, the pace rule cuts the squatters."""
+    socks = []
+    for _ in range(n):
+        s = _connect(server.port)
+        s.sendall(_head(server.port, "/predict/file", size) + b"-")
+        socks.append(s)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.5):
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.sendall(b"-")
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    with PeakRss(server) as mem:
+        feeder.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        small = httpx.post(server.url + "/predict/file", files={"file": ("a.wav", _tone_wav())}, timeout=60)
+        small_s = time.monotonic() - t0
+        statuses = [_status(s, 40) for s in socks]
+        cut = time.monotonic() - t0
+        stop.set()
+        feeder.join(5)
+        for s in socks:
+            s.close()
+    return {"scenario": f"{n} uploads declaring {size // MiB} MiB, a byte every 0.5 s; a 1-s clip meanwhile",
+            "statuses": {**{f"squatter {k}": v for k, v in _counts(statuses).items()},
+                         f"clip {small.status_code}": 1},
+            "clip_answered_s": round(small_s, 2), "squatters_cut_within_s": round(cut, 2), **mem.report()}
+
+
+def _tone_wav(seconds: float = 1.0, sr: int = 16_000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * sr)) / sr), sr, format="WAV",
+             subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _worst_health(url: str, stop: threading.Event, out: list[float]) -> None:
+    with httpx.Client(timeout=30) as c:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            c.get(url + "/health")
+            out.append(time.monotonic() - t0)
+            stop.wait(0.02)
+
+
+def abuse_padded_flac(server: Server) -> dict:
+    """10 s of 8-channel 384 kHz FLAC silence (30.7 M samples) with 1 MiB of PADDING: refused on
+    the audio it holds, never decoded on the event loop (/health probed meanwhile)."""
+    flac = silence_flac(10, 384_000, 8)
+    flag, length = flac[4], int.from_bytes(flac[5:8], "big")
+    pad = 1 << 20
+    data = (b"fLaC" + bytes([flag & 0x7F]) + flac[5:8 + length] + bytes([0x01 | (flag & 0x80)])
+            + pad.to_bytes(3, "big") + b"\0" * pad + flac[8 + length:])
+    stop, lat = threading.Event(), []
+    probe = threading.Thread(target=_worst_health, args=(server.url, stop, lat), daemon=True)
+    with PeakRss(server) as mem:
+        probe.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        r = httpx.post(server.url + "/predict/file", files={"file": ("padded.flac", data)}, timeout=60)
+        took = time.monotonic() - t0
+        time.sleep(0.2)
+        stop.set()
+        probe.join(35)
+    return {"scenario": f"padded FLAC ({len(data) // 1024} kB, 1 MiB of it padding; 10 s x 8 ch x 384 kHz)",
+            "statuses": {f"{r.status_code} {r.json().get('error', '')}".strip(): 1}, "took_s": round(took, 2),
+            "health_worst_ms": round(max(lat, default=0) * 1000, 1), **mem.report()}
+
+
+def abuse_low_rate(server: Server) -> dict:
+    """1.9 kB of FLAC, 600 s at 1 kHz: 239 model windows once resampled; budgeted on that work."""
+    data = silence_flac(600, 1000, 1)
+    with PeakRss(server) as mem:
+        t0 = time.monotonic()
+        r = httpx.post(server.url + "/predict/file", files={"file": ("low.flac", data)}, timeout=120)
+        took = time.monotonic() - t0
+    return {"scenario": f"low-rate FLAC ({len(data)} bytes, 600 s at 1 kHz)",
+            "statuses": {f"{r.status_code} {r.json().get('error', '')}".strip(): 1}, "took_s": round(took, 2),
+            **mem.report()}
+
+
+def abuse_request_parsing(server: Server) -> dict:
+    """An open redirect from the Host header, ``top_k=3_0``, a chained Ogg of 200 streams."""
+    with _connect(server.port) as s:
+        s.sendall(b"POST /predict/ HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 2\r\n\r\n{}")
+        redirect = _status(s, 10)
+    top_k = httpx.post(server.url + "/predict/file", files={"file": ("t.wav", _tone_wav())},
+                       data={"top_k": "3_0"}, timeout=60).status_code
+    links = []
+    for i in range(200):
+        b = io.BytesIO()
+        sf.write(b, 0.1 * np.sin(np.arange(1600) * (0.1 + i / 1000)), 16_000, format="OGG", subtype="VORBIS")
+        links.append(b.getvalue())
+    r = httpx.post(server.url + "/predict/file", files={"file": ("chain.ogg", b"".join(links))}, timeout=60)
+    warned = any("chained Ogg" in w for w in r.json().get("warnings", []))
+    return {"scenario": "POST /predict/ with Host: evil.example; top_k=3_0; chained Ogg of 200 streams",
+            "statuses": {f"redirect {redirect}": 1, f"top_k {top_k}": 1,
+                         f"chained ogg {r.status_code}{' (warned)' if warned else ' (no warning)'}": 1}}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
+
+
+def explain_flood(server: Server, clip: bytes, n: int = 150, flooders: int = 4) -> dict:
+    """/predict latency (one client, one request at a time) idle and beside ``flooders`` clients
+    sending /explain back to back: explain's own limit keeps /predict's p99 within 3x."""
+    def run_predicts(c: httpx.Client) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = c.post("/predict/file", files={"file": ("c.wav", clip)})
+            if r.status_code == 200:
+                out.append(time.perf_counter() - t0)
+        return out
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        for _ in range(10):  # warm
+            c.post("/predict/file", files={"file": ("c.wav", clip)})
+        idle = run_predicts(c)
+        stop, explain_statuses = threading.Event(), []
+
+        def flood() -> None:
+            with httpx.Client(base_url=server.url, timeout=120) as fc:
+                while not stop.is_set():
+                    r = fc.post("/explain/file", files={"file": ("c.wav", clip)})
+                    explain_statuses.append(r.status_code)
+                    if r.status_code == 503:
+                        stop.wait(0.05)
+
+        threads = [threading.Thread(target=flood, daemon=True) for _ in range(flooders)]
+        with PeakRss(server) as mem:
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            busy = run_predicts(c)
+            stop.set()
+            for t in threads:
+                t.join(120)
+    idle_p99, busy_p99 = _percentile(idle, 99), _percentile(busy, 99)
+    return {"scenario": f"/predict beside {flooders} clients flooding /explain", "requests": n,
+            "statuses": {f"explain {k}": v for k, v in _counts(explain_statuses).items()},
+            "predict_idle_p50_ms": round(_percentile(idle, 50), 1), "predict_idle_p99_ms": round(idle_p99, 1),
+            "predict_flood_p50_ms": round(_percentile(busy, 50), 1), "predict_flood_p99_ms": round(busy_p99, 1),
+            "p99_ratio": round(busy_p99 / idle_p99, 2), "target_p99_ratio": 3.0, **mem.report()}
+
+
+async def mixed_rss(server: Server, good: bytes, n: int = 2000, concurrency: int = 4) -> dict:
+    """``n`` mixed requests (JSON and file predicts, explains, 4xx); the server's RSS every 250."""
+    b64 = base64.b64encode(good).decode()
+    kinds = [("predict json", "/predict", {"json": {"audio_base64": b64}}),
+             ("predict file", "/predict/file", {"files": {"file": ("c.wav", good)}}),
+             ("explain", "/explain/file", {"files": {"file": ("c.wav", good)}}),
+             ("not audio", "/predict/file", {"files": {"file": ("x.wav", b"not audio " * 100)}}),
+             ("top_k 0", "/predict", {"json": {"audio_base64": b64, "top_k": 0}}),
+             ("unknown path", "/nowhere", {"json": {}})]
+    weights = [35, 35, 10, 10, 5, 5]
+    rng = random.Random(0)
+    plan = iter(rng.choices(range(len(kinds)), weights=weights, k=n))
+    by: dict[str, int] = {}
+    trace: list[float] = []
+    done = 0
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            for k in plan:
+                name, path, kwargs = kinds[k]
+                try:
+                    status = str((await client.post(path, **kwargs)).status_code)
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                key = f"{name} {status}"
+                by[key] = by.get(key, 0) + 1
+                done += 1
+                if done % 250 == 0:
+                    trace.append(round(server.memory().get("VmRSS", 0) / MiB, 1))
+
+        with PeakRss(server) as mem:
+            await asyncio.gather(*[worker() for _ in range(concurrency)])
+    errors = sum(v for k, v in by.items() if k.split()[-1].startswith("5") and "explain 503" not in k
+                 or not k.split()[-1].isdigit())
+    return {"scenario": f"{n} mixed requests (predict JSON/file, explain, 4xx), {concurrency} at once",
+            "statuses": dict(sorted(by.items())), "rss_every_250_mib": trace, "server_errors": errors, **mem.report()}
+
+
 def malformed_cases(good: bytes) -> list[tuple[str, dict]]:
     """(name, httpx request kwargs) for good and malformed requests."""
     y, sr = sf.read(io.BytesIO(good), dtype="float32")
@@ -538,15 +776,17 @@ async def storm(url: str, good: bytes, n: int, concurrency: int = 8) -> dict:
 
 ABUSE_ENV = {"TYMPAN_MAX_BODY_BYTES": str(4 * MiB), "TYMPAN_MAX_INFLIGHT_BODY_BYTES": str(12 * MiB),
              "TYMPAN_READ_TIMEOUT_S": "2", "TYMPAN_BODY_TIMEOUT_S": "30"}
+SCENARIOS = (abuse_stalled, abuse_large, abuse_decode_bomb, abuse_labels, abuse_unread_bodies, abuse_squatters,
+             abuse_padded_flac, abuse_low_rate, abuse_request_parsing)
 
 
-def abuse(bundle: Path, backend: str, good: bytes, malformed: int) -> dict:
+def abuse(bundle: Path, backend: str, good: bytes, malformed: int, mixed: int = 2000) -> dict:
     server = Server.tympan("abuse", bundle, ["--backend", backend], ABUSE_ENV)
     try:
         server.wait_ready()
         out = {"server": f"tympan serve --backend {backend}; " + ", ".join(f"{k}={v}" for k, v in ABUSE_ENV.items()),
                "scenarios": []}
-        for fn in (abuse_stalled, abuse_large, abuse_decode_bomb, abuse_labels):
+        for fn in SCENARIOS:
             res = fn(server)
             print(f"  {res['scenario']}: {res['statuses']}; RSS {res.get('rss_before_mib')} -> peak "
                   f"{res.get('rss_peak_mib')} -> {res.get('rss_after_mib')} MiB", flush=True)
@@ -556,7 +796,18 @@ def abuse(bundle: Path, backend: str, good: bytes, malformed: int) -> dict:
             print(f"  {res['scenario']}: {res['statuses']}; 5xx or dropped: {res['server_errors']}; "
                   f"/ready after: {res['ready_after']}", flush=True)
             out["scenarios"].append(res)
+        res = explain_flood(server, good)
+        print(f"  {res['scenario']}: /predict p99 idle {res['predict_idle_p99_ms']} ms, beside the flood "
+              f"{res['predict_flood_p99_ms']} ms ({res['p99_ratio']} x; target <= 3); {res['statuses']}", flush=True)
+        out["explain_flood"] = res
+        if mixed:
+            res = asyncio.run(mixed_rss(server, good, mixed))
+            print(f"  {res['scenario']}: RSS {res['rss_before_mib']} -> peak {res['rss_peak_mib']} -> "
+                  f"{res['rss_after_mib']} MiB; every 250: {res['rss_every_250_mib']}; 5xx: {res['server_errors']}",
+                  flush=True)
+            out["mixed"] = res
         out["memory_end"] = {k: round(v / MiB, 1) for k, v in server.memory().items()}
+        out["load_average_end"] = load_average()
         return out
     finally:
         server.stop()
@@ -597,7 +848,30 @@ def readme_table(results: dict) -> str:
                 statuses += f" (request series {s['request_series_before']} -> {s['request_series_after']})"
             if "server_errors" in s:
                 statuses += f" (5xx or dropped: {s['server_errors']})"
+            for key, label in (("took_s", "in {} s"), ("all_closed_within_s", "all closed within {} s"),
+                               ("still_open", "{} still open"), ("squatters_cut_within_s", "squatters cut within {} s"),
+                               ("health_worst_ms", "slowest /health meanwhile {} ms")):
+                if key in s:
+                    statuses += f"; {label.format(s[key])}"
             lines.append(f"| {s['scenario']} | {statuses} | {mem} |")
+        mixed, flood = results["abuse"].get("mixed"), results["abuse"].get("explain_flood")
+        if mixed:
+            statuses = ", ".join(f"{k}: {v}" for k, v in mixed["statuses"].items())
+            lines.append(f"| {mixed['scenario']} | {statuses} (5xx other than explain's 503: "
+                         f"{mixed['server_errors']}; RSS every 250: {', '.join(map(str, mixed['rss_every_250_mib']))})"
+                         f" | {mixed['rss_before_mib']} -> {mixed['rss_peak_mib']} -> {mixed['rss_after_mib']} |")
+        if flood:
+            statuses = ", ".join(f"{k}: {v}" for k, v in flood["statuses"].items())
+            lines.append(f"| {flood['scenario']} | /predict p50/p99 idle {flood['predict_idle_p50_ms']}/"
+                         f"{flood['predict_idle_p99_ms']} ms, beside the flood {flood['predict_flood_p50_ms']}/"
+                         f"{flood['predict_flood_p99_ms']} ms: p99 {flood['p99_ratio']} x (target <= 3); {statuses} | "
+                         f"{flood['rss_before_mib']} -> {flood['rss_peak_mib']} -> {flood['rss_after_mib']} |")
+        m2 = results["abuse"].get("machine")
+        if m2:
+            lines.append("")
+            lines.append(f"Abuse scenarios run {'with the load levels' if not m2.get('separate') else 'on their own'}"
+                         f" (`--only-abuse`): load average {m2['load_average_start']} at their start, "
+                         f"{results['abuse'].get('load_average_end')} at their end.")
     return "\n".join(lines)
 
 
@@ -626,6 +900,11 @@ def main() -> int:
     ap.add_argument("--no-floor", action="store_true", help="skip the HTTP floor")
     ap.add_argument("--no-abuse", action="store_true", help="skip the abuse scenarios")
     ap.add_argument("--malformed", type=int, default=1000, help="mixed good/malformed requests (0: skip)")
+    ap.add_argument("--mixed", type=int, default=2000,
+                    help="mixed predict/explain/4xx requests with the server's RSS traced (0: skip)")
+    ap.add_argument("--only-abuse", action="store_true",
+                    help="run only the abuse scenarios, the explain flood and the mixed requests; with --out, "
+                         "merge them into that results file (its load levels are kept)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                     help="also run tympan serve with these arguments under this name, e.g. "
                          "'onnx-1t=--backend onnx --torch-threads 1' (repeatable)")
@@ -661,6 +940,8 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     data = clips(args.data_dir, 64)
     info = machine()
+    if args.only_abuse:
+        return only_abuse(args, backends[0], data[0][1], info)
     print(f"machine: {info}")
     print(f"bundle: {describe_bundle(args.bundle)}")
     print(f"clips: {len(data)} real ESC-50 clips from {args.data_dir} (POST /predict/file, multipart)")
@@ -715,6 +996,22 @@ def main() -> int:
     print()
     print(readme_table(results))
     bad = any(s.get("server_errors") for s in (results.get("abuse") or {}).get("scenarios", []))
+    return 1 if bad else 0
+
+
+def only_abuse(args: argparse.Namespace, backend: str, good: bytes, info: dict) -> int:
+    """``--only-abuse``: the abuse part alone, merged into ``--out`` when that file exists."""
+    print(f"machine: {info}")
+    print(f"abuse scenarios (tympan serve --backend {backend}):")
+    res = abuse(args.bundle, backend, good, args.malformed, args.mixed)
+    res["machine"] = {**info, "separate": True}
+    results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
+    results["abuse"] = res
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}" + (" (merged: load levels kept)" if "levels" in results else ""))
+    bad = any(s.get("server_errors") for s in [*res["scenarios"], res.get("mixed") or {}])
     return 1 if bad else 0
 
 

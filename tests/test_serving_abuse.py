@@ -518,10 +518,10 @@ def test_trickled_reservations_do_not_lock_out_uploads(server: ServeProcess) -> 
     big = httpx.post(server.url + "/predict/file", files={"file": ("big.wav", b"\0" * (3 * MiB))}, timeout=30)
     print(f"\n3 squatters declaring {mb(BODY_LIMIT)}: small upload {small.status_code} meanwhile; squatters "
           f"{[(a[0], round(a[2], 2)) for a in answers]} within {took:.1f} s; then a 3 MiB upload {big.status_code}")
-    assert small.status_code == 200, small.text  # the share kept for small bodies
+    assert small.status_code == 200, small.text[:300]  # the share kept for small bodies
     assert admitted >= 1 and all(a[0] in (408, 503) for a in answers)
     assert all(a[2] < READ_TIMEOUT + 4 for a in answers)  # cut for falling behind, not at the 30-s body timeout
-    assert big.status_code in (415, 422), big.text  # the budget is free again
+    assert big.status_code in (415, 422), big.text[:300]  # the budget is free again
     assert metric(server.metrics(), "tympan_inflight_body_bytes") == 0
 
 
@@ -579,7 +579,7 @@ def test_padding_buys_no_decode_budget_and_the_loop_stays_free(server: ServeProc
         took = time.monotonic() - t0
     print(f"\n{len(data)} bytes of FLAC (1 MiB padding) promising 10 s x 8 ch x 384 kHz: {r.status_code} in "
           f"{took:.2f} s; slowest /health meanwhile {probe.worst * 1000:.0f} ms")
-    assert r.status_code == 413 and r.json()["error"] == "decode_budget_exceeded", r.text
+    assert r.status_code == 413 and r.json()["error"] == "decode_budget_exceeded", r.text[:300]
     assert took < 3 and probe.worst < 0.5
 
 
@@ -590,13 +590,13 @@ def test_fast_path_is_judged_on_the_work_not_the_seconds(server: ServeProcess) -
     before = inline_count()
     short = httpx.post(server.url + "/predict/file", files={"file": ("t.wav", tone_wav())}, timeout=30)
     mid = inline_count()
-    # 2 s, but 8 channels at 48 kHz: 768 k samples to decode, more than 10 s of stereo at the model's rate
+    # 2 s, but 8 channels at 48 kHz: 768 k samples to decode, more than 10 s at the model's rate (320 k)
     wide = io.BytesIO()
     sf.write(wide, np.random.default_rng(0).normal(0, 0.1, (96_000, 8)), 48_000, format="WAV", subtype="PCM_16")
     r = httpx.post(server.url + "/predict/file", files={"file": ("wide.wav", wide.getvalue())}, timeout=30)
     after = inline_count()
     print(f"\ninline requests: 1-s mono clip +{mid - before:g}; 2-s 8-channel 48 kHz clip +{after - mid:g}")
-    assert short.status_code == 200 and r.status_code == 200, r.text
+    assert short.status_code == 200 and r.status_code == 200, r.text[:300]
     assert mid - before == 1 and after - mid == 0
 
 
@@ -606,7 +606,7 @@ def test_low_sample_rate_cannot_bypass_the_decode_budget(server: ServeProcess) -
     r = httpx.post(server.url + "/predict/file", files={"file": ("low.flac", data)}, timeout=60)
     took = time.monotonic() - t0
     print(f"\n{len(data)} bytes of FLAC, 600 s at 1 kHz: {r.status_code} in {took:.2f} s: {r.json().get('detail')}")
-    assert r.status_code == 413 and r.json()["error"] == "decode_budget_exceeded", r.text
+    assert r.status_code == 413 and r.json()["error"] == "decode_budget_exceeded", r.text[:300]
     assert "windows" in r.json()["detail"] and took < 3
 
 

@@ -85,7 +85,7 @@ class Settings:
     #: threads that decode uploads (off the event loop) and run the passes they can
     decode_threads: int = 2
     #: a request that finds the server idle (nothing else in flight or queued) and whose audio
-    #: is at most this many seconds of stereo at the model's rate (judged on the work its header
+    #: is at most this many seconds of mono at the model's rate (judged on the work its header
     #: describes: decoded frames x channels and resampled samples, see ``inline_work``) is
     #: decoded and run on the event loop's own thread: no hand-over to a worker and back, which
     #: costs about 1 ms of latency on 2 cores (benchmarks/serve_load.py). Bounds how long such a
@@ -170,7 +170,7 @@ class Settings:
 
     def inline_work(self, sample_rate: int) -> int:
         """Most samples (decoded or resampled) a request may cost on the event loop's thread."""
-        return int(2 * self.inline_max_seconds * sample_rate)
+        return int(self.inline_max_seconds * sample_rate)
 
     def decode_budget(self, n_bytes: int) -> int:
         """Most samples (frames x channels) an upload of ``n_bytes`` may decode to."""
