@@ -111,17 +111,18 @@ def read_response(sock: socket.socket, timeout: float) -> tuple[int | None, dict
     return int(head[0].split()[1]), headers, elapsed
 
 
-def closed_within(sock: socket.socket, timeout: float) -> float | None:
-    """Seconds until the server closes ``sock`` (reading and dropping what it sends), or None."""
+def closed_within(sock: socket.socket, timeout: float, poke: bytes = b"", every: float = 0.1) -> float | None:
+    """Seconds until the server closes ``sock`` (reading and dropping what it sends, and sending
+    ``poke`` every ``every`` s when given), or None."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        ready, _, _ = select.select([sock], [], [], 0.1)
-        if ready:
-            try:
-                if not sock.recv(65536):
-                    return time.monotonic() - t0
-            except ConnectionResetError:
+        try:
+            if poke:
+                sock.sendall(poke)
+            if select.select([sock], [], [], every)[0] and not sock.recv(65536):
                 return time.monotonic() - t0
+        except OSError:  # reset, or a broken pipe while poking
+            return time.monotonic() - t0
     return None
 
 
@@ -403,23 +404,6 @@ def connect_from(port: int, source: str) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
 
 
-def send_until_closed(sock: socket.socket, limit: float, every: float = 0.3) -> float | None:
-    """Send one byte every ``every`` s; seconds until the server closes ``sock`` (None: not within ``limit``)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit:
-        try:
-            sock.sendall(b"x")
-        except OSError:
-            return time.monotonic() - t0
-        if select.select([sock], [], [], every)[0]:
-            try:
-                if not sock.recv(65536):
-                    return time.monotonic() - t0
-            except OSError:
-                return time.monotonic() - t0
-    return None
-
-
 def test_answered_requests_with_unread_bodies_are_closed(server: ServeProcess) -> None:
     socks = {}
     for method in ("GET", "OPTIONS", "DELETE"):  # answered without the app reading the body
@@ -430,8 +414,10 @@ def test_answered_requests_with_unread_bodies_are_closed(server: ServeProcess) -
         assert status is not None, method
         socks[method] = s
     results = {}
-    threads = [threading.Thread(target=lambda m=m, s=s: results.__setitem__(m, send_until_closed(s, READ_TIMEOUT + 6)))
-               for m, s in socks.items()]
+    def poke(method: str, sock: socket.socket) -> None:  # a body byte every 0.3 s until closed
+        results[method] = closed_within(sock, READ_TIMEOUT + 6, b"x", 0.3)
+
+    threads = [threading.Thread(target=poke, args=item) for item in socks.items()]
     for t in threads:
         t.start()
     for t in threads:
@@ -651,7 +637,8 @@ def test_top_k_form_field_is_strict_decimal(server: ServeProcess, value: str) ->
     assert r.status_code == 422 and r.json()["error"] == "invalid_request", (value, r.status_code, r.text[:200])
     j = httpx.post(server.url + "/predict", json={"audio_base64": "UklGRg==", "top_k": value}, timeout=30)
     assert j.status_code == 422 and j.json()["error"] == "invalid_request"
-    ok = httpx.post(server.url + "/predict/file", files={"file": ("t.wav", tone_wav())}, data={"top_k": "5"}, timeout=30)
+    ok = httpx.post(server.url + "/predict/file", files={"file": ("t.wav", tone_wav())}, data={"top_k": "5"},
+                    timeout=30)
     assert ok.status_code == 200 and len(ok.json()["top_k"]) == 5
 
 

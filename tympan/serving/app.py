@@ -8,7 +8,8 @@
 - Every way a client can get it wrong is a 4xx with ``{"error": code, "detail": one line}``;
   a 500 means a bug in tympan (logged, counted in ``tympan_requests_total{status="500"}``).
 - Pure-ASGI middlewares, outermost first: metrics, CORS (optional), bearer auth (optional),
-  body-size limit (Content-Length and while reading, before the app sees a byte).
+  the explain gate (503 while ``max_explain_in_flight`` run, before the body is read), body-size
+  limit and in-flight body budget (Content-Length and while reading, before the app sees a byte).
 """
 
 from __future__ import annotations
@@ -298,8 +299,8 @@ class BodyLimitMiddleware:
                  behind: float | None) -> Awaitable[None]:
         took = time.monotonic() - start
         if behind is not None and time.monotonic() >= behind - 1e-3 and total < (declared or 0):
-            detail = (f"the request body arrived too slowly: {total} of {declared} bytes after {took:.1f} s (a declared "
-                      f"body must keep pace to arrive within {self.body_timeout:g} s)")
+            detail = (f"the request body arrived too slowly: {total} of {declared} bytes after {took:.1f} s "
+                      f"(a declared body must keep pace to arrive within {self.body_timeout:g} s)")
         else:
             detail = (f"the request body stalled (read {total} bytes; each read may wait {self.read_timeout:g} s, "
                       f"the whole body {self.body_timeout:g} s)")
@@ -361,6 +362,27 @@ class BodyLimitMiddleware:
             self.budget.give(held)
 
 
+class ExplainGateMiddleware:
+    """503 ``overloaded`` for ``/explain[/file]`` while ``max_explain_in_flight`` run, before the
+    body is read: a flood of refused explains costs no upload read or multipart parse on the loop
+    (:meth:`Service.admit_explain` still counts them, for requests that pass here together)."""
+
+    PATHS = frozenset({"/explain", "/explain/file"})
+
+    def __init__(self, app: ASGIApp, service: Service, metrics: Metrics | None = None) -> None:
+        self.app, self.service, self.metrics = app, service, metrics
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope.get("path") in self.PATHS and scope.get("method") == "POST":
+            busy = self.service.explain_busy()
+            if busy is not None:
+                if self.metrics is not None:
+                    self.metrics.rejected.labels("overloaded").inc()
+                return await _send_json(send, 503, {"error": "overloaded", "detail": busy},
+                                        [(b"connection", b"close"), (b"retry-after", b"1")])
+        await self.app(scope, receive, send)
+
+
 # ---------------------------------------------------------------------------------- service
 class Service:
     """Model, batcher and thread pools of one app; loaded in the lifespan."""
@@ -370,6 +392,7 @@ class Service:
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
         self.decode_pool: ThreadPoolExecutor | None = None
+        self.explain_pool: ThreadPoolExecutor | None = None
         self.ready = False
         self.load_error: str | None = None
         self.warmup_s: float | None = None
@@ -384,6 +407,8 @@ class Service:
         self.decode_pool = ThreadPoolExecutor(max(self.settings.decode_threads, self.settings.concurrent_passes),
                                               thread_name_prefix="tympan-decode",
                                               initializer=torch.set_num_threads, initargs=(threads,))
+        self.explain_pool = ThreadPoolExecutor(self.settings.max_explain_in_flight, thread_name_prefix="tympan-explain",
+                                               initializer=_background_thread, initargs=(threads,))
 
     async def load(self) -> None:
         s = self.settings
@@ -424,8 +449,9 @@ class Service:
         self.metrics.ready.set(0)
         if self.batcher is not None:
             await self.batcher.stop()
-        if self.decode_pool is not None:
-            self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.decode_pool, self.explain_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def require_ready(self) -> Predictor:
         if self.ready and self.predictor is not None:
@@ -578,14 +604,20 @@ class Service:
         content = await self.off_loop(_dumps, body)
         return Response(content, media_type="application/json")
 
+    def explain_busy(self) -> str | None:
+        """Why an /explain request is refused now (None: it may run)."""
+        limit = self.settings.max_explain_in_flight
+        if self.explaining < limit:
+            return None
+        return f"server busy: {self.explaining} /explain requests in flight (the limit is {limit}); retry shortly"
+
     @contextlib.contextmanager
     def admit_explain(self) -> Iterator[None]:
         """At most ``max_explain_in_flight`` Grad-CAM requests at once (503 beyond): a backward
         pass costs tens of predictions, and a flood of them would take the cores /predict needs."""
-        limit = self.settings.max_explain_in_flight
-        if self.explaining >= limit:
-            raise RequestError(503, "overloaded", f"server busy: {self.explaining} /explain requests in flight (the "
-                               f"limit is {limit}); retry shortly", {"Retry-After": "1"})
+        busy = self.explain_busy()
+        if busy is not None:
+            raise RequestError(503, "overloaded", busy, {"Retry-After": "1"})
         self.explaining += 1
         try:
             yield
@@ -597,12 +629,28 @@ class Service:
         predictor = self.require_ready()
         with self.admit_explain(), self.admit():
             prepared = await self.prepare(data)
-            assert self.batcher is not None
-            body = await asyncio.get_running_loop().run_in_executor(
-                self.batcher.executor, lambda: predictor.explain(prepared.decoded, top_k=top_k))
-        resp = ExplainResponse.model_validate({"model": predictor.model_info, **body,
-                                               "timing_ms": _elapsed_ms(request)})
-        return await self.render(resp.model_dump(), large=True)
+
+            def run() -> bytes:  # Grad-CAM, validation and JSON (1 MB) all at the explain threads' priority
+                body = predictor.explain(prepared.decoded, top_k=top_k)
+                resp = ExplainResponse.model_validate({"model": predictor.model_info, **body,
+                                                       "timing_ms": _elapsed_ms(request)})
+                return _dumps(resp.model_dump())
+
+            content = await asyncio.get_running_loop().run_in_executor(self.explain_pool, run)
+        return Response(content, media_type="application/json")
+
+
+#: how much lower the explain threads' scheduling priority is (Linux nice): under contention a
+#: Grad-CAM pass yields the cores to /predict's passes instead of sharing them evenly
+EXPLAIN_NICE = 10
+
+
+def _background_thread(threads: int) -> None:
+    """Initialise an explain thread: torch's thread count, and a lower priority where the OS
+    lets one thread have its own (Linux: setpriority on the thread id)."""
+    torch.set_num_threads(threads)
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), EXPLAIN_NICE)
 
 
 def decode_work(header: Header, sample_rate: int) -> int:
@@ -837,6 +885,7 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
                        budget=BodyBudget(settings.inflight_body_budget, metrics.body_bytes, settings.small_body_share),
                        read_timeout=settings.read_timeout_s, body_timeout=settings.body_timeout_s, metrics=metrics,
                        pace=settings.pace_bodies)
+    app.add_middleware(ExplainGateMiddleware, service=service, metrics=metrics)
     if settings.api_key:
         app.add_middleware(AuthMiddleware, api_key=settings.api_key)
     if settings.cors_origins:

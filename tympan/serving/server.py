@@ -73,7 +73,8 @@ class TimedH11Protocol(H11Protocol):
         mine = counts.get(peer, 0) + 1
         if total > self.max_connections or mine > self.max_per_client:
             which = (f"{mine - 1} connections from this client (the limit is {self.max_per_client})"
-                     if mine > self.max_per_client else f"{total - 1} connections (the limit is {self.max_connections})")
+                     if mine > self.max_per_client
+                     else f"{total - 1} connections (the limit is {self.max_connections})")
             self._refuse(f"server busy: {which}; retry shortly")
             return
         counts[peer], self._peer, self._counted = mine, peer, True
@@ -126,9 +127,7 @@ class TimedH11Protocol(H11Protocol):
             self._drain_timer = self.loop.call_later(self.header_timeout, self._drain_timed_out)
 
     def _cancel_drain_timer(self) -> None:
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
+        self._drain_timer = _cancelled(self._drain_timer)
 
     def _drain_timed_out(self) -> None:
         self._drain_timer = None
@@ -140,9 +139,7 @@ class TimedH11Protocol(H11Protocol):
         self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
 
     def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._header_timer = _cancelled(self._header_timer)
 
     def _header_timed_out(self) -> None:
         self._header_timer = None
@@ -151,6 +148,12 @@ class TimedH11Protocol(H11Protocol):
         if self._partial and self.conn.our_state is h11.IDLE:
             self.transport.write(_TIMEOUT_RESPONSE % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
         self.transport.close()
+
+
+def _cancelled(timer: asyncio.TimerHandle | None) -> None:
+    """Cancel ``timer`` if there is one; None, to store in its place."""
+    if timer is not None:
+        timer.cancel()
 
 
 def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **kwargs: Any):
