@@ -11,13 +11,20 @@ the cores), and the ratio of each p50 to the floor's p50 at the same level.
 
 Then the abuse scenarios against one server with tight limits (body limit 4 MiB, in-flight body
 budget 12 MiB, read timeout 2 s): stalled uploads, concurrent large uploads, a FLAC of digital
-silence that promises 590 s x 4 channels (decode bomb) and a flood of unknown methods and paths
-(metric labels), each with the server's memory (VmRSS) before, at the peak and after, and the
-statuses; then a storm of good and malformed requests (no 5xx).
+silence that promises 590 s x 4 channels (decode bomb), a flood of unknown methods and paths
+(metric labels), answered GETs whose declared body trickles in (connections must close; the
+per-client cap answers 503), uploads that reserve the body limit and trickle (the pace rule and
+the small-body share), a FLAC whose padding would buy decode budget, a 1 kHz FLAC whose
+resampled windows would, and the redirect / ``top_k`` / chained-Ogg checks, each with the
+server's memory (VmRSS) before, at the peak and after, and the statuses; then a storm of good
+and malformed requests (no 5xx), ``/predict`` latency beside an ``/explain`` flood (p99 within
+3 x idle), and 2,000 mixed requests with the server's RSS every 250. ``--only-abuse`` runs just
+that part and merges it into ``--out``.
 
     .venv/bin/python benchmarks/serve_load.py                                  # all backends
     .venv/bin/python benchmarks/serve_load.py --backends onnx --requests 400 --no-abuse
     .venv/bin/python benchmarks/serve_load.py --out benchmarks/results/serving.json
+    .venv/bin/python benchmarks/serve_load.py --only-abuse --backends onnx --out benchmarks/results/serving.json
     .venv/bin/python benchmarks/serve_load.py --table benchmarks/results/serving.json   # README table
 
 Targets on a 2-core CPU, one 5-s clip: p50 <= 10 ms and p99 <= 25 ms at concurrency 1, >= 150
@@ -802,8 +809,9 @@ def abuse(bundle: Path, backend: str, good: bytes, malformed: int, mixed: int = 
                "scenarios": []}
         for fn in SCENARIOS:
             res = fn(server)
-            print(f"  {res['scenario']}: {res['statuses']}; RSS {res.get('rss_before_mib')} -> peak "
-                  f"{res.get('rss_peak_mib')} -> {res.get('rss_after_mib')} MiB", flush=True)
+            mem = (f"; RSS {res['rss_before_mib']} -> peak {res['rss_peak_mib']} -> {res['rss_after_mib']} MiB"
+                   if "rss_before_mib" in res else "")
+            print(f"  {res['scenario']}: {res['statuses']}{mem}", flush=True)
             out["scenarios"].append(res)
         if malformed:
             res = asyncio.run(storm(server.url, good, malformed))
