@@ -11,13 +11,20 @@ the cores), and the ratio of each p50 to the floor's p50 at the same level.
 
 Then the abuse scenarios against one server with tight limits (body limit 4 MiB, in-flight body
 budget 12 MiB, read timeout 2 s): stalled uploads, concurrent large uploads, a FLAC of digital
-silence that promises 590 s x 4 channels (decode bomb) and a flood of unknown methods and paths
-(metric labels), each with the server's memory (VmRSS) before, at the peak and after, and the
-statuses; then a storm of good and malformed requests (no 5xx).
+silence that promises 590 s x 4 channels (decode bomb), a flood of unknown methods and paths
+(metric labels), answered GETs whose declared body trickles in (connections must close; the
+per-client cap answers 503), uploads that reserve the body limit and trickle (the pace rule and
+the small-body share), a FLAC whose padding would buy decode budget, a 1 kHz FLAC whose
+resampled windows would, and the redirect / ``top_k`` / chained-Ogg checks, each with the
+server's memory (VmRSS) before, at the peak and after, and the statuses; then a storm of good
+and malformed requests (no 5xx), ``/predict`` latency beside an ``/explain`` flood (p99 within
+3 x idle), and 2,000 mixed requests with the server's RSS every 250. ``--only-abuse`` runs just
+that part and merges it into ``--out``.
 
     .venv/bin/python benchmarks/serve_load.py                                  # all backends
     .venv/bin/python benchmarks/serve_load.py --backends onnx --requests 400 --no-abuse
     .venv/bin/python benchmarks/serve_load.py --out benchmarks/results/serving.json
+    .venv/bin/python benchmarks/serve_load.py --only-abuse --backends onnx --out benchmarks/results/serving.json
     .venv/bin/python benchmarks/serve_load.py --table benchmarks/results/serving.json   # README table
 
 Targets on a 2-core CPU, one 5-s clip: p50 <= 10 ms and p99 <= 25 ms at concurrency 1, >= 150
@@ -39,6 +46,7 @@ import os
 import platform
 import random
 import re
+import select
 import socket
 import string
 import subprocess
@@ -451,16 +459,21 @@ def silence_flac(seconds: float, sr: int, channels: int) -> bytes:
     return buf.getvalue()
 
 
+def _one_upload(server: Server, name: str, data: bytes, scenario: str, timeout: float = 60) -> dict:
+    """One upload of ``data``: its status and error code, the time it took and the server's RSS."""
+    with PeakRss(server) as mem:
+        t0 = time.monotonic()
+        r = httpx.post(server.url + "/predict/file", files={"file": (name, data)}, timeout=timeout)
+        took = time.monotonic() - t0
+    return {"scenario": scenario, "statuses": {f"{r.status_code} {r.json().get('error', '')}".strip(): 1},
+            "took_s": round(took, 2), **mem.report()}
+
+
 def abuse_decode_bomb(server: Server) -> dict:
     """A FLAC of digital silence: a few hundred kB promising 590 s x 16 kHz x 4 channels."""
     data = silence_flac(590, 16_000, 4)
-    with PeakRss(server) as mem:
-        t0 = time.monotonic()
-        r = httpx.post(server.url + "/predict/file", files={"file": ("silence.flac", data)}, timeout=60)
-        took = time.monotonic() - t0
-    return {"scenario": f"silent FLAC decode bomb ({len(data) // 1024} kB promising {590 * 16_000 * 4:,} samples)",
-            "statuses": {f"{r.status_code} {r.json().get('error', '')}".strip(): 1}, "took_s": round(took, 2),
-            **mem.report()}
+    return _one_upload(server, "silence.flac", data,
+                       f"silent FLAC decode bomb ({len(data) // 1024} kB promising {590 * 16_000 * 4:,} samples)")
 
 
 def abuse_labels(server: Server, n: int = 2000) -> dict:
@@ -480,6 +493,252 @@ def abuse_labels(server: Server, n: int = 2000) -> dict:
             statuses.append(c.request(method, path).status_code)
     return {"scenario": f"metric-label flood ({n} random methods and paths)", "statuses": _counts(statuses),
             "request_series_before": before, "request_series_after": series(), **mem.report()}
+
+
+def _fds(server: Server) -> int:
+    try:
+        return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+    except OSError:
+        return -1
+
+
+def abuse_unread_bodies(server: Server, n: int = 100) -> dict:
+    """``n`` connections that send a GET declaring a body, get their answer and then send a body
+    byte every 0.5 s: each must be closed (or refused 503 beyond the per-client cap) in bounded time."""
+    fds_before = _fds(server)
+    socks, statuses = [], []
+    with PeakRss(server) as mem:
+        for _ in range(n):
+            try:
+                s = _connect(server.port)
+                s.sendall(f"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n".encode())
+                statuses.append(_status(s, 5))
+                socks.append(s)
+            except OSError:
+                statuses.append(None)
+        fds_peak = _fds(server)
+        t0, open_socks = time.monotonic(), list(socks)
+        while open_socks and time.monotonic() - t0 < 20:
+            still = []
+            for s in open_socks:
+                try:
+                    s.sendall(b"x")
+                    if select.select([s], [], [], 0)[0] and not s.recv(65536):
+                        raise ConnectionResetError
+                    still.append(s)
+                except OSError:
+                    pass
+            open_socks = still
+            time.sleep(0.5)
+        took = time.monotonic() - t0
+        for s in socks:
+            s.close()
+    time.sleep(0.5)
+    return {"scenario": f"{n} answered GETs with an unread body, then a byte every 0.5 s",
+            "statuses": _counts(statuses), "all_closed_within_s": round(took, 2), "still_open": len(open_socks),
+            "server_fds_before_peak_after": [fds_before, fds_peak, _fds(server)], **mem.report()}
+
+
+def abuse_squatters(server: Server, n: int = 3, size: int = 4 * MiB) -> dict:
+    """``n`` uploads that declare the body limit and trickle a byte every 0.5 s, and a real small
+    upload meanwhile: the share kept for small bodies admits it, the pace rule cuts the squatters."""
+    socks = []
+    for _ in range(n):
+        s = _connect(server.port)
+        s.sendall(_head(server.port, "/predict/file", size) + b"-")
+        socks.append(s)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.5):
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.sendall(b"-")
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    with PeakRss(server) as mem:
+        feeder.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        small = httpx.post(server.url + "/predict/file", files={"file": ("a.wav", _tone_wav())}, timeout=60)
+        small_s = time.monotonic() - t0
+        statuses = [_status(s, 40) for s in socks]
+        cut = time.monotonic() - t0
+        stop.set()
+        feeder.join(5)
+        for s in socks:
+            s.close()
+    return {"scenario": f"{n} uploads declaring {size // MiB} MiB, a byte every 0.5 s; a 1-s clip meanwhile",
+            "statuses": {**{f"squatter {k}": v for k, v in _counts(statuses).items()},
+                         f"clip {small.status_code}": 1},
+            "clip_answered_s": round(small_s, 2), "squatters_cut_within_s": round(cut, 2), **mem.report()}
+
+
+def _tone_wav(seconds: float = 1.0, sr: int = 16_000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * sr)) / sr), sr, format="WAV",
+             subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _worst_health(url: str, stop: threading.Event, out: list[float]) -> None:
+    with httpx.Client(timeout=30) as c:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            c.get(url + "/health")
+            out.append(time.monotonic() - t0)
+            stop.wait(0.02)
+
+
+def abuse_padded_flac(server: Server) -> dict:
+    """10 s of 8-channel 384 kHz FLAC silence (30.7 M samples) with 1 MiB of PADDING: refused on
+    the audio it holds, never decoded on the event loop (/health probed meanwhile)."""
+    flac = silence_flac(10, 384_000, 8)
+    flag, length = flac[4], int.from_bytes(flac[5:8], "big")
+    pad = 1 << 20
+    data = (b"fLaC" + bytes([flag & 0x7F]) + flac[5:8 + length] + bytes([0x01 | (flag & 0x80)])
+            + pad.to_bytes(3, "big") + b"\0" * pad + flac[8 + length:])
+    stop, lat = threading.Event(), []
+    probe = threading.Thread(target=_worst_health, args=(server.url, stop, lat), daemon=True)
+    with PeakRss(server) as mem:
+        probe.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        r = httpx.post(server.url + "/predict/file", files={"file": ("padded.flac", data)}, timeout=60)
+        took = time.monotonic() - t0
+        time.sleep(0.2)
+        stop.set()
+        probe.join(35)
+    return {"scenario": f"padded FLAC ({len(data) // 1024} kB, 1 MiB of it padding; 10 s x 8 ch x 384 kHz)",
+            "statuses": {f"{r.status_code} {r.json().get('error', '')}".strip(): 1}, "took_s": round(took, 2),
+            "health_worst_ms": round(max(lat, default=0) * 1000, 1), **mem.report()}
+
+
+def abuse_low_rate(server: Server) -> dict:
+    """1.9 kB of FLAC, 600 s at 1 kHz: 239 model windows once resampled; budgeted on that work."""
+    data = silence_flac(600, 1000, 1)
+    return _one_upload(server, "low.flac", data, f"low-rate FLAC ({len(data)} bytes, 600 s at 1 kHz)", 120)
+
+
+def abuse_request_parsing(server: Server) -> dict:
+    """An open redirect from the Host header, ``top_k=3_0``, a chained Ogg of 200 streams."""
+    with _connect(server.port) as s:
+        s.sendall(b"POST /predict/ HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 2\r\n\r\n{}")
+        redirect = _status(s, 10)
+    top_k = httpx.post(server.url + "/predict/file", files={"file": ("t.wav", _tone_wav())},
+                       data={"top_k": "3_0"}, timeout=60).status_code
+    links = []
+    for i in range(200):
+        b = io.BytesIO()
+        sf.write(b, 0.1 * np.sin(np.arange(1600) * (0.1 + i / 1000)), 16_000, format="OGG", subtype="VORBIS")
+        links.append(b.getvalue())
+    r = httpx.post(server.url + "/predict/file", files={"file": ("chain.ogg", b"".join(links))}, timeout=60)
+    warned = any("chained Ogg" in w for w in r.json().get("warnings", []))
+    return {"scenario": "POST /predict/ with Host: evil.example; top_k=3_0; chained Ogg of 200 streams",
+            "statuses": {f"redirect {redirect}": 1, f"top_k {top_k}": 1,
+                         f"chained ogg {r.status_code}{' (warned)' if warned else ' (no warning)'}": 1}}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
+
+
+def _flood_explain(url: str, clip: bytes, seconds: float, queue) -> None:
+    """One flooding client (its own process, so its CPU and GIL are not the measured client's)."""
+    statuses: dict[int, int] = {}
+    deadline = time.monotonic() + seconds
+    with httpx.Client(base_url=url, timeout=120) as c:
+        while time.monotonic() < deadline:
+            try:
+                status = c.post("/explain/file", files={"file": ("c.wav", clip)}).status_code
+            except httpx.HTTPError:
+                status = 0
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 503:
+                time.sleep(0.05)
+    queue.put(statuses)
+
+
+def explain_flood(server: Server, clip: bytes, n: int = 150, flooders: int = 4) -> dict:
+    """/predict latency (one client, one request at a time) idle and beside ``flooders`` client
+    processes sending /explain back to back (20 ms after each 503): explain's own limit keeps
+    /predict's p99 within 3x."""
+    import multiprocessing
+
+    def run_predicts(c: httpx.Client) -> tuple[list[float], float]:
+        out, t0 = [], time.monotonic()
+        for _ in range(n):
+            t = time.perf_counter()
+            r = c.post("/predict/file", files={"file": ("c.wav", clip)})
+            if r.status_code == 200:
+                out.append(time.perf_counter() - t)
+        return out, time.monotonic() - t0
+
+    ctx = multiprocessing.get_context("spawn")
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        for _ in range(10):  # warm
+            c.post("/predict/file", files={"file": ("c.wav", clip)})
+        idle, took = run_predicts(c)
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_flood_explain, args=(server.url, clip, 3 * took + 10, queue), daemon=True)
+                 for _ in range(flooders)]
+        with PeakRss(server) as mem:
+            for p in procs:
+                p.start()
+            time.sleep(4.0)  # the flooders' interpreters start and their first explains run
+            busy, _ = run_predicts(c)
+            explain: dict[str, int] = {}
+            for _ in procs:
+                for k, v in queue.get(timeout=600).items():
+                    explain[f"explain {k}"] = explain.get(f"explain {k}", 0) + v
+            for p in procs:
+                p.join(30)
+    idle_p99, busy_p99 = _percentile(idle, 99), _percentile(busy, 99)
+    return {"scenario": f"/predict beside {flooders} clients flooding /explain", "requests": n,
+            "statuses": dict(sorted(explain.items())),
+            "predict_idle_p50_ms": round(_percentile(idle, 50), 1), "predict_idle_p99_ms": round(idle_p99, 1),
+            "predict_flood_p50_ms": round(_percentile(busy, 50), 1), "predict_flood_p99_ms": round(busy_p99, 1),
+            "p99_ratio": round(busy_p99 / idle_p99, 2), "target_p99_ratio": 3.0, **mem.report()}
+
+
+async def mixed_rss(server: Server, good: bytes, n: int = 2000, concurrency: int = 4) -> dict:
+    """``n`` mixed requests (JSON and file predicts, explains, 4xx); the server's RSS every 250."""
+    b64 = base64.b64encode(good).decode()
+    kinds = [("predict json", "/predict", {"json": {"audio_base64": b64}}),
+             ("predict file", "/predict/file", {"files": {"file": ("c.wav", good)}}),
+             ("explain", "/explain/file", {"files": {"file": ("c.wav", good)}}),
+             ("not audio", "/predict/file", {"files": {"file": ("x.wav", b"not audio " * 100)}}),
+             ("top_k 0", "/predict", {"json": {"audio_base64": b64, "top_k": 0}}),
+             ("unknown path", "/nowhere", {"json": {}})]
+    weights = [35, 35, 10, 10, 5, 5]
+    rng = random.Random(0)
+    plan = iter(rng.choices(range(len(kinds)), weights=weights, k=n))
+    by: dict[str, int] = {}
+    trace: list[float] = []
+    done = 0
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            for k in plan:
+                name, path, kwargs = kinds[k]
+                try:
+                    status = str((await client.post(path, **kwargs)).status_code)
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                key = f"{name} {status}"
+                by[key] = by.get(key, 0) + 1
+                done += 1
+                if done % 250 == 0:
+                    trace.append(round(server.memory().get("VmRSS", 0) / MiB, 1))
+
+        with PeakRss(server) as mem:
+            await asyncio.gather(*[worker() for _ in range(concurrency)])
+    errors = sum(v for k, v in by.items() if k.split()[-1].startswith("5") and "explain 503" not in k
+                 or not k.split()[-1].isdigit())
+    return {"scenario": f"{n} mixed requests (predict JSON/file, explain, 4xx), {concurrency} at once",
+            "statuses": dict(sorted(by.items())), "rss_every_250_mib": trace, "server_errors": errors, **mem.report()}
 
 
 def malformed_cases(good: bytes) -> list[tuple[str, dict]]:
@@ -538,25 +797,39 @@ async def storm(url: str, good: bytes, n: int, concurrency: int = 8) -> dict:
 
 ABUSE_ENV = {"TYMPAN_MAX_BODY_BYTES": str(4 * MiB), "TYMPAN_MAX_INFLIGHT_BODY_BYTES": str(12 * MiB),
              "TYMPAN_READ_TIMEOUT_S": "2", "TYMPAN_BODY_TIMEOUT_S": "30"}
+SCENARIOS = (abuse_stalled, abuse_large, abuse_decode_bomb, abuse_labels, abuse_unread_bodies, abuse_squatters,
+             abuse_padded_flac, abuse_low_rate, abuse_request_parsing)
 
 
-def abuse(bundle: Path, backend: str, good: bytes, malformed: int) -> dict:
+def abuse(bundle: Path, backend: str, good: bytes, malformed: int, mixed: int = 2000) -> dict:
     server = Server.tympan("abuse", bundle, ["--backend", backend], ABUSE_ENV)
     try:
         server.wait_ready()
         out = {"server": f"tympan serve --backend {backend}; " + ", ".join(f"{k}={v}" for k, v in ABUSE_ENV.items()),
                "scenarios": []}
-        for fn in (abuse_stalled, abuse_large, abuse_decode_bomb, abuse_labels):
+        for fn in SCENARIOS:
             res = fn(server)
-            print(f"  {res['scenario']}: {res['statuses']}; RSS {res.get('rss_before_mib')} -> peak "
-                  f"{res.get('rss_peak_mib')} -> {res.get('rss_after_mib')} MiB", flush=True)
+            mem = (f"; RSS {res['rss_before_mib']} -> peak {res['rss_peak_mib']} -> {res['rss_after_mib']} MiB"
+                   if "rss_before_mib" in res else "")
+            print(f"  {res['scenario']}: {res['statuses']}{mem}", flush=True)
             out["scenarios"].append(res)
         if malformed:
             res = asyncio.run(storm(server.url, good, malformed))
             print(f"  {res['scenario']}: {res['statuses']}; 5xx or dropped: {res['server_errors']}; "
                   f"/ready after: {res['ready_after']}", flush=True)
             out["scenarios"].append(res)
+        res = explain_flood(server, good)
+        print(f"  {res['scenario']}: /predict p99 idle {res['predict_idle_p99_ms']} ms, beside the flood "
+              f"{res['predict_flood_p99_ms']} ms ({res['p99_ratio']} x; target <= 3); {res['statuses']}", flush=True)
+        out["explain_flood"] = res
+        if mixed:
+            res = asyncio.run(mixed_rss(server, good, mixed))
+            print(f"  {res['scenario']}: RSS {res['rss_before_mib']} -> peak {res['rss_peak_mib']} -> "
+                  f"{res['rss_after_mib']} MiB; every 250: {res['rss_every_250_mib']}; 5xx: {res['server_errors']}",
+                  flush=True)
+            out["mixed"] = res
         out["memory_end"] = {k: round(v / MiB, 1) for k, v in server.memory().items()}
+        out["load_average_end"] = load_average()
         return out
     finally:
         server.stop()
@@ -597,7 +870,30 @@ def readme_table(results: dict) -> str:
                 statuses += f" (request series {s['request_series_before']} -> {s['request_series_after']})"
             if "server_errors" in s:
                 statuses += f" (5xx or dropped: {s['server_errors']})"
+            for key, label in (("took_s", "in {} s"), ("all_closed_within_s", "all closed within {} s"),
+                               ("still_open", "{} still open"), ("squatters_cut_within_s", "squatters cut within {} s"),
+                               ("health_worst_ms", "slowest /health meanwhile {} ms")):
+                if key in s:
+                    statuses += f"; {label.format(s[key])}"
             lines.append(f"| {s['scenario']} | {statuses} | {mem} |")
+        mixed, flood = results["abuse"].get("mixed"), results["abuse"].get("explain_flood")
+        if mixed:
+            statuses = ", ".join(f"{k}: {v}" for k, v in mixed["statuses"].items())
+            lines.append(f"| {mixed['scenario']} | {statuses} (5xx other than explain's 503: "
+                         f"{mixed['server_errors']}; RSS every 250: {', '.join(map(str, mixed['rss_every_250_mib']))})"
+                         f" | {mixed['rss_before_mib']} -> {mixed['rss_peak_mib']} -> {mixed['rss_after_mib']} |")
+        if flood:
+            statuses = ", ".join(f"{k}: {v}" for k, v in flood["statuses"].items())
+            lines.append(f"| {flood['scenario']} | /predict p50/p99 idle {flood['predict_idle_p50_ms']}/"
+                         f"{flood['predict_idle_p99_ms']} ms, beside the flood {flood['predict_flood_p50_ms']}/"
+                         f"{flood['predict_flood_p99_ms']} ms: p99 {flood['p99_ratio']} x (target <= 3); {statuses} | "
+                         f"{flood['rss_before_mib']} -> {flood['rss_peak_mib']} -> {flood['rss_after_mib']} |")
+        m2 = results["abuse"].get("machine")
+        if m2:
+            lines.append("")
+            lines.append(f"Abuse scenarios run {'with the load levels' if not m2.get('separate') else 'on their own'}"
+                         f" (`--only-abuse`): load average {m2['load_average_start']} at their start, "
+                         f"{results['abuse'].get('load_average_end')} at their end.")
     return "\n".join(lines)
 
 
@@ -626,6 +922,11 @@ def main() -> int:
     ap.add_argument("--no-floor", action="store_true", help="skip the HTTP floor")
     ap.add_argument("--no-abuse", action="store_true", help="skip the abuse scenarios")
     ap.add_argument("--malformed", type=int, default=1000, help="mixed good/malformed requests (0: skip)")
+    ap.add_argument("--mixed", type=int, default=2000,
+                    help="mixed predict/explain/4xx requests with the server's RSS traced (0: skip)")
+    ap.add_argument("--only-abuse", action="store_true",
+                    help="run only the abuse scenarios, the explain flood and the mixed requests; with --out, "
+                         "merge them into that results file (its load levels are kept)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                     help="also run tympan serve with these arguments under this name, e.g. "
                          "'onnx-1t=--backend onnx --torch-threads 1' (repeatable)")
@@ -661,6 +962,8 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     data = clips(args.data_dir, 64)
     info = machine()
+    if args.only_abuse:
+        return only_abuse(args, backends[0], data[0][1], info)
     print(f"machine: {info}")
     print(f"bundle: {describe_bundle(args.bundle)}")
     print(f"clips: {len(data)} real ESC-50 clips from {args.data_dir} (POST /predict/file, multipart)")
@@ -715,6 +1018,22 @@ def main() -> int:
     print()
     print(readme_table(results))
     bad = any(s.get("server_errors") for s in (results.get("abuse") or {}).get("scenarios", []))
+    return 1 if bad else 0
+
+
+def only_abuse(args: argparse.Namespace, backend: str, good: bytes, info: dict) -> int:
+    """``--only-abuse``: the abuse part alone, merged into ``--out`` when that file exists."""
+    print(f"machine: {info}")
+    print(f"abuse scenarios (tympan serve --backend {backend}):")
+    res = abuse(args.bundle, backend, good, args.malformed, args.mixed)
+    res["machine"] = {**info, "separate": True}
+    results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
+    results["abuse"] = res
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}" + (" (merged: load levels kept)" if "levels" in results else ""))
+    bad = any(s.get("server_errors") for s in [*res["scenarios"], res.get("mixed") or {}])
     return 1 if bad else 0
 
 

@@ -11,7 +11,9 @@ What a field recorder leaves behind decodes, with a warning in :attr:`Decoded.wa
 - a file cut short (power lost mid-recording): a WAV whose data chunk promises more than the
   file holds, a FLAC whose last frames are missing: what is there decodes, with a warning.
   Callers that must have every promised sample pass ``salvage=False`` and get
-  :class:`~tympan.errors.TruncatedAudioError` instead.
+  :class:`~tympan.errors.TruncatedAudioError` instead;
+- a chained Ogg (logical streams one after another): libsndfile decodes the first stream only,
+  and the warning says so and how many there are.
 
 Lengths and limits always use the samples really decoded, never a header's promise.
 """
@@ -45,7 +47,7 @@ from tympan.errors import (
     SampleRateError,
     TruncatedAudioError,
 )
-from tympan.recording_meta import riff_chunks, sniff_container
+from tympan.recording_meta import ogg_chain_links, riff_chunks, sniff_container
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,9 @@ def _open_checked(source: AudioSource) -> tuple[str, _Input, list[str], bool]:
             patched = _finalise_riff(name, f, src.size, notes)
             if patched is not None:
                 src.replace(patched)
+        elif container == "OGG" and (links := ogg_chain_links(f, src.size)) > 1:
+            notes.append(f"chained Ogg: the file holds {links} logical streams one after another; only the first "
+                         f"is decoded (libsndfile reads one), so the duration and result cover that stream alone")
     return name, src, notes, _may_print(head, container)
 
 

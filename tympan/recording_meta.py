@@ -269,17 +269,70 @@ def sniff_container(head: bytes) -> str | None:
         return "CAF"
     if head[:3] == b"ID3":
         # an ID3 tag then MPEG audio (or, rarely, FLAC after a tag)
-        if len(head) >= 10:
-            size = 0
-            for b in head[6:10]:
-                size = (size << 7) | (b & 0x7F)
-            after = head[10 + size : 14 + size]
-            if after == b"fLaC":
-                return "FLAC"
+        size = _id3_size(head)
+        if size and head[size : size + 4] == b"fLaC":
+            return "FLAC"
         return "MP3"
     if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0 and (head[1] & 0x06) != 0:
         return "MP3"
     return None
+
+
+def _id3_size(data: bytes) -> int:
+    """Bytes of a leading ID3v2 tag (0 when there is none)."""
+    if data[:3] != b"ID3" or len(data) < 10:
+        return 0
+    size = 0
+    for b in data[6:10]:
+        size = (size << 7) | (b & 0x7F)
+    return 10 + size
+
+
+def audio_payload_size(data: bytes) -> int:
+    """Bytes of ``data`` that can hold coded audio: a FLAC's metadata blocks (PADDING, PICTURE,
+    ...) and a leading ID3 tag are not audio, so a budget of samples per byte must not count them
+    (a megabyte of padding would otherwise buy 64 M samples of silence). Other containers: all."""
+    start = _id3_size(data)
+    if data[start : start + 4] != b"fLaC":
+        return len(data)
+    at = start + 4
+    while at + 4 <= len(data):
+        kind, length = data[at], int.from_bytes(data[at + 1 : at + 4], "big")
+        at += 4 + length
+        if kind & 0x80:  # the last metadata block: frames follow
+            break
+    return max(len(data) - at, 0)
+
+
+#: The most Ogg pages walked to count chained streams (a 20 MB upload of minimal pages is 700 k).
+MAX_OGG_PAGES = 1 << 20
+
+
+def ogg_chain_links(f: BinaryIO, file_size: int) -> int:
+    """How many logical streams an Ogg file chains one after another (1 for an ordinary file).
+
+    libsndfile decodes only the first; a chained file (200 streams of 0.1 s, or a radio dump)
+    would otherwise be answered as its first stream with no warning. Walks the page headers
+    (27 bytes and the segment table each) and counts the runs of beginning-of-stream pages
+    (streams multiplexed side by side start together and count once); stops at the first bytes
+    that are not a page (what follows is not decoded either).
+    """
+    f.seek(0)
+    streams, at, pages, last_bos = 0, 0, 0, False
+    while at + 27 <= file_size and pages < MAX_OGG_PAGES:
+        head = f.read(27)
+        if len(head) < 27 or head[:4] != b"OggS":
+            break
+        table = f.read(head[26])
+        if len(table) < head[26]:
+            break
+        bos = bool(head[5] & 0x02)  # beginning of a logical stream
+        streams += bos and not last_bos
+        last_bos = bos
+        at += 27 + head[26] + sum(table)
+        f.seek(at)
+        pages += 1
+    return max(streams, 1)
 
 
 # ------------------------------------------------------------------------------- metadata

@@ -8,7 +8,8 @@
 - Every way a client can get it wrong is a 4xx with ``{"error": code, "detail": one line}``;
   a 500 means a bug in tympan (logged, counted in ``tympan_requests_total{status="500"}``).
 - Pure-ASGI middlewares, outermost first: metrics, CORS (optional), bearer auth (optional),
-  body-size limit (Content-Length and while reading, before the app sees a byte).
+  the explain gate (503 while ``max_explain_in_flight`` run, before the body is read), body-size
+  limit and in-flight body budget (Content-Length and while reading, before the app sees a byte).
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ from tympan.audio import Header
 from tympan.bundle import META_FILE, Bundle, default_bundle_dir, read_metadata
 from tympan.errors import AudioError, AudioTooLongError, BundleError, NotAudioError
 from tympan.inference import Predictor, Prepared, UncertaintyPolicy
+from tympan.recording_meta import audio_payload_size
 from tympan.serving.batching import MicroBatcher
 from tympan.serving.metrics import Metrics
 from tympan.serving.schemas import (
+    DigitsInt,
     ErrorResponse,
     ExplainResponse,
     ModelInfo,
@@ -202,13 +205,22 @@ class AuthMiddleware:
 
 
 class BodyBudget:
-    """Bytes of request bodies held by all requests at once (admission control)."""
+    """Bytes of request bodies held by all requests at once (admission control).
 
-    def __init__(self, limit: int, gauge: Any = None) -> None:
+    The last ``reserve`` bytes (``small_body_share`` of the budget) go only to requests whose
+    whole body stays within ``small`` (a quarter of the reserve): when large uploads hold the
+    rest, small ones (a few seconds of audio) still get in.
+    """
+
+    def __init__(self, limit: int, gauge: Any = None, small_share: float = 0.0) -> None:
         self.limit, self.held, self.gauge = int(limit), 0, gauge
+        self.reserve = int(self.limit * small_share)
+        self.small = self.reserve // 4
 
-    def take(self, n: int) -> bool:
-        if self.held + n > self.limit:
+    def take(self, n: int, size: int | None = None) -> bool:
+        """Hold ``n`` more bytes for a request whose body will then hold ``size`` (default ``n``)."""
+        cap = self.limit if (n if size is None else size) <= self.small else self.limit - self.reserve
+        if self.held + n > cap:
             return False
         self._set(self.held + n)
         return True
@@ -228,17 +240,23 @@ class BodyLimitMiddleware:
     The body is read here (it would be buffered by the app anyway) and replayed to the app,
     so an oversized or lying upload never reaches a parser. Before a byte is read, the declared
     Content-Length is reserved in the shared :class:`BodyBudget` (503 ``overloaded`` with
-    Retry-After when all requests' bodies would exceed it); chunked bodies take from it as they
-    arrive. Each read waits at most ``read_timeout`` seconds and the whole body at most
-    ``body_timeout``: a stalled upload gets 408 ``read_timeout`` and its connection is closed.
+    Retry-After when all requests' bodies would exceed it; admitted uploads are never refused
+    half-way for room); chunked bodies take from it as they arrive. Each read waits at most
+    ``read_timeout`` seconds and the whole body at most ``body_timeout``: a stalled upload gets
+    408 ``read_timeout`` and its connection is closed. With ``pace``, a reservation must also be
+    earned: after ``read_timeout`` the bytes received must keep up with a straight line to the
+    whole Content-Length at ``body_timeout``, so a client that declares the maximum and trickles
+    a byte now and then loses its reservation (408) seconds after the grace, not at the body
+    timeout.
     """
 
     def __init__(self, app: ASGIApp, limit: int, budget: BodyBudget | None = None,
                  read_timeout: float | None = None, body_timeout: float | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, pace: bool = False) -> None:
         self.app, self.limit = app, int(limit)
         self.budget = budget or BodyBudget(4 * self.limit)
         self.read_timeout, self.body_timeout, self.metrics = read_timeout, body_timeout, metrics
+        self.pace = pace and body_timeout is not None
 
     def _refuse(self, send: Callable, status: int, code: str, detail: str,
                 headers: list | None = None) -> Awaitable[None]:
@@ -255,8 +273,16 @@ class BodyLimitMiddleware:
                             f"server busy: {self.budget.held} bytes of request bodies in flight, {n} more would "
                             f"exceed the budget of {self.budget.limit}; retry shortly", [(b"retry-after", b"1")])
 
+    def _behind(self, start: float, received: int, declared: int | None) -> float | None:
+        """When a declared body that has ``received`` bytes falls behind its pace (None: no pace)."""
+        if not self.pace or not declared:
+            return None
+        assert self.body_timeout is not None
+        grace = min(self.read_timeout or 0.0, self.body_timeout)
+        return start + grace + (self.body_timeout - grace) * received / declared
+
     async def _receive(self, receive: Callable, deadline: float | None) -> dict[str, Any] | None:
-        """The next message, or None when the client stalled past the read or body timeout."""
+        """The next message, or None when the client stalled past the read timeout or ``deadline``."""
         wait = self.read_timeout
         if deadline is not None:
             left = deadline - time.monotonic()
@@ -269,11 +295,22 @@ class BodyLimitMiddleware:
         except TimeoutError:
             return None
 
+    def _stalled(self, send: Callable, start: float, total: int, declared: int | None,
+                 behind: float | None) -> Awaitable[None]:
+        took = time.monotonic() - start
+        if behind is not None and time.monotonic() >= behind - 1e-3 and total < (declared or 0):
+            detail = (f"the request body arrived too slowly: {total} of {declared} bytes after {took:.1f} s "
+                      f"(a declared body must keep pace to arrive within {self.body_timeout:g} s)")
+        else:
+            detail = (f"the request body stalled (read {total} bytes; each read may wait {self.read_timeout:g} s, "
+                      f"the whole body {self.body_timeout:g} s)")
+        return self._refuse(send, 408, "read_timeout", detail)
+
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        held = 0
+        held, n = 0, None
         if declared is not None:
             try:
                 n = int(declared)
@@ -285,16 +322,15 @@ class BodyLimitMiddleware:
                 return await self._busy(send, n)
             held = n
         try:
-            deadline = None if self.body_timeout is None else time.monotonic() + self.body_timeout
+            start = time.monotonic()
+            deadline = None if self.body_timeout is None else start + self.body_timeout
             chunks, total = [], 0
             while True:
-                message = await self._receive(receive, deadline)
+                behind = self._behind(start, total, n)
+                message = await self._receive(receive, deadline if behind is None else min(behind, deadline or behind))
                 if message is None:
                     chunks.clear()
-                    return await self._refuse(
-                        send, 408, "read_timeout",
-                        f"the request body stalled (read {total} bytes; each read may wait {self.read_timeout:g} s, "
-                        f"the whole body {self.body_timeout:g} s)")
+                    return await self._stalled(send, start, total, n, behind)
                 if message["type"] == "http.disconnect":
                     return
                 chunk = message.get("body", b"")
@@ -303,7 +339,7 @@ class BodyLimitMiddleware:
                     chunks.clear()
                     return await self._too_large(send, f"over {self.limit} bytes (read so far: {total})")
                 if total > held:  # chunked, or more than declared: count it as it arrives
-                    if not self.budget.take(total - held):
+                    if not self.budget.take(total - held, total):
                         chunks.clear()
                         return await self._busy(send, total - held)
                     held = total
@@ -326,6 +362,29 @@ class BodyLimitMiddleware:
             self.budget.give(held)
 
 
+class ExplainGateMiddleware:
+    """503 ``overloaded`` for ``/explain[/file]`` while ``max_explain_in_flight`` run, before the
+    body is read: a flood of refused explains costs no upload read or multipart parse on the loop
+    (:meth:`Service.admit_explain` still counts them, for requests that pass here together)."""
+
+    PATHS = frozenset({"/explain", "/explain/file"})
+
+    def __init__(self, app: ASGIApp, service: Service, metrics: Metrics | None = None) -> None:
+        self.app, self.service, self.metrics = app, service, metrics
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope.get("path") in self.PATHS and scope.get("method") == "POST":
+            busy = self.service.explain_busy()
+            if busy is not None:
+                if self.metrics is not None:
+                    self.metrics.rejected.labels("overloaded").inc()
+                # no Connection: close: closing with the body unread would reset the connection
+                # under the client's feet; the body is dropped as it arrives, for at most
+                # read_timeout_s (TimedH11Protocol's deadline for unread bodies)
+                return await _send_json(send, 503, {"error": "overloaded", "detail": busy}, [(b"retry-after", b"1")])
+        await self.app(scope, receive, send)
+
+
 # ---------------------------------------------------------------------------------- service
 class Service:
     """Model, batcher and thread pools of one app; loaded in the lifespan."""
@@ -335,10 +394,12 @@ class Service:
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
         self.decode_pool: ThreadPoolExecutor | None = None
+        self.explain_pool: ThreadPoolExecutor | None = None
         self.ready = False
         self.load_error: str | None = None
         self.warmup_s: float | None = None
         self.in_flight = 0
+        self.explaining = 0
         self.decoding = 0  # requests between admission and the batcher's queue
         self._decoding_lock = threading.Lock()  # worker threads count them down
 
@@ -348,6 +409,8 @@ class Service:
         self.decode_pool = ThreadPoolExecutor(max(self.settings.decode_threads, self.settings.concurrent_passes),
                                               thread_name_prefix="tympan-decode",
                                               initializer=torch.set_num_threads, initargs=(threads,))
+        self.explain_pool = ThreadPoolExecutor(self.settings.max_explain_in_flight, thread_name_prefix="tympan-explain",
+                                               initializer=_background_thread, initargs=(threads,))
 
     async def load(self) -> None:
         s = self.settings
@@ -388,8 +451,9 @@ class Service:
         self.metrics.ready.set(0)
         if self.batcher is not None:
             await self.batcher.stop()
-        if self.decode_pool is not None:
-            self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.decode_pool, self.explain_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def require_ready(self) -> Predictor:
         if self.ready and self.predictor is not None:
@@ -426,14 +490,16 @@ class Service:
         loop's thread when idle; counted in ``decoding``)."""
         try:
             raw = decode_base64(data) if isinstance(data, str) else data
-            budget = functools.partial(check_decode_budget, n_bytes=len(raw), settings=self.settings)
+            rate = predictor.config.sample_rate
+            budget = functools.partial(check_decode_budget, n_bytes=audio_payload_size(raw), settings=self.settings,
+                                       sample_rate=rate)
             if inline:
-                limit = self.settings.inline_max_seconds
+                limit = self.settings.inline_work(rate)
 
                 def check(header: Header) -> None:
                     budget(header)
-                    if header.frames is None or header.frames > limit * header.sample_rate:
-                        raise _HandOver  # long or of unknown length: not on the event loop
+                    if header.frames is None or decode_work(header, rate) > limit:
+                        raise _HandOver  # much work or of unknown length: not on the event loop
             return predictor.prepare(raw, check_header=check if inline else budget)
         finally:
             self._end_decoding(ticket)
@@ -540,33 +606,87 @@ class Service:
         content = await self.off_loop(_dumps, body)
         return Response(content, media_type="application/json")
 
+    def explain_busy(self) -> str | None:
+        """Why an /explain request is refused now (None: it may run)."""
+        limit = self.settings.max_explain_in_flight
+        if self.explaining < limit:
+            return None
+        return f"server busy: {self.explaining} /explain requests in flight (the limit is {limit}); retry shortly"
+
+    @contextlib.contextmanager
+    def admit_explain(self) -> Iterator[None]:
+        """At most ``max_explain_in_flight`` Grad-CAM requests at once (503 beyond): a backward
+        pass costs tens of predictions, and a flood of them would take the cores /predict needs."""
+        busy = self.explain_busy()
+        if busy is not None:
+            raise RequestError(503, "overloaded", busy, {"Retry-After": "1"})
+        self.explaining += 1
+        try:
+            yield
+        finally:
+            self.explaining -= 1
+
     async def explain(self, request: Request, data: str | bytes, top_k: int | None) -> JSONResponse:
         top_k = self.check_top_k(top_k)
         predictor = self.require_ready()
-        with self.admit():
+        with self.admit_explain(), self.admit():
             prepared = await self.prepare(data)
-            assert self.batcher is not None
-            body = await asyncio.get_running_loop().run_in_executor(
-                self.batcher.executor, lambda: predictor.explain(prepared.decoded, top_k=top_k))
-        resp = ExplainResponse.model_validate({"model": predictor.model_info, **body,
-                                               "timing_ms": _elapsed_ms(request)})
-        return await self.render(resp.model_dump(), large=True)
+
+            def run() -> bytes:  # Grad-CAM, validation and JSON (1 MB) all at the explain threads' priority
+                body = predictor.explain(prepared.decoded, top_k=top_k)
+                resp = ExplainResponse.model_validate({"model": predictor.model_info, **body,
+                                                       "timing_ms": _elapsed_ms(request)})
+                # pydantic's Rust encoder holds the GIL a fifth as long as json.dumps (25 vs 140 ms
+                # for 1.2 MB on a loaded 2-core machine), but writes NaN/inf as null: the strict
+                # encoder then names them as the bug they are
+                out = resp.__pydantic_serializer__.to_json(resp)
+                return out if b"null" not in out else _dumps(resp.model_dump())
+
+            content = await asyncio.get_running_loop().run_in_executor(self.explain_pool, run)
+        return Response(content, media_type="application/json")
 
 
-def check_decode_budget(header: Header, *, n_bytes: int, settings: Settings) -> None:
-    """Refuse uploads whose header promises far more samples than their size can honestly hold.
+#: how much lower the explain threads' scheduling priority is (Linux nice): under contention a
+#: Grad-CAM pass yields the cores to /predict's passes instead of sharing them evenly
+EXPLAIN_NICE = 10
 
-    A 232 kB FLAC of silence decodes to 64 M samples (256 MB of float32, seconds of CPU): the
-    header's frames x channels must fit ``max(max_samples_per_byte x size, min_decode_samples)``
-    (see :meth:`Settings.decode_budget`). Called by the decoder with the header it opened, before
-    any sample is decoded; files without a length are bounded by the duration limit as they decode.
+
+def _background_thread(threads: int) -> None:
+    """Initialise an explain thread: torch's thread count, and a lower priority where the OS
+    lets one thread have its own (Linux: setpriority on the thread id)."""
+    torch.set_num_threads(threads)
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), EXPLAIN_NICE)
+
+
+def decode_work(header: Header, sample_rate: int) -> int:
+    """Samples a decode of this header costs: what is decoded (frames x channels) or what the
+    resampler writes at the model's ``sample_rate``, whichever is more (0 when the length is
+    unknown: such files are bounded by the duration limit as they decode)."""
+    if header.frames is None or header.sample_rate <= 0:
+        return 0
+    return max(header.frames * header.channels, -(-header.frames * sample_rate // header.sample_rate))
+
+
+def check_decode_budget(header: Header, *, n_bytes: int, settings: Settings, sample_rate: int) -> None:
+    """Refuse uploads whose header promises far more work than their size can honestly hold.
+
+    A 232 kB FLAC of silence decodes to 64 M samples (256 MB of float32, seconds of CPU), and a
+    1.9 kB FLAC of 600 s at 1 kHz is 19 M samples (239 model windows) once resampled: the
+    work (:func:`decode_work`: decoded or resampled samples, whichever is more) must fit
+    ``max(max_samples_per_byte x n_bytes, min_decode_samples)`` (see
+    :meth:`Settings.decode_budget`), where ``n_bytes`` counts the bytes that can hold audio
+    (:func:`~tympan.recording_meta.audio_payload_size`: not a FLAC's padding). Called by the
+    decoder with the header it opened, before any sample is decoded.
     """
-    total, budget = header.samples, settings.decode_budget(n_bytes)
-    if total is not None and total > budget:
+    work, budget = decode_work(header, sample_rate), settings.decode_budget(n_bytes)
+    if work > budget:
+        windows = max(1, -(-work // max(sample_rate * 5 // 2, 1)))
         raise RequestError(
             413, "decode_budget_exceeded",
-            f"{n_bytes} bytes of {header.format} promise {header.frames} frames x {header.channels} channels = "
-            f"{total} samples ({total / max(n_bytes, 1):.0f} per byte); the limit is {budget} samples "
+            f"{n_bytes} bytes of {header.format} audio promise {header.frames} frames x {header.channels} channels at "
+            f"{header.sample_rate} Hz = {work} samples to decode and resample to {sample_rate} Hz (about {windows} "
+            f"windows of 5 s; {work / max(n_bytes, 1):.0f} per byte); the limit is {budget} samples "
             f"(max({settings.max_samples_per_byte:g} per byte, {settings.min_decode_samples}))")
 
 
@@ -663,6 +783,9 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
         summary="Environmental sound classification (ESC-50) with calibrated probabilities and OOD flags",
         description="HTTP contract: docs/api.md. Errors are `{\"error\": code, \"detail\": message}`.",
         lifespan=lifespan,
+        # Starlette would answer /predict/ with a 307 to a URL built from the Host header (an open
+        # redirect: Host: evil.example); a path is served as written or it is a 404
+        redirect_slashes=False,
     )
     app.state.service = service
     app.state.settings = settings
@@ -710,7 +833,7 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
     async def predict_file(
         request: Request,
         file: UploadFile = File(..., description="audio file (WAV, FLAC, OGG, Opus, MP3, ...)"),
-        top_k: int | None = Form(None, ge=1, description="1..n_classes (default 3)"),
+        top_k: DigitsInt | None = Form(None, ge=1, description="1..n_classes (default 3)"),
         return_logits: bool = Form(False),
     ) -> Response:
         service.check_top_k(top_k)  # before reading the upload
@@ -727,7 +850,7 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
     async def explain_file(
         request: Request,
         file: UploadFile = File(...),
-        top_k: int | None = Form(None, ge=1, description="1..n_classes (default 3)"),
+        top_k: DigitsInt | None = Form(None, ge=1, description="1..n_classes (default 3)"),
     ) -> Response:
         service.check_top_k(top_k)
         return await service.explain(request, await file.read(), top_k)
@@ -765,8 +888,10 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
 
     # -------------------------------------------------------------- middleware (inner first)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes,
-                       budget=BodyBudget(settings.inflight_body_budget, metrics.body_bytes), read_timeout=settings.read_timeout_s,
-                       body_timeout=settings.body_timeout_s, metrics=metrics)
+                       budget=BodyBudget(settings.inflight_body_budget, metrics.body_bytes, settings.small_body_share),
+                       read_timeout=settings.read_timeout_s, body_timeout=settings.body_timeout_s, metrics=metrics,
+                       pace=settings.pace_bodies)
+    app.add_middleware(ExplainGateMiddleware, service=service, metrics=metrics)
     if settings.api_key:
         app.add_middleware(AuthMiddleware, api_key=settings.api_key)
     if settings.cors_origins:

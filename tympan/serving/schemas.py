@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from tympan.contracts.diagnostics import Diagnostics
 from tympan.contracts.prediction import (  # noqa: F401 - re-exported: the HTTP contract
@@ -22,6 +23,19 @@ from tympan.contracts.prediction import (  # noqa: F401 - re-exported: the HTTP 
     WindowPrediction,
 )
 
+_DIGITS = re.compile(r"[+-]?[0-9]+")
+
+
+def _decimal_digits(value: Any) -> Any:
+    """Text must be plain decimal digits: pydantic (like ``int()``) reads ``"3_0"`` as 30."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise ValueError("must be an integer written in decimal digits")
+    return value
+
+
+#: an int that, sent as text (a form field, a JSON string), is only decimal digits
+DigitsInt = Annotated[int, BeforeValidator(_decimal_digits)]
+
 _WAV_B64 = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAgD4AAAB9AAACABAAZGF0YQAAAAA="
 
 
@@ -37,7 +51,7 @@ class PredictRequest(BaseModel):
         description="base64 of the audio file's bytes (WAV, FLAC, OGG/Vorbis, Opus, MP3, ...); "
                     "whitespace and a data: URI prefix are allowed",
     )
-    top_k: int = Field(3, ge=1, description="how many classes to return, 1..n_classes")
+    top_k: DigitsInt = Field(3, ge=1, description="how many classes to return, 1..n_classes")
     return_logits: bool = Field(False, description="include the raw (uncalibrated) logits of every window")
 
 

@@ -52,6 +52,23 @@ class Settings:
     body_timeout_s: float = 120.0
     #: an idle keep-alive connection is closed after this many seconds (uvicorn's timeout_keep_alive)
     keep_alive_timeout_s: float = 5.0
+    #: a declared body must keep pace: by ``read_timeout_s`` + f x (``body_timeout_s`` -
+    #: ``read_timeout_s``) at least the fraction f of its Content-Length has arrived (a straight
+    #: line to the body timeout), else 408 `read_timeout`. Its reservation in the in-flight
+    #: budget is held only as long as its bytes come. False: only the read and body timeouts
+    pace_bodies: bool = True
+    #: the part of the in-flight body budget that large bodies may not reserve: kept for small
+    #: ones (at most a quarter of it each), so uploads that reserve much and send little cannot
+    #: lock everyone out
+    small_body_share: float = 0.125
+    #: open connections per client address (beyond it: 503 `overloaded` and closed)
+    max_connections_per_client: int = 64
+    #: open connections in all (beyond it: 503 `overloaded` and closed); None = 1024, or half
+    #: the process's file-descriptor limit when that is lower
+    max_connections: int | None = None
+    #: /explain requests (Grad-CAM: a backward pass, tens of times a prediction's cost) at once;
+    #: beyond it 503 `overloaded`, so an explain flood cannot take the cores /predict needs
+    max_explain_in_flight: int = 1
     #: decode budget: an upload may decode to at most max(max_samples_per_byte x its size,
     #: min_decode_samples) samples (frames x channels, from its header); beyond it 413
     #: `decode_budget_exceeded`. Bounds what a tiny, highly compressible file can cost
@@ -68,10 +85,12 @@ class Settings:
     #: threads that decode uploads (off the event loop) and run the passes they can
     decode_threads: int = 2
     #: a request that finds the server idle (nothing else in flight or queued) and whose audio
-    #: is at most this many seconds long is decoded and run on the event loop's own thread:
-    #: no hand-over to a worker and back, which costs about 1 ms of latency on 2 cores
-    #: (benchmarks/serve_load.py). Bounds how long such a request holds the loop (a 10-s clip:
-    #: ~15 ms on 2 cores); anything longer, or arriving under load, goes to the workers. 0: never
+    #: is at most this many seconds of mono at the model's rate (judged on the work its header
+    #: describes: decoded frames x channels and resampled samples, see ``inline_work``) is
+    #: decoded and run on the event loop's own thread: no hand-over to a worker and back, which
+    #: costs about 1 ms of latency on 2 cores (benchmarks/serve_load.py). Bounds how long such a
+    #: request holds the loop (a 10-s clip: ~15 ms on 2 cores); anything more, or arriving under
+    #: load, goes to the workers. 0: never
     inline_max_seconds: float = 10.0
     device: str = "cpu"
     #: how the network runs: auto (the fastest of onnx, torchscript and eager that agrees with
@@ -118,6 +137,12 @@ class Settings:
             problems.append("read_timeout_s, body_timeout_s and keep_alive_timeout_s must be positive")
         if self.max_samples_per_byte <= 0 or self.min_decode_samples < 1:
             problems.append("max_samples_per_byte and min_decode_samples must be positive")
+        if not 0 <= self.small_body_share < 1:
+            problems.append("small_body_share must be in [0, 1)")
+        if self.max_connections_per_client < 1 or (self.max_connections is not None and self.max_connections < 1):
+            problems.append("max_connections and max_connections_per_client must be >= 1")
+        if self.max_explain_in_flight < 1:
+            problems.append("max_explain_in_flight must be >= 1")
         if self.inline_max_seconds < 0:
             problems.append("inline_max_seconds must be >= 0")
         if self.decode_threads < 1 or self.workers < 1:
@@ -129,6 +154,23 @@ class Settings:
     def inflight_body_budget(self) -> int:
         """Bytes of request bodies all requests may hold at once (``max_inflight_body_bytes``)."""
         return self.max_inflight_body_bytes or 4 * self.max_body_bytes
+
+    @property
+    def connection_limit(self) -> int:
+        """Open connections in all (``max_connections``, else 1024 or half the fd limit)."""
+        if self.max_connections is not None:
+            return self.max_connections
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):
+            return 1024
+        return 1024 if soft in (-1, resource.RLIM_INFINITY) else max(16, min(1024, soft // 2))
+
+    def inline_work(self, sample_rate: int) -> int:
+        """Most samples (decoded or resampled) a request may cost on the event loop's thread."""
+        return int(self.inline_max_seconds * sample_rate)
 
     def decode_budget(self, n_bytes: int) -> int:
         """Most samples (frames x channels) an upload of ``n_bytes`` may decode to."""
@@ -172,7 +214,7 @@ def _parse(name: str, raw: str) -> Any:
     try:
         if name in ("api_key", "device", "log_level", "instance_token", "backend"):
             return raw
-        if name in ("torch_threads", "max_inflight_body_bytes", "passes"):
+        if name in ("torch_threads", "max_inflight_body_bytes", "passes", "max_connections"):
             return int(raw)
         if name == "warmup_batch_sizes":
             return tuple(int(v) for v in raw.split(",") if v.strip())
