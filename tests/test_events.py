@@ -95,6 +95,8 @@ def test_config_from_toml_and_bad_settings(tmp_path):
     f.write_text('[events]\non = 0.6\noff = 0.4\nmerge_gap_s = 2.0\n[events.classes.siren]\non = 0.8\n')
     cfg = EventConfig.from_toml(f)
     assert cfg.default == EventRule(0.6, 0.4, 0.0, 2.0)
+    assert EventConfig.from_toml(f, on=0.7).rule("dog") == EventRule(0.7, 0.4, 0.0, 2.0)
+    assert EventConfig.from_toml(f, on=0.7).rule("siren").on == 0.8  # a class keeps its own keys
     assert cfg.rule("siren") == EventRule(0.8, 0.4, 0.0, 2.0)
     with pytest.raises(DataError, match="off <= on"):
         EventRule(on=0.3, off=0.5)

@@ -67,13 +67,16 @@ class EventConfig:
         return self.classes.get(label, self.default)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base: EventRule | None = None) -> EventConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> EventConfig:
         """``{"on": .., "off": .., "min_duration_s": .., "merge_gap_s": .., "only": [..],
         "classes": {"siren": {"on": 0.7}}}``; a class's keys override the defaults."""
         unknown = set(data) - {*_RULE_KEYS, "only", "classes"}
         if unknown:
             raise DataError(f"unknown event settings: {', '.join(sorted(unknown))}")
-        default = replace(base or EventRule(), **{k: float(data[k]) for k in _RULE_KEYS if k in data})
+        try:
+            default = EventRule(**{k: float(data[k]) for k in _RULE_KEYS if k in data})
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"event settings must be numbers: {exc}") from exc
         per: dict[str, EventRule] = {}
         for label, over in (data.get("classes") or {}).items():
             bad = set(over) - set(_RULE_KEYS)
@@ -84,13 +87,17 @@ class EventConfig:
         return cls(default, per, tuple(map(str, only)) if only else None)
 
     @classmethod
-    def from_toml(cls, path: str | Path, base: EventRule | None = None) -> EventConfig:
-        """The ``[events]`` table of a TOML file (or the whole file when it has none)."""
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise DataError(f"{path}: cannot read event settings: {exc}") from exc
-        return cls.from_dict(data.get("events", data), base)
+    def from_toml(cls, path: str | Path | None = None, **overrides: float) -> EventConfig:
+        """The ``[events]`` table of a TOML file (or the whole file when it has none), with
+        ``overrides`` (e.g. command-line flags) replacing its defaults; classes keep their own keys."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise DataError(f"{path}: cannot read event settings: {exc}") from exc
+            data = dict(data.get("events", data))
+        return cls.from_dict({**data, **overrides})
 
     def check(self, classes: Sequence[str]) -> None:
         known = set(classes)
