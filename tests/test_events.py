@@ -199,3 +199,40 @@ def test_uncertain_mask_matches_uncertainty_reasons():
     ref = [uncertainty_reasons(p[i], 1.0 if ood[i] else -1.0, params, bool(bg[i]))[0] for i in range(200)]
     assert mask.tolist() == ref
     assert 0 < mask.sum() < 200
+
+
+# ----------------------------------------------------------------- event-based scores
+def test_event_scores_hand_computed():
+    from tympan.stats.event_scores import event_scores
+
+    ref = [("r1", "dog", 10.0, 15.0), ("r1", "dog", 30.0, 35.0), ("r1", "siren", 12.0, 20.0), ("r2", "dog", 5.0, 9.0)]
+    est = [("r1", "dog", 10.8, 14.0),   # TP (0.8 s late)
+           ("r1", "dog", 11.5, 16.0),   # FP: the 10 s dog is taken, 30 s is too far
+           ("r1", "dog", 28.9, 33.0),   # FP: 1.1 s early
+           ("r1", "siren", 11.0, 19.0),  # TP (exactly 1 s early)
+           ("r2", "siren", 5.0, 9.0)]   # FP: wrong label (and the r2 dog is missed)
+    s = event_scores(ref, est, collar=1.0)
+    assert (s.tp, s.fp, s.fn) == (2, 3, 2)
+    assert s.precision == pytest.approx(2 / 5) and s.recall == pytest.approx(2 / 4)
+    assert s.f1 == pytest.approx(2 * 0.4 * 0.5 / 0.9)
+    assert s.per_class == {"dog": (1, 2, 2), "siren": (1, 1, 0)}
+    assert s.macro_f1 == pytest.approx((2 * (1 / 3) * (1 / 3) / (2 / 3) + 2 / 3) / 2)
+    assert event_scores([], []).f1 == 0.0
+
+
+def test_event_scores_is_a_maximum_matching():
+    from scipy.optimize import linear_sum_assignment
+
+    from tympan.stats.event_scores import event_scores
+
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        r = np.sort(rng.uniform(0, 30, rng.integers(0, 12)))
+        e = np.sort(rng.uniform(0, 30, rng.integers(0, 12)))
+        s = event_scores([("x", "a", t, t) for t in r], [("x", "a", t, t) for t in e], collar=1.0)
+        best = 0
+        if len(r) and len(e):
+            ok = np.abs(r[:, None] - e[None, :]) <= 1.0
+            rows, cols = linear_sum_assignment(-ok.astype(float))
+            best = int(ok[rows, cols].sum())
+        assert s.tp == best and s.fp == len(e) - best and s.fn == len(r) - best
