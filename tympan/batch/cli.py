@@ -69,6 +69,9 @@ def _event_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-duration", type=float, default=None, metavar="SECONDS", help="drop shorter events")
     g.add_argument("--merge-gap", type=float, default=None, metavar="SECONDS",
                    help="merge events of one class separated by less than this")
+    g.add_argument("--event-overlap", type=float, default=None, metavar="SECONDS",
+                   help="how much of a sound a window holds when it fires; places event boundaries "
+                        "(default: half a window; see docs/live.md)")
 
 
 def event_config(args: argparse.Namespace, classes: list[str]):
@@ -76,7 +79,7 @@ def event_config(args: argparse.Namespace, classes: list[str]):
     from tympan.inference.events import EventConfig
 
     flags = {"on": args.event_on, "off": args.event_off, "min_duration_s": args.min_duration,
-             "merge_gap_s": args.merge_gap}
+             "merge_gap_s": args.merge_gap, "overlap_s": args.event_overlap}
     cfg = EventConfig.from_toml(args.events_config, **{k: v for k, v in flags.items() if v is not None})
     cfg.check(classes)
     return cfg

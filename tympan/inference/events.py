@@ -6,10 +6,15 @@ class's ``on`` threshold, and the event goes on while it stays at or above ``off
 continue one, and are counted in its trust fields). Events of one class separated by a gap
 shorter than ``merge_gap_s`` are merged; events shorter than ``min_duration_s`` are dropped.
 
-Time: each window owns the central ``hop`` seconds of its span (``centre ± hop/2``, within the
-window), so consecutive windows tile the timeline and an event's start and end fall within half
-a hop of where the sound's windows are. The first window of a stream owns from its start, and an
-event still open when the stream ends lasts to the end of its last window.
+Time: a window classifies everything in its span, so the first window that fires on a sound
+starts before it and the last ends after it. With ``overlap_s`` (δ: how much of a sound a window
+holds when it fires; default half a window), a window starting at ``s`` places an event's start
+at ``s + W - δ - hop/2`` and its end at ``s + δ + hop/2`` (within the window; ``W`` its length):
+with the default, each window owns the central ``hop`` seconds of its span and consecutive
+windows tile the timeline. An event whose start would fall after its end (a smaller δ on a lone
+window) is one hop around their midpoint. The first window of a stream places a start at its
+own start, and an event still open when the stream ends lasts to the end of its last window.
+``benchmarks/events.py`` measures onsets under both choices of δ on held-out ESC-50 clips.
 
 :class:`EventDetector` is the streaming form (windows fed one by one, events returned as they
 close: at the window that falls below ``off``, or once ``merge_gap_s`` has passed); the batch
@@ -62,6 +67,8 @@ class EventConfig:
     default: EventRule = field(default_factory=EventRule)
     classes: Mapping[str, EventRule] = field(default_factory=dict)
     only: tuple[str, ...] | None = None
+    #: how much of a sound a window holds when it first fires (seconds); None: half a window
+    overlap_s: float | None = None
 
     def rule(self, label: str) -> EventRule:
         return self.classes.get(label, self.default)
@@ -70,7 +77,7 @@ class EventConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> EventConfig:
         """``{"on": .., "off": .., "min_duration_s": .., "merge_gap_s": .., "only": [..],
         "classes": {"siren": {"on": 0.7}}}``; a class's keys override the defaults."""
-        unknown = set(data) - {*_RULE_KEYS, "only", "classes"}
+        unknown = set(data) - {*_RULE_KEYS, "only", "classes", "overlap_s"}
         if unknown:
             raise DataError(f"unknown event settings: {', '.join(sorted(unknown))}")
         try:
@@ -84,7 +91,11 @@ class EventConfig:
                 raise DataError(f"unknown event settings for {label!r}: {', '.join(sorted(bad))}")
             per[str(label)] = replace(default, **{k: float(v) for k, v in over.items()})
         only = data.get("only")
-        return cls(default, per, tuple(map(str, only)) if only else None)
+        overlap = data.get("overlap_s")
+        if overlap is not None and not float(overlap) >= 0:
+            raise DataError("overlap_s must not be negative")
+        return cls(default, per, tuple(map(str, only)) if only else None,
+                   None if overlap is None else float(overlap))
 
     @classmethod
     def from_toml(cls, path: str | Path | None = None, **overrides: float) -> EventConfig:
@@ -180,10 +191,14 @@ class EventDetector:
         if p.shape != (len(self.classes),):
             raise DataError(f"expected {len(self.classes)} class probabilities, got shape {p.shape}")
         start_s, end_s = float(start_s), float(end_s)
-        centre = (start_s + end_s) / 2
-        a = start_s if self.windows_seen == 0 else max(start_s, centre - self.hop_s / 2)
-        b = max(a, min(end_s, centre + self.hop_s / 2))
-        out = self._finalize_due(a)
+        centre, width, half = (start_s + end_s) / 2, end_s - start_s, self.hop_s / 2
+        delta = min(width, width / 2 if self.config.overlap_s is None else self.config.overlap_s)
+        first = self.windows_seen == 0
+        a = start_s if first else min(end_s, max(start_s, start_s + width - delta - half))
+        b = min(end_s, max(start_s, start_s + delta + half))
+        # no event opening here or later can start before this
+        now = start_s if first else min(a, max(start_s, centre - half))
+        out = self._finalize_due(now)
         eligible = not (ood or background)
         opens = ~self.active & self.enabled & (p >= self.on) if eligible else np.zeros_like(self.active)
         cont = self.active & (p >= self.off)
@@ -209,7 +224,7 @@ class EventDetector:
             self.n_unc[m] += int(uncertain)
             self.max_ood[m] = np.maximum(self.max_ood[m], float(ood_score))
             self.seg_end[m] = b
-        out += self._finalize_due(a)
+        out += self._finalize_due(now)
         self.windows_seen += 1
         self.last_end = end_s
         return sorted(out, key=lambda e: (e.start_s, e.index))
@@ -236,7 +251,11 @@ class EventDetector:
 
     # ------------------------------------------------------------------ internals
     def _close(self, k: int, end: float) -> list[Event]:
-        seg = _Segment(float(self.seg_start[k]), float(end), float(self.peak[k]), float(self.peak_s[k]),
+        start = float(self.seg_start[k])
+        if end < start:  # a lone window with a small overlap_s: one hop around the midpoint
+            mid = (start + end) / 2
+            start, end = mid - self.hop_s / 2, mid + self.hop_s / 2
+        seg = _Segment(start, float(end), float(self.peak[k]), float(self.peak_s[k]),
                        float(self.psum[k]), int(self.n[k]), int(self.n_ood[k]), int(self.n_bg[k]),
                        int(self.n_unc[k]), float(self.max_ood[k]))
         prev = self.pending.get(k)
