@@ -17,6 +17,7 @@ from typing import Any
 
 from tympan.batch.engine import FileResult
 from tympan.batch.tables import ROW_CHUNK, AudacityWriter, RavenWriter, TableWriter, _csv_text
+from tympan.batch.tables import read_window_table as read_event_table  # any CSV/Parquet table
 from tympan.contracts.events import Event
 from tympan.inference.events import EventConfig, EventDetector, window_scores
 from tympan.io import atomic_path, write_text_atomic
@@ -77,19 +78,6 @@ def write_event_table(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         write_text_atomic(path, _csv_text(rows, EVENT_COLUMNS, header=True))
 
 
-def read_event_table(path: Path) -> list[dict[str, Any]]:
-    """Read back an event table (tests, benchmarks): Parquet keeps types, CSV gives strings."""
-    import csv
-
-    path = Path(path)
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 class EventTableWriter(TableWriter):
     """CSV or Parquet (by suffix): each file's events in the ledger, the table written at close."""
 
@@ -117,26 +105,23 @@ def _as_window_rows(events: Sequence[Event]) -> list[dict[str, Any]]:
              "uncertain": e.uncertain_windows > 0} for e in events]
 
 
-class RavenEventWriter(RavenWriter):
+class _PerFileEvents:
+    """Mixin over a per-recording window writer: it renders the file's events instead."""
+
+    def __init__(self, out: Path, resume: bool, min_probability: float, high_hz: float, detect) -> None:
+        super().__init__(out, resume, min_probability, high_hz)  # type: ignore[call-arg]
+        self.detect = detect
+
+    def _write(self, result: FileResult, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return super()._write(result, _as_window_rows(self.detect(result)))  # type: ignore[misc]
+
+
+class RavenEventWriter(_PerFileEvents, RavenWriter):
     suffix = ".events.selection.table.txt"
 
-    def __init__(self, out: Path, resume: bool, min_probability: float, high_hz: float, detect) -> None:
-        super().__init__(out, resume, min_probability, high_hz)
-        self.detect = detect
 
-    def _write(self, result: FileResult, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return super()._write(result, _as_window_rows(self.detect(result)))
-
-
-class AudacityEventWriter(AudacityWriter):
+class AudacityEventWriter(_PerFileEvents, AudacityWriter):
     suffix = ".events.labels.txt"
-
-    def __init__(self, out: Path, resume: bool, min_probability: float, high_hz: float, detect) -> None:
-        super().__init__(out, resume, min_probability, high_hz)
-        self.detect = detect
-
-    def _write(self, result: FileResult, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return super()._write(result, _as_window_rows(self.detect(result)))
 
 
 def open_event_writer(out: Path, fmt: str, predictor: Any, config: EventConfig | None = None, *,
