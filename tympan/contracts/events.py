@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Event"]
+__all__ = ["Alert", "Event"]
 
 
 class Event(BaseModel):
@@ -34,3 +34,13 @@ class Event(BaseModel):
     def trusted(self) -> bool:
         """No window inside was out of distribution or background only."""
         return self.ood_windows == 0 and self.background_windows == 0
+
+
+class Alert(BaseModel):
+    """What an alert sink receives (the webhook's POST body, the command's stdin, the MQTT payload)."""
+
+    rule: str = Field(examples=["sirens at night"])
+    event: Event
+    trusted: bool = Field(description="no window inside the event was out of distribution or background only")
+    clip: str | None = Field(None, description="file name of the saved audio around the event, in the clips folder")
+    raised_at: str = Field(description="ISO 8601 wall-clock time the alert was raised")

@@ -6,4 +6,6 @@
   watched folder, a sound card), as blocks of float32 samples at the model's rate.
 - :mod:`.listener`: blocks -> windows -> the one prediction path -> the one event definition
   (:mod:`tympan.inference.events`), with lag accounting and dropped-window counters.
+- :mod:`.alerts`: TOML rules over closed events; webhook / command / MQTT sinks on background
+  threads; clips of the audio around each alert in a size-bounded folder.
 """

@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     li.add_argument("--stall-timeout", type=float, default=15.0, metavar="SECONDS")
     li.add_argument("--max-retries", type=int, default=None, help="give up after this many reconnects in a row")
     li.add_argument("--realtime", action="store_true", help="read a file at its own pace (ffmpeg -re)")
+    li.add_argument("--alerts", type=Path, default=None, metavar="TOML",
+                    help="alert rules and sinks (webhook, command, MQTT); see docs/live.md")
+    li.add_argument("--clips-dir", type=Path, default=None, help="save the audio around each alert here (WAV)")
+    li.add_argument("--clips-max-mb", type=float, default=500.0, help="size bound of --clips-dir (oldest removed)")
     _event_arguments(li)
     li.set_defaults(func=cmd_listen)
 
@@ -146,6 +150,12 @@ def cmd_listen(args: argparse.Namespace) -> int:
     predictor = Predictor(_bundle_dir(args.bundle), args.device, max_seconds=None)
     cfg = event_config(args, predictor.classes)
     sr = int(predictor.config.sample_rate)
+    alerts = None
+    if args.alerts is not None:
+        from tympan.live.alerts import load_alerts
+
+        alerts = load_alerts(args.alerts, predictor.classes, clips_dir=args.clips_dir,
+                             clips_max_mb=args.clips_max_mb, log=_log)
     store = EventStore(args.store) if args.store is not None else None
     stop = threading.Event()
 
@@ -170,7 +180,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
         return Listener(predictor, cfg, hop_s=args.hop, source=name, store=store, store_windows=args.store_windows,
                         on_event=on_event, on_window=on_window if args.verbose else None,
                         start_time=datetime.now(timezone.utc) if live else None,
-                        max_lag_s=args.max_lag, drop=live and not args.no_drop)
+                        max_lag_s=args.max_lag, drop=live and not args.no_drop, alerts=alerts,
+                        keep_audio_s=60.0 if args.clips_dir is not None else 0.0)
 
     def report(name: str, lis: Listener) -> None:
         st = lis.stats
@@ -215,6 +226,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        if alerts is not None:
+            alerts.close()  # delivers what is queued (each sink waits up to 30 s)
         if store is not None:
             store.close()
     return 130 if lis.interrupted else 0

@@ -16,6 +16,7 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -111,7 +112,7 @@ class Listener:
                  on_event: Callable[[Event], None] | None = None,
                  on_window: Callable[[WindowInfo, ListenStats], None] | None = None,
                  start_time: datetime | None = None, max_lag_s: float = 30.0, drop: bool = True,
-                 max_batch: int = 32) -> None:
+                 max_batch: int = 32, alerts: Any = None, keep_audio_s: float = 0.0) -> None:
         self.predictor = predictor
         self.sr = int(predictor.config.sample_rate)
         self.n = int(predictor.config.clip_samples)
@@ -127,6 +128,12 @@ class Listener:
         self.events: list[Event] = []
         self.interrupted = False
         self.wall_s = 0.0
+        #: alert rules and sinks (:class:`tympan.live.alerts.AlertManager`), handed each closed event
+        self.alerts = alerts
+        #: the last ``keep_audio_s`` of audio, for the clips of alerts
+        self.keep = int(keep_audio_s * self.sr)
+        self._ring: deque[tuple[int, np.ndarray]] = deque()
+        self._ring_n = 0
 
     # ------------------------------------------------------------------ classify
     def _emit(self, events: list[Event]) -> None:
@@ -137,6 +144,22 @@ class Listener:
                 self.store.add_event(e)
             if self.on_event is not None:
                 self.on_event(e)
+            if self.alerts is not None:
+                self.alerts.handle(e, self.audio_between, self.sr)
+
+    def _remember(self, pos: int, block: np.ndarray) -> None:
+        if self.keep <= 0:
+            return
+        self._ring.append((pos, block))
+        self._ring_n += len(block)
+        while self._ring and self._ring_n - len(self._ring[0][1]) >= self.keep:
+            self._ring_n -= len(self._ring.popleft()[1])
+
+    def audio_between(self, a_s: float, b_s: float) -> np.ndarray | None:
+        """The kept audio between two stream times (what is left of it), None when none is."""
+        a, b = int(a_s * self.sr), int(b_s * self.sr)
+        parts = [blk[max(0, a - p) : max(0, b - p)] for p, blk in self._ring if p < b and p + len(blk) > a]
+        return np.concatenate(parts) if parts else None
 
     def classify(self, starts: list[int], wins: list[np.ndarray]) -> None:
         """One forward pass over filled windows, then the event detector, window by window."""
@@ -214,6 +237,7 @@ class Listener:
                     self.stats.audio_s = (pos + len(block)) / self.sr
                     continue
                 starts, wins, skipped = win.add(pos, block)
+                self._remember(pos, block)
                 if skipped:
                     self.stats.gaps += 1
                 self.stats.audio_s = (pos + len(block)) / self.sr
