@@ -8,7 +8,8 @@ Tables: ``esc50_cv`` (``results/esc50_cv.json``: five-fold CV per model and reci
 ``robustness`` (``results/robustness.json``: the shipped model under field shifts), ``trust_ood``
 ``trust_performance`` and ``trust_performance_cv`` (``benchmarks/trust.py``: OOD and background
 rates; accuracy-estimate bias and the gate per shift on the shipped model's held-out fold; the
-bias pooled over the five held-out folds of a five-fold run, with interval coverage).
+bias pooled over the five held-out folds of a five-fold run, with interval coverage), ``events``
+(``results/events.json``, ``benchmarks/events.py``: event precision / recall / F1 on long recordings).
 """
 
 from __future__ import annotations
@@ -193,7 +194,27 @@ def render_trust_performance_cv(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"esc50_cv": render_esc50_cv, "robustness": render_robustness, "trust_ood": render_trust_ood,
+def render_events(r: dict[str, Any]) -> str:
+    """Event P / R / F1 per setting and hop (``results/events.json``, ``benchmarks/events.py``)."""
+    d, m = r["data"], r["metric"]
+    hops = sorted({row["hop_s"] for row in r["rows"]}, reverse=True)
+    wide = f"f1_collar_{m['wide_collar_s']:g}s"
+    head = (f"`{r['model']['bundle']}` ({r['model']['name']}), {d['recordings']} recordings of {d['clips']} held-out "
+            f"fold-{d['fold']} clips ({d['audio_hours']:.2f} h, gaps {d['gaps_s'][0]:g}-{d['gaps_s'][1]:g} s over a "
+            f"{d['noise_floor_dbfs']} dBFS noise floor); precision / recall / **F1** with onsets within "
+            f"±{m['collar_s']:g} s (F1 within ±{m['wide_collar_s']:g} s in brackets); `{r['command'].strip()}`")
+    lines = [head, "", "| setting | " + " | ".join(f"hop {h:g} s" for h in hops) + " |",
+             "|---|" + "---:|" * len(hops)]
+    for name in dict.fromkeys(row["setting"] for row in r["rows"]):
+        cells = []
+        for h in hops:
+            row = next(x for x in r["rows"] if x["setting"] == name and x["hop_s"] == h)
+            cells.append(f"{row['precision']:.2f} / {row['recall']:.2f} / **{row['f1']:.2f}** ({row[wide]:.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"events": render_events, "esc50_cv": render_esc50_cv, "robustness": render_robustness, "trust_ood": render_trust_ood,
              "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
              "trust_performance_cv_baseline": render_trust_performance_cv}
 

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # System packages the tests and tools use, where we may install them (root with apt-get):
 # Chromium + driver (dashboard browser test), espeak-ng / fluidsynth / GM soundfont / sound
-# themes (the out-of-distribution set), ffmpeg (`tympan listen` on files and streams). Without them
-# those tests skip. TYMPAN_SYSTEM_DEPS=0 skips.
+# themes (the out-of-distribution set), ffmpeg (`tympan listen` on files and streams). Without
+# them those tests skip. TYMPAN_SYSTEM_DEPS=0 skips.
 if [ "${TYMPAN_SYSTEM_DEPS:-1}" = 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   need=()
   for pkg in chromium chromium-driver espeak-ng fluidsynth timgm6mb-soundfont sound-theme-freedesktop gnome-audio ffmpeg; do

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tympan.datasets",),
     ("tympan.inference",),
     ("tympan.batch",),
+    ("tympan.live",),
     ("tympan.training",),
     ("tympan.diagnostics",),
     ("tympan.adaptation",),

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "tympan.training.cli",
     "tympan.serving.cli",
     "tympan.batch.cli",
+    "tympan.live.cli",
     "tympan.diagnostics.cli",
     "tympan.adaptation.cli",
     "tympan.dashboard.cli",

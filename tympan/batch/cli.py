@@ -4,7 +4,9 @@ Without ``--out``/``--summary``, each short file (up to 600 s) prints one line (
 ``--json``, the ``/predict`` body) exactly as the HTTP API answers it; longer recordings print
 the labels by share of their windows instead of one averaged label. With ``--out``, every
 window of every recording becomes a row of a CSV / Parquet table (or Raven selection tables,
-Audacity label tracks), written per finished file, resumable with ``--resume``.
+Audacity label tracks), written per finished file, resumable with ``--resume``. With
+``--format events`` (or ``raven-events``, ``audacity-events``) the rows are sound events instead
+(:mod:`tympan.inference.events`: hysteresis thresholds, minimum duration, merge gap).
 
 Exit codes: 0 every file analysed (or the failed share within ``--max-failed-share``); 2 files
 could not be analysed beyond that share, or a usage error (one line); 130 interrupted (the
@@ -36,8 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=None,
                    help="window table: results.csv or results.parquet; a folder for --format raven/audacity")
-    p.add_argument("--format", choices=["csv", "parquet", "raven", "audacity"], default=None,
-                   help="table format (default: from --out's suffix, else csv)")
+    p.add_argument("--format", choices=["csv", "parquet", "raven", "audacity", "events", "raven-events",
+                                        "audacity-events"], default=None,
+                   help="table format (default: from --out's suffix, else csv); events: one row per sound event "
+                        "(CSV or Parquet by --out's suffix), raven-events/audacity-events: per recording")
+    _event_arguments(p)
     p.add_argument("--summary", type=Path, default=None,
                    help="one row per file (.csv, .parquet or .jsonl): duration, windows, top labels, OOD share, "
                         "status and error")
@@ -51,6 +56,33 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="exit 0 while at most this share of files could not be analysed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+
+def _event_arguments(p: argparse.ArgumentParser) -> None:
+    """Event settings shared by ``predict --format events`` and ``listen``."""
+    g = p.add_argument_group("sound events")
+    g.add_argument("--events-config", type=Path, default=None, metavar="TOML",
+                   help="event settings: on, off, min_duration_s, merge_gap_s, only, [classes.NAME] overrides")
+    g.add_argument("--event-on", type=float, default=None, help="probability that opens an event (default 0.5)")
+    g.add_argument("--event-off", type=float, default=None,
+                   help="probability below which an open event ends (default 0.3; hysteresis)")
+    g.add_argument("--min-duration", type=float, default=None, metavar="SECONDS", help="drop shorter events")
+    g.add_argument("--merge-gap", type=float, default=None, metavar="SECONDS",
+                   help="merge events of one class separated by less than this")
+    g.add_argument("--event-overlap", type=float, default=None, metavar="SECONDS",
+                   help="how much of a sound a window holds when it fires; places event boundaries "
+                        "(default: half a window; see docs/live.md)")
+
+
+def event_config(args: argparse.Namespace, classes: list[str]):
+    """The event settings of the command line: a TOML file, the flags replacing its defaults."""
+    from tympan.inference.events import EventConfig
+
+    flags = {"on": args.event_on, "off": args.event_off, "min_duration_s": args.min_duration,
+             "merge_gap_s": args.merge_gap, "overlap_s": args.event_overlap}
+    cfg = EventConfig.from_toml(args.events_config, **{k: v for k, v in flags.items() if v is not None})
+    cfg.check(classes)
+    return cfg
 
 
 def _bundle_dir(arg: Path | None) -> Path:
@@ -70,7 +102,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("--jobs must be at least 1")
     if not 0.0 <= args.max_failed_share <= 1.0:
         raise ValueError("--max-failed-share must be between 0 and 1")
-    if args.format in ("raven", "audacity") and args.out is None:
+    if args.format in ("raven", "audacity", "events", "raven-events", "audacity-events") and args.out is None:
         raise ValueError(f"--format {args.format} needs --out FOLDER")
     bundle = _bundle_dir(args.bundle)
     predictor = Predictor(bundle, args.device, max_seconds=PRINT_MAX_SECONDS)
@@ -163,6 +195,7 @@ def _table_mode(args: argparse.Namespace, predictor: Any) -> int:
     from tqdm import tqdm
 
     from tympan.batch.engine import BatchOptions, run_batch
+    from tympan.batch.event_tables import EVENT_FORMATS, open_event_writer
     from tympan.batch.sources import scan_sources
     from tympan.batch.tables import format_for, open_writer, summary_row, window_rows, write_summary
     from tympan.errors import DataError
@@ -170,9 +203,13 @@ def _table_mode(args: argparse.Namespace, predictor: Any) -> int:
     scan = scan_sources(args.paths)
     if not scan.sources:
         raise DataError(f"no audio files under {', '.join(map(str, args.paths))}")
-    fmt = format_for(args.out, args.format)
     writer = None
-    if args.out is not None:
+    if args.format in EVENT_FORMATS:
+        writer = open_event_writer(args.out, args.format, predictor, event_config(args, predictor.classes),
+                                   hop_s=args.hop, resume=args.resume, min_probability=args.min_probability,
+                                   high_hz=float(predictor.config.f_max or predictor.config.sample_rate / 2))
+    elif args.out is not None:
+        fmt = format_for(args.out, args.format)
         writer = open_writer(args.out, fmt, resume=args.resume, min_probability=args.min_probability,
                              high_hz=float(predictor.config.f_max or predictor.config.sample_rate / 2))
     done = writer.done() if writer is not None else set()

@@ -4,6 +4,8 @@
   energy OOD score and flag, uncertainty), for one recording or many. Pure arrays; defined once.
 - :mod:`.predictor`: :class:`Predictor`, audio -> windows -> bundle front end -> model ->
   :mod:`.prediction`; shared by the HTTP API, ``tympan predict``, ``diagnose`` and adaptation.
+- :mod:`.events`: window predictions -> sound events (hysteresis, minimum duration, merge gap),
+  streaming and batch; the one definition.
 - :mod:`.saliency`: what the network saw and where it looked (feature maps, Grad-CAM).
 """
 
@@ -15,6 +17,7 @@ from tympan.inference.prediction import (
     UncertaintyPolicy,
     aggregate,
     predict_recording,
+    uncertain_mask,
     uncertainty_reasons,
 )
 from tympan.inference.predictor import DEFAULT_MAX_SAMPLES, EmbedAndClassify, Predictor, Prepared, bundle_version
@@ -32,5 +35,6 @@ __all__ = [
     "aggregate",
     "bundle_version",
     "predict_recording",
+    "uncertain_mask",
     "uncertainty_reasons",
 ]

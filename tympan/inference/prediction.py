@@ -45,6 +45,7 @@ __all__ = [
     "UncertaintyPolicy",
     "aggregate",
     "predict_recording",
+    "uncertain_mask",
     "uncertainty_reasons",
 ]
 
@@ -239,6 +240,15 @@ def uncertainty_reasons(probabilities: np.ndarray, score: float, params: TrustPa
     if thr is None:
         reasons.append(NO_THRESHOLD_NOTE)
     return uncertain, reasons
+
+
+def uncertain_mask(probabilities: np.ndarray, ood: np.ndarray, background: np.ndarray,
+                   policy: UncertaintyPolicy) -> np.ndarray:
+    """(n,) bool: :func:`uncertainty_reasons`' flag for many windows at once (vectorised)."""
+    p = np.sort(np.asarray(probabilities, np.float64), axis=1)[:, ::-1]
+    margin = p[:, 0] - p[:, 1] if p.shape[1] > 1 else np.ones(len(p))
+    return (np.asarray(ood, bool) | np.asarray(background, bool) | (p[:, 0] < policy.min_confidence)
+            | (margin < policy.min_margin))
 
 
 def _top(probs: np.ndarray, classes: Sequence[str], k: int) -> list[ClassScore]:

@@ -1,0 +1,133 @@
+"""Alerts: rules (classes, probability, duration, cooldown, quiet hours, trusted only), a real
+local HTTP server receiving the webhook (a 500 first: retried), a command sink, saved clips in
+a size-bounded folder, and a sink that never answers not blocking the caller."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import shutil
+import socket
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from test_live_listen import recording  # noqa: F401 - the shared fixture
+from tympan.cli import main
+from tympan.contracts.events import Alert, Event
+from tympan.errors import DataError
+from tympan.live.alerts import AlertRule, ClipFolder, WebhookSink, load_alerts
+
+
+def _event(label="siren", start=0.0, p=0.9, dur=3.0, ood=0, when=None) -> Event:
+    return Event(label=label, index=0, start_s=start, end_s=start + dur, duration_s=dur, peak_s=start, peak_probability=p,
+                 mean_probability=p, windows=2, ood_windows=ood, max_ood_score=0.0, start_time=when)
+
+
+def test_rules():
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+    r = AlertRule("r", classes=("siren",), min_probability=0.8, min_duration_s=2.0, cooldown_s=60,
+                  quiet_hours=(22 * 60, 6 * 60), require_trusted=True)
+    assert not r.matches(_event(label="dog"), now)
+    assert not r.matches(_event(p=0.7), now)
+    assert not r.matches(_event(dur=1.0), now)
+    assert not r.matches(_event(ood=1), now)
+    assert not r.matches(_event(when="2026-05-01T23:30:00+00:00"), now)  # quiet hours across midnight
+    assert not r.matches(_event(when="2026-05-01T05:59:00+00:00"), now)
+    assert r.matches(_event(start=100, when="2026-05-01T06:00:00+00:00"), now)
+    assert not r.matches(_event(start=150), now)  # cooldown: 50 s after the last
+    assert r.matches(_event(start=161), now)
+
+
+def test_bad_rule_files(tmp_path: Path):
+    f = tmp_path / "a.toml"
+    for text, msg in [('[[rules]]\nname = "x"\nsinks = ["nope"]\n', "no sink named nope"),
+                      ('[[rules]]\nclasses = ["zebra"]\n', "unknown classes zebra"),
+                      ('[[rules]]\nquiet_hours = "late"\n', "quiet_hours must read like"),
+                      ('[[rules]]\ncolor = 1\n', "unknown keys color"),
+                      ('[sinks.h]\ntype = "webhook"\n[[rules]]\n', "sink 'h' needs 'url'"),
+                      ('[sinks.h]\ntype = "pager"\n[[rules]]\n', "unknown type 'pager'"),
+                      ("", "no [[rules]]"), ("[[rules", "cannot read alert rules")]:
+        f.write_text(text)
+        with pytest.raises(DataError, match=re.escape(msg)):
+            load_alerts(f, ["siren", "dog"])
+
+
+def test_clip_folder_is_bounded(tmp_path: Path):
+    clips = ClipFolder(tmp_path / "clips", max_bytes=100_000)
+    for i in range(10):
+        clips.save(f"c{i}.wav", np.zeros(16_000, np.float32), 16_000)  # 32 kB each
+    names = sorted(p.name for p in (tmp_path / "clips").glob("*.wav"))
+    assert names == ["c7.wav", "c8.wav", "c9.wav"]
+
+
+def test_a_sink_that_never_answers_does_not_block(tmp_path: Path):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)  # accepts (in the backlog) and never answers
+    logs: list[str] = []
+    sink = WebhookSink("slow", f"http://127.0.0.1:{srv.getsockname()[1]}/", logs.append, retries=0, timeout_s=30)
+    alert = Alert(rule="r", event=_event(), trusted=True, raised_at="2026-05-01T00:00:00+00:00")
+    for _ in range(300):
+        sink.submit(alert)  # returns at once: the thread is stuck on the first POST
+    assert sink.dropped >= 300 - 257 and sink.sent == 0
+    assert any("queue full" in m for m in logs)
+    srv.close()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_listen_posts_alerts_to_a_local_webhook_with_clips(fitted_bundle: Path, recording: Path,  # noqa: F811
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    got: list[dict] = []
+    codes: list[int] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            code = 500 if not codes else 200  # the first POST fails: the sink retries it
+            codes.append(code)
+            if code == 200:
+                got.append(json.loads(body))
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    out = tmp_path / "cmd.jsonl"
+    cfg = tmp_path / "alerts.toml"
+    cmd = [sys.executable, "-c", f"import sys; open({str(out)!r}, 'ab').write(sys.stdin.buffer.read() + b'\\n')"]
+    cfg.write_text(f'[sinks.hook]\ntype = "webhook"\nurl = "http://127.0.0.1:{srv.server_address[1]}/a"\n'
+                   f'backoff_s = 0.1\n[sinks.cmd]\ntype = "command"\nargv = {json.dumps(cmd)}\n'
+                   '[[rules]]\nname = "everything"\nsinks = ["hook", "cmd"]\n'
+                   '[[rules]]\nname = "confident, once per class"\nmin_probability = 0.99\ncooldown_s = 1e9\n'
+                   'sinks = ["hook"]\n')
+    try:
+        capsys.readouterr()
+        assert main(["listen", str(recording), "--bundle", str(fitted_bundle), "--json", "--alerts", str(cfg),
+                     "--clips-dir", str(tmp_path / "clips")]) == 0
+    finally:
+        srv.shutdown()
+    events = [Event(**json.loads(line)) for line in capsys.readouterr().out.splitlines()]
+    alerts = [Alert(**a) for a in got]
+    assert len(events) >= 3 and codes[0] == 500
+    everything = [a for a in alerts if a.rule == "everything"]
+    assert sorted((a.event.start_s, a.event.label) for a in everything) == sorted((e.start_s, e.label) for e in events)
+    once = [a.event.label for a in alerts if a.rule != "everything"]
+    assert len(once) == len(set(once)) and all(a.event.peak_probability >= 0.99 for a in alerts if a.rule != "everything")
+    assert len(codes) == len(alerts) + 1
+    by_cmd = [Alert(**json.loads(line)) for line in out.read_text().splitlines()]
+    assert sorted(a.event.start_s for a in by_cmd) == sorted(a.event.start_s for a in everything)
+    for a in everything:
+        y, sr = sf.read(tmp_path / "clips" / a.clip)
+        assert sr == 16_000 and 0 < len(y) / sr <= a.event.duration_s + 2.0 + 1e-6
+        assert a.trusted == a.event.trusted
