@@ -42,6 +42,11 @@ def diagnostics_cache_dir(root: str | Path | None = None) -> Path:
     return cache_root(root) / "diagnostics"
 
 
+def runtime_cache_dir(root: str | Path | None = None) -> Path:
+    """Where exported ONNX graphs and backend choices are kept for bundles that are read-only."""
+    return cache_root(root) / "runtime"
+
+
 @dataclass
 class FeatureSet:
     """Cached log-mels of a data set, aligned with its clips."""
