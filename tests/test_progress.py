@@ -6,6 +6,7 @@ import fcntl
 import io
 import os
 import pty
+import select
 import struct
 import sys
 import termios
@@ -27,7 +28,10 @@ def test_the_line_names_audio_speed_eta_and_failures(monkeypatch: pytest.MonkeyP
             line = p.status()
             assert not p.bar.disable  # a terminal: the bar shows
         tty.flush()
-        shown = os.read(master, 65536).decode(errors="replace")
+        chunks = []
+        while select.select([master], [], [], 0.2)[0]:  # everything written so far, in pieces
+            chunks.append(os.read(master, 65536))
+        shown = b"".join(chunks).decode(errors="replace")
     finally:
         tty.close()
         os.close(master)
