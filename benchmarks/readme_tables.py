@@ -9,7 +9,9 @@ Tables: ``esc50_cv`` (``results/esc50_cv.json``: five-fold CV per model and reci
 ``trust_performance`` and ``trust_performance_cv`` (``benchmarks/trust.py``: OOD and background
 rates; accuracy-estimate bias and the gate per shift on the shipped model's held-out fold; the
 bias pooled over the five held-out folds of a five-fold run, with interval coverage), ``events``
-(``results/events.json``, ``benchmarks/events.py``: event precision / recall / F1 on long recordings).
+(``results/events.json``, ``benchmarks/events.py``: event precision / recall / F1 on long recordings),
+``startup`` (``benchmarks/startup.py``: start-up of ``tympan --help``, ``predict`` and ``serve`` over
+``import torch``).
 """
 
 from __future__ import annotations
@@ -214,9 +216,17 @@ def render_events(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_startup(doc: dict[str, Any]) -> str:
+    """Start-up of ``tympan --help`` / ``predict`` / ``serve`` against ``import torch`` (``results/startup.json``)."""
+    sys.path.insert(0, str(HERE))
+    from startup import render_table
+
+    return render_table(doc)
+
+
 RENDERERS = {"events": render_events, "esc50_cv": render_esc50_cv, "robustness": render_robustness, "trust_ood": render_trust_ood,
              "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
-             "trust_performance_cv_baseline": render_trust_performance_cv}
+             "trust_performance_cv_baseline": render_trust_performance_cv, "startup": render_startup}
 
 
 def render_all(results: Path = RESULTS) -> dict[str, str]:

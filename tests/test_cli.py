@@ -46,3 +46,39 @@ def test_diagnose_entry_point_exists() -> None:
     from tympan.cli import diagnose_main
 
     assert callable(diagnose_main)
+
+
+def test_command_table_matches_what_the_modules_register() -> None:
+    import argparse
+    import importlib
+
+    from tympan.cli import COMMAND_MODULES, COMMANDS, build_parser
+
+    def listed(parser: argparse.ArgumentParser) -> dict[str, str]:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return {a.dest: a.help for a in sub._choices_actions}
+
+    assert listed(build_parser()) == {name: help_line for name, (_, help_line) in COMMANDS.items()}
+    for module in COMMAND_MODULES:  # each command is registered by the module the table names
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert set(sub.choices) == {name for name, (m, _) in COMMANDS.items() if m == module}
+    # the lazy parser lists the same commands, in the same order, whichever one is asked for
+    for command in COMMANDS:
+        assert list(listed(build_parser([command]))) == list(COMMANDS)
+
+
+def test_start_up_imports_only_the_command_asked_for() -> None:
+    probe = ("import sys; from tympan.cli import build_parser; build_parser(sys.argv[1:]); "
+             "heavy = ('torch', 'tympan.training', 'tympan.corruptions', 'scipy.signal', 'tympan.diagnostics', "
+             "'tympan.adaptation', 'onnx'); print(' '.join(m for m in heavy if m in sys.modules))")
+
+    def loaded(*argv: str) -> set[str]:
+        out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return set(out.stdout.split())
+
+    assert loaded("--help") == set()
+    assert loaded("predict", "x.wav") == set()  # the model's modules load in the handler
+    assert loaded("serve") == set()
+    assert "tympan.training" in loaded("train")

@@ -42,6 +42,11 @@ def diagnostics_cache_dir(root: str | Path | None = None) -> Path:
     return cache_root(root) / "diagnostics"
 
 
+def runtime_cache_dir(root: str | Path | None = None) -> Path:
+    """Where exported ONNX graphs and backend choices are kept for bundles that are read-only."""
+    return cache_root(root) / "runtime"
+
+
 @dataclass
 class FeatureSet:
     """Cached log-mels of a data set, aligned with its clips."""
@@ -127,21 +132,22 @@ def _decode(path: Path, frontend: FrontendConfig) -> np.ndarray:
 
 def _build(entry: Path, dataset: LabelledClips, frontend: FrontendConfig, dtype: str,
            batch_size: int, progress: bool, device: str) -> None:
-    from tqdm import tqdm
+    from tympan.progress import JobProgress
 
     start = time.perf_counter()
     logmel = LogMel(frontend).to(device)
     shape = (len(dataset), 1, frontend.n_mels, frontend.n_frames)
     with atomic_dir(entry) as tmp:
         out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=dtype, shape=shape)
-        bar = tqdm(total=len(dataset), desc="featurising", unit="clip", disable=not progress)
+        bar = JobProgress(len(dataset), "featurising", quiet=not progress)
         with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
             for lo in range(0, len(dataset), batch_size):
                 paths = dataset.files[lo : lo + batch_size]
                 waves = np.stack(list(pool.map(lambda p: _decode(p, frontend), paths)))
                 feats = logmel(torch.from_numpy(waves).to(device)).cpu().numpy()
                 out[lo : lo + len(paths)] = feats.astype(dtype)
-                bar.update(len(paths))
+                for _ in paths:
+                    bar.done(frontend.clip_seconds)
         bar.close()
         out.flush()
         del out

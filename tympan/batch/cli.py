@@ -192,13 +192,12 @@ def _exit_code(failed: int, n: int, max_share: float) -> int:
 
 # --------------------------------------------------------------------------------- tables
 def _table_mode(args: argparse.Namespace, predictor: Any) -> int:
-    from tqdm import tqdm
-
     from tympan.batch.engine import BatchOptions, run_batch
     from tympan.batch.event_tables import EVENT_FORMATS, open_event_writer
     from tympan.batch.sources import scan_sources
     from tympan.batch.tables import format_for, open_writer, summary_row, window_rows, write_summary
     from tympan.errors import DataError
+    from tympan.progress import JobProgress
 
     scan = scan_sources(args.paths)
     if not scan.sources:
@@ -221,7 +220,7 @@ def _table_mode(args: argparse.Namespace, predictor: Any) -> int:
     if not args.quiet:
         print(f"tympan predict: {len(scan.sources)} recordings, {len(scan.skipped)} non-audio and "
               f"{scan.hidden} hidden files skipped{note}", file=sys.stderr)
-    bar = tqdm(total=todo, unit="file", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    bar = JobProgress(todo, quiet=args.quiet)
     audio_s, t0, failed, interrupted = 0.0, time.perf_counter(), 0, False
     try:
         for res in run_batch(predictor, scan.sources, BatchOptions(hop_s=args.hop, jobs=args.jobs), skip=skip):
@@ -230,13 +229,9 @@ def _table_mode(args: argparse.Namespace, predictor: Any) -> int:
             if writer is not None:
                 writer.append(res, rows, s)
             summaries[s["file"]] = s
-            if not res.ok:
-                failed += 1
-                bar.write(f"tympan: error: {res.error}", file=sys.stderr)
+            failed += not res.ok
             audio_s += res.duration_s
-            wall = time.perf_counter() - t0
-            bar.set_postfix_str(f"{audio_s / 3600:.2f} h audio, {audio_s / max(wall, 1e-9):.0f}x real time", refresh=False)
-            bar.update(1)
+            bar.done(res.duration_s, ok=res.ok, error=res.error)
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -188,6 +188,53 @@ def _local_messages(cfg: _Config, jobs: Sequence[tuple[int, str, int]]) -> Itera
             yield ("error", idx, _failure(exc))
 
 
+def _prefetched(messages: Iterator[tuple], depth: int = 4) -> Iterator[tuple]:
+    """``messages`` produced by a decode thread ``depth`` ahead: decoding and resampling (soxr,
+    libsndfile) and the forward pass (ONNX Runtime) release the GIL, so they overlap on two
+    cores. Same messages, same order; closing this generator stops the thread."""
+    import threading
+
+    out: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for msg in messages:
+                if not put(msg):
+                    break
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            put(("raise", exc))
+        finally:
+            close = getattr(messages, "close", None)
+            if stop.is_set() and close is not None:
+                close()
+            put(end)
+
+    thread = threading.Thread(target=produce, name="tympan-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            msg = out.get()
+            if msg is end:
+                return
+            if msg[0] == "raise":
+                raise msg[1]
+            yield msg
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def _worker(cfg: _Config, tasks: Any, results: Any) -> None:
     """Worker process: decode + the bundle's front end; features go back to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -304,7 +351,7 @@ def run_batch(
         return
     workers = max(1, int(options.jobs)) > 1 and len(jobs) > 0
     messages = (_worker_messages(cfg, jobs, min(int(options.jobs), len(jobs))) if workers
-                else _local_messages(cfg, jobs))
+                else _prefetched(_local_messages(cfg, jobs)))
     acc: dict[int, _Acc] = {}
     pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     keep_embeddings = bool(options.with_embeddings or getattr(predictor.params, "needs_embeddings", False))

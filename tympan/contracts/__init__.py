@@ -6,6 +6,7 @@ One definition per document:
 * :mod:`.diagnostics` -- the bundle's held-out diagnostics block (``bundle.extra["diagnostics"]``,
   ``GET /model`` → ``"diagnostics"``): :class:`~.diagnostics.Diagnostics`.
 * :mod:`.report` -- ``report.json`` of ``diagnose``: :class:`~.report.DiagnoseReport`.
+* :mod:`.runtime` -- a runtime cache entry (exported graph's check, backend choice): :class:`~.runtime.RuntimeEntry`.
 
 Producers validate what they write; readers parse with the same models, so a change to a
 contract shows up as a validation error naming the field, not as a silently missing one.

@@ -70,9 +70,8 @@ def analyse_archive(
     acoustic_sample: int = DEFAULT_ACOUSTIC_SAMPLE,
     long_seconds: float = LONG_SECONDS,
 ) -> Any:
-    from tqdm import tqdm
-
     from tympan.diagnostics.field import ClipSet
+    from tympan.progress import JobProgress
     from tympan.errors import DataError
 
     folder = Path(folder)
@@ -93,9 +92,11 @@ def analyse_archive(
     acoustic, acoustic_index, bad = [], [], []
     seconds_ok = seconds_bad = 0.0
     windows_total = 0
-    bar = tqdm(total=len(sources), desc=f"diagnose {folder.name}", unit="file", disable=not progress, leave=False)
+    known = [d for d in durations if d is not None]
+    bar = JobProgress(len(sources), f"diagnose {folder.name}", quiet=not progress, leave=False,
+                      total_audio_s=sum(known) if len(known) == len(durations) else None)
     for res in run_batch(predictor, sources, opts, acoustic_quota=quota):
-        bar.update(1)
+        bar.done(res.duration_s if res.ok else 0.0, ok=res.ok)
         src = res.source
         if not res.ok:
             bad.append({"file": src.name, "reason": str(res.error)})

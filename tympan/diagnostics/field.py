@@ -163,21 +163,21 @@ def analyse_sources(
     decoded waveform at the model's rate before anything is measured; ``rng`` is seeded per
     clip from ``seed`` and the clip's position, so runs are reproducible.
     """
-    from tqdm import tqdm
-
     from tympan.errors import AudioError
+    from tympan.progress import JobProgress
 
     sr = int(predictor.config.sample_rate)
     ids, acoustic, embs, logits, probs, energy, nwin, formats, bad = [], [], [], [], [], [], [], [], []
     ood_scores: list[float] = []
     backgrounds: list[bool | None] = []
     items = list(sources) if total is None else sources
-    bar = tqdm(items, desc=desc, unit="file", disable=not progress, total=total or len(items), leave=False)
-    for pos, (clip_id, src) in enumerate(bar):
+    bar = JobProgress(total or len(items), desc, quiet=not progress, leave=False)
+    for pos, (clip_id, src) in enumerate(items):
         try:
             decoded = predictor.decode(src)
         except (AudioError, OSError) as exc:
             bad.append({"file": str(clip_id), "reason": str(exc)})
+            bar.done(ok=False)
             continue
         y = decoded.waveform
         if transform is not None:
@@ -206,6 +206,7 @@ def analyse_sources(
             "format": str(decoded.format),
             "subtype": str(decoded.subtype),
         })
+        bar.done(decoded.source_duration)
     bar.close()
     n = len(ids)
     k = int(predictor.n_classes)

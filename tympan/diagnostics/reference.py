@@ -42,8 +42,6 @@ def esc50_acoustic(dataset: Any, sample_rate: int, *, progress: bool = True,
     The key covers every clip's bytes (``ESC50.fingerprint``), the rate and ``transform_key``
     (name the corruption when ``transform`` is given); the file is written atomically.
     """
-    from tqdm import tqdm
-
     from tympan.audio import load_audio  # noqa: PLC0415 - decoding only when the cache misses
 
     h = hashlib.sha256(f"acoustic-v{ACOUSTIC_CACHE_VERSION}|{sample_rate}|{transform_key}|"
@@ -52,14 +50,19 @@ def esc50_acoustic(dataset: Any, sample_rate: int, *, progress: bool = True,
     if path.is_file():
         with np.load(path) as data:
             return data["features"]
+    from tympan.progress import JobProgress
+
     rows = []
-    for pos, p in enumerate(tqdm(dataset.files, desc="acoustic features", unit="clip", disable=not progress)):
+    bar = JobProgress(len(dataset.files), "acoustic features", quiet=not progress)
+    for pos, p in enumerate(dataset.files):
         d = load_audio(p, sample_rate, max_seconds=None)
+        bar.done(d.source_duration)
         y = d.waveform
         if transform is not None:
             y = np.asarray(transform(y, sample_rate, np.random.default_rng([0, pos])), np.float32)
         f = acoustic_features(y, sample_rate, source_sr=d.source_sample_rate, duration=d.source_duration)
         rows.append([f[k] for k in FEATURE_NAMES])
+    bar.close()
     feats = np.asarray(rows, np.float64).reshape(len(rows), len(FEATURE_NAMES))
     save_npz_atomic(path, features=feats)
     return feats

@@ -80,20 +80,24 @@ def window_outputs(predictor: Predictor, files: Sequence[str | Path], *, cache_k
         if path.is_file():
             with np.load(path) as d:
                 return WindowOutputs(d["embeddings"], d["logits"], d["levels"], d["index"])
-    from tqdm import tqdm
+    from tympan.progress import JobProgress
 
     embs, logits, levels, index = [], [], [], []
-    for i, f in enumerate(tqdm(files, desc=desc, unit="file", disable=not progress, leave=False)):
+    bar = JobProgress(len(files), desc, quiet=not progress, leave=False)
+    for i, f in enumerate(files):
         try:
             prepared = predictor.prepare(f)
         except (AudioError, OSError):
+            bar.done(ok=False)
             continue
+        bar.done(prepared.decoded.source_duration)
         windows = prepared.windows if gain_db == 0 else prepared.windows * np.float32(10 ** (gain_db / 20))
         e, z = predictor.forward(windows)
         embs.append(e)
         logits.append(z)
         levels.append(level_features(windows, predictor.config.sample_rate))
         index.append(np.full(len(z), i, np.int64))
+    bar.close()
     out = WindowOutputs(np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32),
                         np.concatenate(levels), np.concatenate(index))
     if path is not None:

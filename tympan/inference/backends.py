@@ -4,12 +4,14 @@
 in, embeddings and logits out, one graph), checks each against the eager module on a batch of
 windows (every output within :data:`PARITY_ATOL`, else it is not used), times the ones that
 agree on one window, interleaved so a busy machine slows them alike, and returns the fastest
-(``backend="auto"``) or the one asked for. Any failure (onnxruntime or onnx not installed, an
+(``backend="auto"``) or the one asked for. With a :class:`~.runtime_cache.RuntimeCache`, a clean
+choice (no copy rejected) and the exported graph are kept, and the next start rebuilds the
+runner from them, checked against the stored eager outputs, without exporting or timing. Any failure (onnxruntime or onnx not installed, an
 export or a trace that fails, a copy that disagrees) falls back to eager with a log line: the
 eager module is the reference and always works.
 
-- ``onnx``: the module exported with ``torch.onnx.export`` at load time (a few seconds; batch
-  axis dynamic) and run by ONNX Runtime's CPU execution provider, with ``threads`` intra-op
+- ``onnx``: the module exported with ``torch.onnx.export`` at the first load (a few seconds; batch
+  axis dynamic; cached) and run by ONNX Runtime's CPU execution provider, with ``threads`` intra-op
   threads and no spin-waiting (a server shares its cores with decoding and the event loop).
   CPU only; needs the ``serve`` extra (``onnxruntime`` and ``onnx``).
 - ``torchscript``: ``torch.jit.trace`` + ``optimize_for_inference`` (freezes, folds BatchNorm
@@ -35,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from tympan.inference.runtime_cache import RuntimeCache
 
 log = logging.getLogger("tympan.inference")
 
@@ -120,9 +124,16 @@ class OnnxRunner:
     def __init__(self, session: Any) -> None:
         self.session = session
         self.input = session.get_inputs()[0].name
+        #: the serialised graph (kept for the runtime cache)
+        self.model_bytes: bytes | None = None
 
     @classmethod
     def build(cls, module: nn.Module, example: torch.Tensor, threads: int | None = None) -> OnnxRunner:
+        return cls.from_bytes(export_onnx(module, example), threads)
+
+    @classmethod
+    def from_bytes(cls, model: bytes, threads: int | None = None) -> OnnxRunner:
+        """A session of an exported graph (``model``: the bytes :func:`export_onnx` gives)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -133,8 +144,9 @@ class OnnxRunner:
         # spin-waiting threads take the cores that decoding and the event loop need: off
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
-        session = ort.InferenceSession(export_onnx(module, example), opts, providers=["CPUExecutionProvider"])
-        return cls(session)
+        runner = cls(ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"]))
+        runner.model_bytes = model
+        return runner
 
     def __call__(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
@@ -155,6 +167,11 @@ class BackendChoice:
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     #: backends not used, with the reason
     rejected: dict[str, str] = field(default_factory=dict)
+    #: the runtime cache: ``hit`` (nothing exported or timed), ``miss``, ``off`` (no cache
+    #: folder), or why an entry was rebuilt (``stale (...)``, ``corrupt (...)``, ``unusable (...)``)
+    cache: str = "off"
+    #: the eager module's embeddings and logits on the parity batch (stored with a cache entry)
+    reference: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def summary(self) -> str:
         timed = ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(self.ms_per_window.items(), key=lambda kv: kv[1]))
@@ -162,7 +179,7 @@ class BackendChoice:
         out += f"; one window: {timed})" if timed else ")"
         if self.rejected:
             out += "; not used: " + "; ".join(f"{k}: {v}" for k, v in self.rejected.items())
-        return out
+        return out + f"; cache: {self.cache}"
 
 
 def _sync(device: torch.device) -> None:
@@ -203,19 +220,77 @@ def candidates(requested: str, device: torch.device) -> list[str]:
     return ["torchscript", "eager"]
 
 
+def parity_diff(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> float:
+    """Largest |got - want| over embeddings and logits (inf when a shape differs)."""
+    return max(float(np.abs(g - w).max()) if g.shape == w.shape else float("inf")
+               for g, w in zip(got, want, strict=True))
+
+
+def cached_choice(module: nn.Module, example: torch.Tensor, cache: RuntimeCache, backend: str,
+                  threads: int | None) -> tuple[BackendChoice | None, str]:
+    """The choice a cache entry records, its runner rebuilt and checked; else None and why.
+
+    The runner's outputs on ``example`` must match the eager outputs stored in the entry within
+    :data:`PARITY_ATOL`, so a corrupt or foreign graph is rebuilt rather than served.
+    """
+    hit, why = cache.load()
+    if hit is None:
+        return None, why
+    entry = hit.entry
+    try:
+        if entry.backend == "onnx":
+            if hit.onnx is None:
+                raise RuntimeError("the entry chose onnx but keeps no graph")
+            runner: Runner = OnnxRunner.from_bytes(hit.onnx, threads)
+        elif entry.backend == "torchscript":
+            runner = TorchScriptRunner.build(module, example)
+        else:
+            runner = EagerRunner(module)
+        with torch.inference_mode():
+            diff = parity_diff(runner(example), hit.reference)
+        if not diff <= PARITY_ATOL:
+            raise RuntimeError(f"the cached {entry.backend} disagrees with the stored eager outputs by {diff:.2e}")
+    except Exception as exc:  # noqa: BLE001 - an unusable entry is rebuilt, never trusted
+        return None, f"unusable ({' '.join(str(exc).split())[:200] or type(exc).__name__})"
+    return BackendChoice(runner, entry.backend, backend, dict(entry.ms_per_window), dict(entry.max_abs_diff),
+                         dict(entry.rejected), cache="hit"), "hit"
+
+
 def select_backend(module: nn.Module, example: torch.Tensor, *, backend: str = "auto",
-                   threads: int | None = None, rounds: int = 10) -> BackendChoice:
+                   threads: int | None = None, rounds: int = 10,
+                   cache: RuntimeCache | None = None) -> BackendChoice:
     """The runner for ``module`` (an eval-mode ``EmbedAndClassify`` on its device).
 
     ``example``: log-mels ``(B >= 1, 1, n_mels, frames)`` on that device, used for the parity
-    check (all of it) and the timing (its first window).
+    check (all of it) and the timing (its first window). ``cache``: where the exported graph
+    and the choice are kept (:mod:`.runtime_cache`); a valid entry skips export and timing.
     """
+    why = "off"
+    if cache is not None:
+        hit, why = cached_choice(module, example, cache, backend, threads)
+        if hit is not None:
+            return hit
+    choice = _select(module, example, backend=backend, threads=threads, rounds=rounds)
+    choice.cache = why
+    # only a clean choice is kept: a rejected copy (a failed export, a parity miss) is retried
+    # at the next start rather than remembered
+    if cache is not None and not choice.rejected:
+        onnx = getattr(choice.runner, "model_bytes", None)
+        cache.save(backend=choice.name, ms_per_window=choice.ms_per_window, max_abs_diff=choice.max_abs_diff,
+                   rejected=choice.rejected, onnx=onnx, reference=choice.reference)
+    return choice
+
+
+def _select(module: nn.Module, example: torch.Tensor, *, backend: str, threads: int | None,
+            rounds: int) -> BackendChoice:
+    """Build, check and time the candidates (no cache)."""
     device = example.device
     eager = EagerRunner(module)
     choice = BackendChoice(eager, "eager", backend)
     names = candidates(backend, device)
     with torch.inference_mode():
         want = eager(example)
+    choice.reference = want
     runners: dict[str, Runner] = {}
     for name in names:
         if name == "eager":
@@ -231,9 +306,7 @@ def select_backend(module: nn.Module, example: torch.Tensor, *, backend: str = "
             else:
                 runner = TorchScriptRunner.build(module, example)
             with torch.inference_mode():
-                got = runner(example)
-            diff = max(float(np.abs(g - w).max()) if g.shape == w.shape else float("inf")
-                       for g, w in zip(got, want, strict=True))
+                diff = parity_diff(runner(example), want)
             choice.max_abs_diff[name] = diff
             if not diff <= PARITY_ATOL:
                 raise RuntimeError(f"disagrees with eager by {diff:.2e} (> {PARITY_ATOL:g})")

@@ -36,6 +36,7 @@ from tympan.contracts.prediction import AudioInfo, ModelRef, Prediction, Predict
 from tympan.errors import AudioTooLongError
 from tympan.inference.backends import BackendChoice, select_backend
 from tympan.inference.prediction import TrustParams, UncertaintyPolicy, predict_recording
+from tympan.inference.runtime_cache import RuntimeCache, cache_folder
 from tympan.inference.saliency import explain_window
 from tympan.stats.background import level_features
 
@@ -148,14 +149,23 @@ class Predictor:
 
         Each copy must give every embedding and logit within 1e-4 of the eager model on a batch
         of windows or it is not used; ``auto`` times the ones that agree on one window and keeps
-        the fastest. The eager model stays for ``explain`` (hooks, gradients).
+        the fastest. The eager model stays for ``explain`` (hooks, gradients). The exported graph
+        and the choice are cached (:mod:`tympan.inference.runtime_cache`): beside the bundle
+        when its folder is writable, else in ``$TYMPAN_CACHE_DIR/runtime``.
         """
         import logging
 
         rng = np.random.default_rng(0)
         with torch.inference_mode():
             x = self.features((rng.standard_normal((3, self.config.clip_samples)) * 0.05).astype(np.float32))
-        choice = select_backend(EmbedAndClassify(self.model).eval(), x, backend=backend, threads=threads)
+        cache = None
+        folder = cache_folder(self.directory) if backend != "eager" else None
+        if folder is not None:
+            cache = RuntimeCache.for_model(
+                folder, weights=self.bundle.weights_fingerprint, frontend=self.config.fingerprint(), backend=backend,
+                threads=max(1, int(threads or torch.get_num_threads())), device=str(self.device))
+        choice = select_backend(EmbedAndClassify(self.model).eval(), x, backend=backend, threads=threads,
+                                cache=cache)
         logging.getLogger("tympan.inference").debug("%s: %s", self.bundle.name, choice.summary())
         return choice
 
