@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("tympan.training.cli", "accuracy of a bundle on ESC-50-layout clips"),
     "serve": ("tympan.serving.cli", "serve the model over HTTP (FastAPI + uvicorn; see docs/api.md)"),
     "predict": ("tympan.batch.cli", "classify audio files and folders offline (tables with --out)"),
+    "listen": ("tympan.live.cli", "classify live audio (streams, stdin PCM, a watched folder, a sound card)"),
+    "events": ("tympan.live.cli", "list or export the events of a store (tympan listen --store)"),
     "diagnose": ("tympan.diagnostics.cli", "drift / OOD / calibration / robustness report"),
     "calibrate": ("tympan.diagnostics.cli", "fit a bundle's temperature, OOD threshold and drift reference"),
     "adapt": ("tympan.adaptation.cli", "adapt a bundle to field recordings (AdaBN; --labels: fine-tune)"),
