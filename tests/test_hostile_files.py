@@ -49,6 +49,7 @@ def tone(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
 
 
 def write_wav(folder: Path, name: bytes | str, seconds: float = 1.0, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     raw = os.path.join(os.fsencode(folder), os.fsencode(name))
     with open(raw, "wb") as f:
         sf.write(f, tone(seconds, seed), SR, format="WAV", subtype="PCM_16")
@@ -136,25 +137,35 @@ def _number(cell: str) -> bool:
 
 
 # --------------------------------------------------------------- 6 + 7: diagnose report
-def test_diagnose_report_survives_hostile_names(fitted_bundle: Path, clean_dir: Path, tmp_path: Path) -> None:
+def test_diagnose_report_survives_hostile_names_and_counts_warnings(fitted_bundle: Path, clean_dir: Path,
+                                                                    tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
     import shutil
 
     from helpers import run_diagnose
 
     field = tmp_path / "field"
     shutil.copytree(clean_dir, field)
-    for i, name in enumerate([BAD, XSS.encode(), b"</script><script>alert(2)</script>.wav"]):
+    for i, name in enumerate([BAD, XSS.encode(), b"<script>alert(2)<!--.wav"]):
         write_wav(field / "a", name, seconds=2.0, seed=i)
+    for i in range(30):  # tiny clips: librosa warns n_fft too large for each
+        write_wav(field / "tiny", f"t{i}.wav", seconds=0.03 + 0.002 * i, seed=i)
     out = tmp_path / "rep"
+    capsys.readouterr()
     code = run_diagnose("--field-dir", str(field), "--bundle", str(fitted_bundle), "--out", str(out),
                         "--fail-on", "never")
-    assert code == 0
+    err = capsys.readouterr().err
+    assert code == 0, err
+    n_fft = [line for line in err.splitlines() if "n_fft" in line]
+    assert len(n_fft) == 1 and n_fft[0].startswith("diagnose: library warning ("), err
+    assert int(n_fft[0].split("(")[1].split(" ")[0]) >= 30
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     files = {r["file"]: r for r in report["per_file"]}
     bad = files["a/bad\\xff\\xfename.wav"]
     assert base64.b64decode(bad["file_b64"]) == b"a/" + BAD
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "<img src=x" not in page and "<script>alert(2)" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
 
 
 # ------------------------------------------------------------------- 8: file-tree cases

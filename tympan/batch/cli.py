@@ -62,6 +62,7 @@ def _bundle_dir(arg: Path | None) -> Path:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from tympan import warnlog
     from tympan.inference import Predictor
     from tympan.names import printable_streams
 
@@ -79,9 +80,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not 1 <= args.top_k <= predictor.n_classes:
         raise ValueError(f"--top-k must be between 1 and {predictor.n_classes}")
     try:
-        if args.out is None and args.summary is None:
-            return _print_mode(args, predictor)
-        return _table_mode(args, predictor)
+        with warnlog.counted("tympan predict"):  # library warnings: one line per kind, counted
+            if args.out is None and args.summary is None:
+                return _print_mode(args, predictor)
+            return _table_mode(args, predictor)
     except BrokenPipeError:  # e.g. piped into head
         sys.stderr.close()
         return EXIT_OK

@@ -283,6 +283,13 @@ def _print_field(report: dict[str, Any]) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
+    from tympan import warnlog
+
+    with warnlog.counted("diagnose"):  # librosa's per-clip warnings: one line per kind, counted
+        return _diagnose(args)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
     from tympan.diagnostics.field import make_predictor
     from tympan.bundle import resolve_bundle_dir
     from tympan.diagnostics.calibrate import fit_bundle
