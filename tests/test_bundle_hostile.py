@@ -18,22 +18,16 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
-from tympan.bundle import Bundle
 from tympan.cli import main
-from tympan.features import FrontendConfig
-from tympan.models import build_model
 
 SR = 16_000
 
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_model("cnn", n_classes=3, width=8).eval()
-    return Bundle(model=model, arch="cnn", arch_params={"width": 8}, classes=["a", "b", "c"],
-                  frontend=FrontendConfig(clip_seconds=1.0),
-                  ood={"score": "energy", "threshold": -0.5, "temperature": 1.0}).save(
-        tmp_path_factory.mktemp("b") / "bundle")
+    from helpers import untrained_bundle
+
+    return untrained_bundle(tmp_path_factory.mktemp("b") / "bundle")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from tympan.batch.tables import read_window_table
-from tympan.bundle import Bundle
 from tympan.cli import main
-from tympan.features import FrontendConfig
-from tympan.models import build_model
 
 SR = 16_000
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,12 +30,9 @@ XSS = "<img src=x onerror=alert(1)>.wav"
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_model("cnn", n_classes=3, width=8).eval()
-    return Bundle(model=model, arch="cnn", arch_params={"width": 8}, classes=["a", "b", "c"],
-                  frontend=FrontendConfig(clip_seconds=1.0),
-                  ood={"score": "energy", "threshold": -0.5, "temperature": 1.0}).save(
-        tmp_path_factory.mktemp("b") / "bundle")
+    from helpers import untrained_bundle
+
+    return untrained_bundle(tmp_path_factory.mktemp("b") / "bundle")
 
 
 def tone(seconds: float = 1.0, seed: int = 0) -> np.ndarray:

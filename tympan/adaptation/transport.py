@@ -98,8 +98,11 @@ def transport_trust(adapted: Bundle, e_old: np.ndarray, z_old: np.ndarray, e_new
     return done
 
 
-def _threshold_for(scores: np.ndarray, n_above: int) -> float:
-    """A threshold with exactly ``n_above`` of ``scores`` above it (midway between neighbours)."""
+def _threshold_for(scores: np.ndarray, n_above: int, current: float) -> float:
+    """``current`` if exactly ``n_above`` of ``scores`` lie above it, else the threshold midway between
+    the neighbours that leaves exactly ``n_above`` above (the smallest move that keeps the decisions)."""
+    if int(np.sum(np.asarray(scores) > current)) == n_above:
+        return float(current)
     s = np.sort(np.asarray(scores, np.float64))[::-1]
     if n_above <= 0:
         return float(s[0] + abs(s[0]) * 1e-6 + 1e-9)
@@ -121,18 +124,18 @@ def match_decisions(original: Any, adapted: Any, before: Any, after: Any) -> lis
         k = int(np.sum(before.ood_score > thr_o))
         block = dict((adapted.ood or {}).get("embedding") or {})
         if "threshold" in block:
-            block["threshold"] = _threshold_for(after.ood_score, k)
+            block["threshold"] = _threshold_for(after.ood_score, k, float(block["threshold"]))
             adapted.ood = {**adapted.ood, "embedding": block}
             done.append("ood.embedding threshold")
     elif thr_o is not None and (adapted.ood or {}).get("threshold") is not None:
         k = int(np.sum(before.energy > thr_o))
-        adapted.ood = {**adapted.ood, "threshold": _threshold_for(after.energy, k)}
+        adapted.ood = {**adapted.ood, "threshold": _threshold_for(after.energy, k, float(adapted.ood["threshold"]))}
         done.append("ood_threshold")
     bg = dict(adapted.background or {})
     if (before.window_background_score is not None and after.window_background_score is not None
             and bg.get("threshold") is not None):
         k = int(np.sum(before.window_background))
-        bg["threshold"] = _threshold_for(after.window_background_score, k)
+        bg["threshold"] = _threshold_for(after.window_background_score, k, float(bg["threshold"]))
         adapted.background = bg
         done.append("background threshold")
     return done
