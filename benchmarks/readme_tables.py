@@ -157,7 +157,7 @@ def render_trust_performance_cv(r: dict[str, Any]) -> str:
 
 def render_adaptation_ood(r: dict[str, Any]) -> str:
     """OOD rate of adapted bundles, old vs carried-over judges (issue #24 item 10)."""
-    lines = [f"| shift | own field audio ({r['n_adapt']} clips): original | AdaBN, judges as fitted | AdaBN, judges "
+    lines = [f"| shift (% of files flagged OOD) | own field audio ({r['n_adapt']} clips): original | AdaBN, judges as fitted | AdaBN, judges "
              f"carried over | held-out evaluation ({r['n_eval']} clips): original | AdaBN, as fitted | AdaBN, carried |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for row in r["rows"]:
