@@ -19,6 +19,8 @@ Without ``--bundle`` it uses the shipped ``tympan/assets/default`` when present,
 small ``cnn`` on folds 1-4 with ``tympan.training`` (cached under ``--work-dir``).
 
     python benchmarks/adaptation.py --max-clips 400
+    python benchmarks/adaptation.py --max-clips 400 --adapt-per-class 3 --shifts lowpass_4k --no-labelled \
+        --json benchmarks/results/adaptation_ood.json     # the OOD-rate check of issue #24 item 10
     python benchmarks/adaptation.py --bundle runs/some-bundle --max-clips 200 --shifts gain_-20db,codec_mp3
 """
 
@@ -116,6 +118,26 @@ def evaluate(model, ff, labels: np.ndarray, temperature: float) -> tuple[float, 
     return acc, float(expected_calibration_error(preds.probabilities, labels, n_bins=15))
 
 
+def ood_rates(bundle, adapted_model, sh_a, sh_e) -> dict[str, float]:
+    """Share of files flagged OOD on the adaptation (own field) and evaluation parts: the original
+    bundle, the adapted model under the original judges, and under the judges carried over."""
+    from tympan.adaptation.adabn import carry_trust
+    from tympan.adaptation.field import predict_field
+
+    def rate(b, ff) -> float:
+        r = predict_field(b, ff)
+        if r.threshold is None:
+            return float("nan")
+        score = r.ood_score if r.ood_score is not None else r.energy
+        return float(np.mean(score > r.threshold))
+
+    uncarried = bundle.replace(model=adapted_model)
+    carried = bundle.replace(model=adapted_model)
+    carry_trust(bundle, carried, sh_a, {})
+    return {f"ood_{part}_{name}": rate(b, ff) for part, ff in (("own", sh_a), ("eval", sh_e))
+            for name, b in (("original", bundle), ("uncarried", uncarried), ("carried", carried))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", help=f"bundle to test (default: {DEFAULT_BUNDLE} if present, else a quick cnn)")
@@ -124,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapt-per-class", type=int, default=5, help="clips per class to adapt on (default 5)")
     p.add_argument("--shifts", default=",".join(SWEEP), help="comma-separated names from tympan.corruptions.SHIFTS")
     p.add_argument("--no-labelled", action="store_true", help="skip the labelled fine-tune row")
+    p.add_argument("--no-ood", action="store_true", help="skip the OOD-rate table (original vs carried-over judges)")
     p.add_argument("--no-fit-temperature", action="store_true",
                    help="keep T = 1 for a bundle without a fitted temperature (default: fit it on the clean "
                         "adaptation clips)")
@@ -221,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             tuned, _ = finetune_model(adapted, bundle.arch, sh_a.features, y_a[sh_a.file_index], *replay,
                                       replay_model=bundle.model, epochs=args.finetune_epochs, seed=args.seed)
             row["labelled_acc"], row["labelled_ece"] = evaluate(tuned, sh_e, y_e, t)
+        if not args.no_ood:
+            row.update(ood_rates(bundle, adapted, sh_a, sh_e))
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(f"  {name}: done in {row['seconds']} s", flush=True)
@@ -241,12 +266,26 @@ def main(argv: list[str] | None = None) -> int:
               + (f"{pct(r['labelled_acc'])} | " if lab else "")
               + f"{pct(r['clean_ece'])} | {pct(r['shifted_ece'])} | {pct(r['adabn_ece'])} |"
               + (f" {pct(r['labelled_ece'])} |" if lab else ""))
+    if any("ood_own_original" in r for r in rows):
+        print()
+        print("OOD rate (files flagged out of distribution), the issue #24 item 10 check: AdaBN on the shifted "
+              "adaptation part, then judged by the original model's judges as they are (before the fix) and by "
+              "the judges carried over to the adapted model (tympan.adaptation.transport)")
+        print("| shift | own field audio: original | adapted, old judges | adapted, carried | "
+              "evaluation part: original | adapted, old judges | adapted, carried |")
+        print("|" + " --- |" * 7)
+        for r in rows:
+            print(f"| {r['shift']} | {pct(r['ood_own_original'])} | {pct(r['ood_own_uncarried'])} | "
+                  f"{pct(r['ood_own_carried'])} | {pct(r['ood_eval_original'])} | {pct(r['ood_eval_uncarried'])} | "
+                  f"{pct(r['ood_eval_carried'])} |")
+        print("target: the adapted bundle's OOD rate on its own field audio does not rise above the original's")
     total = time.perf_counter() - t_start
     print(f"\nevaluation: {len(e_idx)} held-out clips of fold {held} (never trained on, never adapted on); "
           f"ECE with 15 bins at temperature {t:.3g}; {total:.0f} s in all")
     print("target: AdaBN recovers at least half of the accuracy a shift costs ('recovered' column)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "bundle": bundle.name, "heldout_fold": held,
+        Path(args.json).write_text(json.dumps({"machine": machine(), "load_average": os.getloadavg(),
+                                               "bundle": bundle.name, "heldout_fold": held,
                                                "n_adapt": int(len(a_idx)), "n_eval": int(len(e_idx)),
                                                "temperature": t, "temperature_source": t_note,
                                                "rows": rows}, indent=2))

@@ -224,7 +224,18 @@ def render_startup(doc: dict[str, Any]) -> str:
     return render_table(doc)
 
 
-RENDERERS = {"events": render_events, "esc50_cv": render_esc50_cv, "robustness": render_robustness, "trust_ood": render_trust_ood,
+def render_adaptation_ood(r: dict[str, Any]) -> str:
+    """OOD rate of adapted bundles, old vs carried-over judges (issue #24 item 10)."""
+    lines = [f"| shift (% of files flagged OOD) | own field audio ({r['n_adapt']} clips): original | AdaBN, judges as fitted | AdaBN, judges "
+             f"carried over | held-out evaluation ({r['n_eval']} clips): original | AdaBN, as fitted | AdaBN, carried |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        cells = [_pct(row[f"ood_{part}_{k}"]) for part in ("own", "eval") for k in ("original", "uncarried", "carried")]
+        lines.append(f"| {row['description']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"events": render_events, "esc50_cv": render_esc50_cv, "adaptation_ood": render_adaptation_ood, "robustness": render_robustness, "trust_ood": render_trust_ood,
              "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
              "trust_performance_cv_baseline": render_trust_performance_cv, "startup": render_startup}
 

@@ -65,6 +65,18 @@ class LiveServer:
         self.thread.join(15)
 
 
+def untrained_bundle(dest: Path) -> Path:
+    """A width-8 CNN with random weights, 3 classes, 1-s windows, an energy threshold: for tests of the
+    batch tables and CLIs, where the answer's value does not matter but its path does."""
+    from tympan.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cnn", n_classes=3, width=8).eval()
+    return Bundle(model=model, arch="cnn", arch_params={"width": 8}, classes=["a", "b", "c"],
+                  frontend=FrontendConfig(clip_seconds=1.0),
+                  ood={"score": "energy", "threshold": -0.5, "temperature": 1.0}).save(dest)
+
+
 def train_tiny_bundle(data_dir: Path, dest: Path) -> Path:
     """A width-8 CNN trained for a few epochs on synthetic folds 1-4; fold 5's logits as held-out."""
     from tympan.cache import featurize

@@ -10,30 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from tympan.audio import frame_windows, iter_audio_blocks, load_audio
 from tympan.batch import BatchOptions, run_batch, scan_sources
 from tympan.batch.stream import iter_window_batches
 from tympan.batch.tables import read_window_table, window_columns
-from tympan.bundle import Bundle
 from tympan.cli import main
 from tympan.contracts.prediction import WindowPrediction
-from tympan.features import FrontendConfig
 from tympan.inference import Predictor
-from tympan.models import build_model
 
 SR = 16_000
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_model("cnn", n_classes=3, width=8).eval()
-    return Bundle(model=model, arch="cnn", arch_params={"width": 8}, classes=["a", "b", "c"],
-                  frontend=FrontendConfig(clip_seconds=1.0),
-                  ood={"score": "energy", "threshold": -0.5, "temperature": 1.0}).save(
-        tmp_path_factory.mktemp("b") / "bundle")
+    from helpers import untrained_bundle
+
+    return untrained_bundle(tmp_path_factory.mktemp("b") / "bundle")
 
 
 def noise(seconds: float, seed: int = 0, sr: int = SR) -> np.ndarray:

@@ -288,8 +288,10 @@ def test_adapted_bundle_marks_trust_stale_or_refits(fitted_bundle: Path, shifted
     assert _adapt("--bundle", str(fitted_bundle), "--field-dir", str(shifted_dir), "--out", str(stale_dir)) == 0
     a = load_bundle(stale_dir)
     assert a.extra["performance"]["stale"] and "tympan adapt" in a.extra["performance"]["stale_reason"]
-    assert {"temperature", "ood_threshold", "performance", "reference.embedding"} <= set(a.extra["adaptation"]["stale"])
-    assert a.extra["adaptation"]["refitted"] == []
+    assert {"temperature", "performance", "reference.embedding"} <= set(a.extra["adaptation"]["stale"])
+    # the OOD judges are carried over from the unadapted model (moment matching on the field windows)
+    assert {"ood_threshold", "ood.embedding (energy + k-NN)"} <= set(a.extra["adaptation"]["refitted"])
+    assert "ood_threshold" not in a.extra["adaptation"]["stale"]
     out = tmp_path / "rep"
     run_diagnose("--field-dir", str(clean_dir), "--bundle", str(stale_dir), "--out", str(out))
     rep = json.loads((out / "report.json").read_text())
@@ -311,3 +313,21 @@ def test_adapted_bundle_marks_trust_stale_or_refits(fitted_bundle: Path, shifted
     run_diagnose("--field-dir", str(clean_dir), "--bundle", str(refit_dir), "--out", str(out2))
     rep2 = json.loads((out2 / "report.json").read_text())
     assert not rep2["performance"]["stale"] and "performance" in rep2["adaptation"]["refitted"]
+
+
+def _ood_share(report_dir: Path) -> float:
+    rows = json.loads((report_dir / "report.json").read_text())["per_file"]
+    return sum(r["out_of_distribution"] for r in rows) / len(rows)
+
+
+def test_adapted_bundle_does_not_flag_more_of_its_own_field_audio(fitted_bundle: Path, shifted_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """Issue #24 item 10: the judges fitted on the old embeddings must not judge the new ones as they are."""
+    adapted = tmp_path / "adapted"
+    assert _adapt("--bundle", str(fitted_bundle), "--field-dir", str(shifted_dir), "--out", str(adapted)) == 0
+    for b, out in ((fitted_bundle, tmp_path / "before"), (adapted, tmp_path / "after")):
+        run_diagnose("--field-dir", str(shifted_dir), "--bundle", str(b), "--out", str(out), "--fail-on", "never")
+    before, after = _ood_share(tmp_path / "before"), _ood_share(tmp_path / "after")
+    assert after <= before + 0.025, (before, after)
+    rep = json.loads((adapted / "bundle.json").read_text())["extra"]["adaptation"]
+    assert rep["checks"]["ood_rate_after"] <= rep["checks"]["ood_rate_before"] + 0.025

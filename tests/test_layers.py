@@ -19,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tympan"
 
 #: lowest first; units in one tuple share a layer and must not import each other
 LAYERS: list[tuple[str, ...]] = [
-    ("tympan", "tympan.errors", "tympan.io", "tympan.machine", "tympan.progress"),
+    ("tympan", "tympan.errors"),
+    ("tympan.io", "tympan.names", "tympan.warnlog", "tympan.machine", "tympan.progress"),
     ("tympan.download", "tympan.contracts", "tympan.stats", "tympan.features", "tympan.recording_meta",
      "tympan.ports"),
     ("tympan.audio", "tympan.models", "tympan.figures"),

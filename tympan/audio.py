@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import io
 import logging
 import os
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -47,6 +49,7 @@ from tympan.errors import (
     SampleRateError,
     TruncatedAudioError,
 )
+from tympan.names import display_name
 from tympan.recording_meta import ogg_chain_links, riff_chunks, sniff_container
 
 log = logging.getLogger(__name__)
@@ -108,7 +111,43 @@ HeaderCheck = Callable[[Header], None]
 
 
 def _describe(source: AudioSource) -> str:
-    return str(source) if isinstance(source, str | Path) else "audio bytes"
+    return display_name(source) if isinstance(source, str | Path) else "audio bytes"
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a regular file to read (missing, folder, FIFO, device, link loop), else None."""
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        return "no such file" + (" (a broken symbolic link)" if Path(path).is_symlink() else "")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop, not an audio file"
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not an audio file"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"{kind}, not an audio file (only regular files are read)"
+
+
+def _stat_input(path: Path) -> os.stat_result:
+    """The file's ``stat``, or one clear error naming the file (see :func:`file_problem`)."""
+    name = display_name(path)
+    why = file_problem(path)
+    if why is not None:
+        if why.startswith("no such file"):
+            raise FileNotFoundError(f"{name}: {why}")
+        raise NotAudioError(f"{name}: {why}")
+    try:
+        st = path.stat()
+    except OSError as exc:  # it went away meanwhile
+        raise NotAudioError(f"{name}: cannot be read ({exc.strerror})") from None
+    if st.st_size == 0:
+        raise EmptyAudioError(f"{name}: file is empty (0 bytes)")
+    return st
 
 
 class _Input:
@@ -119,14 +158,9 @@ class _Input:
         self.data: bytes | None = None
         if isinstance(source, str | Path):
             path = Path(source)
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: no such file")
-            if path.is_dir():
-                raise NotAudioError(f"{path}: is a directory, not an audio file")
-            if path.stat().st_size == 0:
-                raise EmptyAudioError(f"{path}: file is empty (0 bytes)")
+            st = _stat_input(path)
             self.path = str(path)
-            self.size = path.stat().st_size
+            self.size = st.st_size
         else:
             data = bytes(source) if isinstance(source, bytes | bytearray | memoryview) else source.read()
             if not isinstance(data, bytes | bytearray):
@@ -140,7 +174,8 @@ class _Input:
         return open(self.path, "rb") if self.path is not None else io.BytesIO(self.data)
 
     def open(self) -> sf.SoundFile:
-        return sf.SoundFile(self.path if self.path is not None else io.BytesIO(self.data))
+        # bytes: libsndfile opens a name that is not valid UTF-8 (soundfile would encode a str strictly)
+        return sf.SoundFile(os.fsencode(self.path) if self.path is not None else io.BytesIO(self.data))
 
     def replace(self, data: bytes) -> None:
         self.path, self.data, self.size = None, data, len(data)

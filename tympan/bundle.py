@@ -21,15 +21,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -234,10 +236,9 @@ def read_heldout(path: str | Path) -> HeldoutPredictions:
         raise BundleError(f"{tensors}: cannot read held-out logits/labels ({exc})") from None
     meta: dict[str, Any] = {}
     if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{meta_path}: not valid JSON ({exc})") from None
+        meta = parse_json_strict(meta_path)
+        if not isinstance(meta, dict):
+            raise BundleError(f"{meta_path}: not held-out metadata (a JSON object is expected)")
     ids = meta.pop("clip_ids", None) or [str(i) for i in range(len(labels))]
     classes = meta.pop("classes", None)
     fp = meta.pop("weights_sha256", None)
@@ -280,6 +281,85 @@ def resolve_bundle_dir(arg: str | Path | None = None) -> Path:
     return path
 
 
+#: a bundle.json larger than this is refused unread (the shipped one is under 1 MB)
+MAX_META_BYTES = 64 << 20
+#: weights files larger than this are refused before they are read
+MAX_WEIGHTS_BYTES = 4 << 30
+#: architecture parameters (widths, sizes) above this would build a model no weights file fits
+MAX_ARCH_PARAM = 10_000
+
+_Positive = Annotated[float, Field(gt=0, le=1e4, allow_inf_nan=False)]
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _OODMeta(BaseModel):
+    """The parts of ``ood`` every prediction uses: a negative or NaN temperature would invert or void it."""
+
+    model_config = ConfigDict(extra="allow")
+    score: str = "energy"
+    temperature: _Positive = 1.0
+    threshold: _Finite | None = None
+
+
+class _ArchMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    params: dict[str, Any] = {}
+
+    @field_validator("params")
+    @classmethod
+    def _bounded(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for k, x in v.items():
+            if isinstance(x, bool) or x is None or isinstance(x, str):
+                continue
+            if not isinstance(x, int | float) or not math.isfinite(x) or abs(x) > MAX_ARCH_PARAM:
+                raise ValueError(f"architecture parameter {k}={x!r:.40} is out of range (|x| <= {MAX_ARCH_PARAM})")
+        return v
+
+
+class BundleMeta(BaseModel):
+    """``bundle.json`` as loading checks it: the fields that decide what a prediction says."""
+
+    model_config = ConfigDict(extra="allow")
+    format_version: int
+    name: Annotated[str, StringConstraints(max_length=200)] = ""
+    architecture: _ArchMeta
+    classes: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]],
+                       Field(min_length=1, max_length=10_000)]
+    frontend: dict[str, Any]
+    temperature: _Positive = 1.0
+    ood: _OODMeta | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("class names must be unique")
+        return v
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return x
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json_strict(path: Path, max_bytes: int = MAX_META_BYTES) -> Any:
+    """JSON from ``path`` without NaN/Infinity or overflowing numbers, refusing files over ``max_bytes`` unread."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise BundleError(f"{path}: {size} bytes, more than a bundle file may hold ({max_bytes}); refused unread")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise BundleError(f"{path}: not valid JSON ({str(exc)[:200]})") from None
+
+
 def read_metadata(directory: str | Path) -> dict[str, Any]:
     """Read and check ``bundle.json`` without touching the weights."""
     directory = Path(directory)
@@ -289,24 +369,58 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
         raise BundleError(f"{directory}: no such bundle directory")
     if not meta_path.is_file():
         raise BundleError(f"{directory}: not a model bundle ({META_FILE} is missing)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{meta_path}: not valid JSON ({exc})") from None
+    _inside(directory, meta_path)
+    meta = parse_json_strict(meta_path)
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path}: not a bundle description (a JSON object is expected)")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(
-            f"{meta_path}: bundle format version {version!r} is not supported "
+            f"{meta_path}: bundle format version {version!r:.40} is not supported "
             f"(this tympan reads version {FORMAT_VERSION})"
         )
     for key in ("architecture", "classes", "frontend"):
         if key not in meta:
             raise BundleError(f"{meta_path}: required field {key!r} is missing")
+    try:
+        BundleMeta.model_validate(meta)
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise BundleError(f"{meta_path}: {errs}") from None
     return meta
 
 
+def _inside(directory: Path, path: Path) -> None:
+    """A bundle's file must be a regular file of the bundle folder, not a link leading elsewhere."""
+    if path.is_symlink() or not path.resolve().is_relative_to(directory.resolve()):
+        raise BundleError(f"{path}: a bundle file must be a regular file inside the bundle folder, "
+                          "not a link to another place")
+
+
+def _weights_header(weights: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``name -> (dtype, shape)`` from the safetensors header only (bounded: no tensor is read)."""
+    from safetensors import safe_open
+
+    size = weights.stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise BundleError(f"{weights}: {size} bytes of weights, more than {MAX_WEIGHTS_BYTES}; refused unread")
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            return {k: (str(f.get_slice(k).get_dtype()), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own types (a pickle is not safetensors)
+        raise BundleError(f"{weights}: cannot read weights, not a safetensors file ({str(exc)[:200]})") from None
+
+
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
 def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """Load a bundle, checking format version, architecture and every weight's shape."""
+    """Load a bundle, checking format version, every number that decides a prediction, the
+    architecture and every weight's shape, dtype and finiteness, in bounded memory and time.
+
+    The model is first built on PyTorch's ``meta`` device (no memory) and compared with the
+    weights file's header, so absurd architecture parameters or tensors cost nothing.
+    """
     directory = Path(directory)
     meta = read_metadata(directory)
     weights = directory / WEIGHTS_FILE
@@ -315,22 +429,34 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
     arch = meta["architecture"]
     classes = list(meta["classes"])
     try:
-        model = build_model(arch["name"], n_classes=len(classes), **arch.get("params", {}))
+        frontend = FrontendConfig.from_dict(meta["frontend"])
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{directory}: bad front-end config: {exc}") from None
+    _inside(directory, weights)
+    header = _weights_header(weights)
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(arch["name"], n_classes=len(classes), **arch.get("params", {}))
     except UnknownArchitectureError as exc:
         raise BundleError(f"{directory}: {exc}") from None
-    except TypeError as exc:
-        raise BundleError(f"{directory}: bad parameters for {arch['name']!r}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{directory}: bad parameters for {arch['name']!r}: {str(exc)[:200]}") from None
+    expected = skeleton.state_dict()
+    check_state_dict(skeleton, {k: torch.empty(shape, device="meta") for k, (_, shape) in header.items()},
+                     source=str(weights))
+    wrong = [f"{k}: {dt}" for k, (dt, _) in header.items() if expected[k].is_floating_point() and dt not in _FLOAT_DTYPES]
+    if wrong:
+        raise BundleError(f"{weights}: floating-point weights stored as other types ({'; '.join(wrong[:5])})")
+    model = build_model(arch["name"], n_classes=len(classes), **arch.get("params", {}))
     try:
         state = load_file(str(weights), device="cpu")
     except Exception as exc:  # safetensors raises its own error types
         raise BundleError(f"{weights}: cannot read weights ({exc})") from None
-    check_state_dict(model, state, source=str(weights))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise BundleError(f"{weights}: weights hold NaN or infinite values ({', '.join(bad[:5])})")
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
-    try:
-        frontend = FrontendConfig.from_dict(meta["frontend"])
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"{directory}: bad front-end config: {exc}") from None
     arrays: dict[str, np.ndarray] = {}
     if (directory / ARRAYS_FILE).is_file():
         from safetensors.numpy import load_file as load_np
@@ -339,6 +465,9 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
             arrays = dict(load_np(str(directory / ARRAYS_FILE)))
         except Exception as exc:  # safetensors raises its own types
             raise BundleError(f"{directory / ARRAYS_FILE}: cannot read ({exc})") from None
+        bad = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+        if bad:
+            raise BundleError(f"{directory / ARRAYS_FILE}: arrays hold NaN or infinite values ({', '.join(bad[:5])})")
     return Bundle(
         model=model,
         arch=arch["name"],

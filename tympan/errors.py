@@ -50,3 +50,7 @@ class DataError(TympanError):
 
 class BundleError(TympanError):
     """A model bundle that is missing, of another format version, or inconsistent."""
+
+
+class OutputError(TympanError):
+    """An output that cannot be written without destroying something (an input, a device, a folder)."""

@@ -22,6 +22,14 @@ from torch import nn
 MelScale = Literal["slaney", "htk", "kaldi"]
 
 
+#: bounds a bundle's front end must keep (a hostile bundle.json must not cost minutes or gigabytes)
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
+MAX_N_FFT = 65_536
+MAX_N_MELS = 1_024
+MAX_FRAMES_PER_SECOND = 2_000
+MAX_CLIP_SECONDS = 120.0
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     """Everything that decides what the network sees; stored verbatim in ``bundle.json``.
@@ -54,7 +62,21 @@ class FrontendConfig:
     name: str = field(default="tympan-default", compare=False)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self._type_problems()
+        if problems:  # comparing a string or NaN below would give a traceback or pass silently
+            raise ValueError("invalid FrontendConfig: " + "; ".join(problems))
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
+            problems.append(f"sample_rate must be in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}")
+        if self.n_fft > MAX_N_FFT:
+            problems.append(f"n_fft must be at most {MAX_N_FFT}")
+        if self.hop_length > 0 and self.sample_rate / self.hop_length > MAX_FRAMES_PER_SECOND:
+            problems.append(f"hop_length gives more than {MAX_FRAMES_PER_SECOND} frames per second")
+        if self.n_mels > MAX_N_MELS:
+            problems.append(f"n_mels must be at most {MAX_N_MELS}")
+        if self.clip_seconds > MAX_CLIP_SECONDS:
+            problems.append(f"clip_seconds must be at most {MAX_CLIP_SECONDS}")
+        if not 0 <= self.preemphasis < 1:
+            problems.append("preemphasis must be in [0, 1)")
         if self.sample_rate <= 0:
             problems.append("sample_rate must be positive")
         if not 0 < self.win_length <= self.n_fft:
@@ -71,6 +93,21 @@ class FrontendConfig:
             problems.append(f"unknown mel_scale {self.mel_scale!r}")
         if problems:
             raise ValueError("invalid FrontendConfig: " + "; ".join(problems))
+
+    def _type_problems(self) -> list[str]:
+        import math
+        import numbers
+
+        problems = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                problems.append(f"{f.name} must be an integer, not {v!r:.40}")
+            elif f.type == "float" and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)):
+                problems.append(f"{f.name} must be a finite number, not {v!r:.40}")
+            elif f.type == "bool" and not isinstance(v, bool | np.bool_):
+                problems.append(f"{f.name} must be true or false, not {v!r:.40}")
+        return problems
 
     @property
     def clip_samples(self) -> int:

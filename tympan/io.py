@@ -8,12 +8,15 @@ import math
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tympan.errors import OutputError
 
 
 def _umask() -> int:
@@ -31,16 +34,42 @@ def _default_mode(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def check_replaceable(target: str | Path) -> None:
+    """Raise ``OutputError`` unless ``target`` is absent or a regular file (never a link, device, FIFO, folder).
+
+    Renaming over a symbolic link to ``/proc/self/fd/1`` or over ``/dev/null`` would replace the
+    node itself; a folder would give a traceback.
+    """
+    target = Path(target)
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode) else
+            "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+    name = os.fsencode(target).decode("utf-8", "backslashreplace")
+    raise OutputError(f"{name}: is {kind}; refusing to replace it with an output file")
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success rename it over ``target``."""
+    """Yield a temporary path beside ``target``; on success rename it over ``target``.
+
+    ``target`` must be absent or a regular file (:func:`check_replaceable`), checked before and
+    again just before the rename.
+    """
     target = Path(target)
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = target.parent / _temp_name(target, "tmp")
     tmp_path.touch(exist_ok=False)
     _default_mode(tmp_path, directory=False)
     try:
         yield tmp_path
+        check_replaceable(target)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)

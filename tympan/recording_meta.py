@@ -14,6 +14,7 @@ unfinalised WAV headers. It trusts no size field: it reads only what the file ho
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -414,7 +415,7 @@ def read_recording_metadata(path: str | Path) -> RecordingMetadata:
     fmt = subtype = None
     error = None
     try:
-        i = sf.info(str(p))
+        i = sf.info(os.fsencode(p))  # bytes: a name that is not UTF-8 opens too
         sr, channels, fmt, subtype = int(i.samplerate), int(i.channels), i.format, i.subtype
         frames = int(i.frames) if 0 <= int(i.frames) < _UNKNOWN_FRAMES else None
         if frames is None:

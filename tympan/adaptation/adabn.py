@@ -246,7 +246,48 @@ def adapt_bundle(
     report = {**record, "checks": checks, "warnings": warnings, "notes": notes,
               "skipped": [[str(p), why] for p, why in ff.skipped[:50]]}
     new = finish_bundle(bundle, model, record, report, name=name or f"{bundle.name}-adabn")
+    carry_trust(bundle, new, ff, report)
     return new, report
+
+
+def carry_trust(original: Bundle, new: Bundle, ff: FieldFeatures, report: dict[str, Any]) -> list[str]:
+    """Keep the original model's OOD / background judgement on ``new`` (see :mod:`tympan.adaptation.transport`).
+
+    The field windows of the adaptation run through both models; what could be carried over
+    leaves the stale list and is named in ``extra["adaptation"]["refitted"]`` and the report.
+    """
+    from tympan.adaptation.transport import match_decisions, transport_trust
+    from tympan.inference import Predictor
+
+    if ff.n_windows < 2:
+        return []
+    e_old, z_old = Predictor(original).forward_features(ff.features)
+    e_new, z_new = Predictor(new).forward_features(ff.features)
+    carried = transport_trust(new, np.asarray(e_old), np.asarray(z_old), np.asarray(e_new), np.asarray(z_new))
+    if not carried:
+        return []
+    carried += match_decisions(original, new, predict_field(original, ff), predict_field(new, ff))
+    how = (f"carried over from the unadapted model on the {ff.n_windows} adaptation windows: scores moment-matched, "
+           "thresholds set so the adapted bundle flags the share of that audio the original model flagged")
+    info = new.extra.setdefault("adaptation", {})
+    info["refitted"] = {**{k: how for k in carried}, **(info.get("refitted") or {})} \
+        if isinstance(info.get("refitted"), dict) else {k: how for k in carried}
+    gone = {"ood_threshold"} if "ood_threshold" in carried else set()
+    stale = [p for p in info.get("stale") or [] if p not in gone and not ("background" in p and "background" in carried)]
+    info["stale"] = stale
+    checks = report.setdefault("checks", {})
+    checks["ood_rate_after_uncarried"] = checks.get("ood_rate_after")
+    checks["ood_rate_after"] = field_summary(predict_field(new, ff), new.classes)["ood_rate"]
+    report["carried_over"] = {"parts": carried, "how": how}
+    report["warnings"] = [w for w in report.get("warnings", [])
+                          if not w.startswith(("OOD threshold", "fitted for the unadapted model and now stale"))]
+    if stale:
+        report["warnings"].append("fitted for the unadapted model and now stale: " + ", ".join(stale)
+                                  + " (reports say so; refit with `tympan calibrate --bundle OUT --data-dir ESC50`, "
+                                    "or adapt with --data-dir)")
+    report["notes"] = [*report.get("notes", []), "OOD / background judges " + how + ": " + ", ".join(carried)]
+    info.update(checks=checks, warnings=report["warnings"], notes=report["notes"], carried_over=report["carried_over"])
+    return carried
 
 
 def finish_bundle(bundle: Bundle, model: nn.Module, record: dict[str, Any], report: dict[str, Any],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,7 @@ def from_waveforms(
 def _expected_windows(path: Path, frontend: FrontendConfig) -> int:
     """How many windows :func:`frame_windows` will cut ``path`` into (from its header; 1 if unknown)."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))
         n = int(info.frames * frontend.sample_rate / max(1, info.samplerate))
     except Exception:  # unreadable: decoding will say why
         return 1

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tympan.adaptation.adabn import adapt_batchnorm, adaptation_record, finish_bundle, has_batchnorm, recheck
+from tympan.adaptation.adabn import (adapt_batchnorm, adaptation_record, carry_trust, finish_bundle, has_batchnorm,
+                                    recheck)
 from tympan.adaptation.field import (
     AdaptationError,
     FieldFeatures,
@@ -396,4 +397,5 @@ def finetune_bundle(
                                labels_file=str(labels), last_stage=last_stage, seed=seed)
     report = {**record, "checks": checks, "warnings": warnings, "notes": notes, "labelled": labelled_report}
     new = finish_bundle(bundle, model, record, report, name=name or f"{bundle.name}-finetuned")
+    carry_trust(bundle, new, check_ff, report)  # keep the original model's OOD / background judgement
     return new, report

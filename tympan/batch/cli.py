@@ -94,8 +94,11 @@ def _bundle_dir(arg: Path | None) -> Path:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from tympan import warnlog
     from tympan.inference import Predictor
+    from tympan.names import printable_streams
 
+    printable_streams()
     if args.hop is not None and args.hop <= 0:
         raise ValueError("--hop must be positive")
     if args.jobs < 1:
@@ -109,9 +112,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not 1 <= args.top_k <= predictor.n_classes:
         raise ValueError(f"--top-k must be between 1 and {predictor.n_classes}")
     try:
-        if args.out is None and args.summary is None:
-            return _print_mode(args, predictor)
-        return _table_mode(args, predictor)
+        with warnlog.counted("tympan predict"):  # library warnings: one line per kind, counted
+            if args.out is None and args.summary is None:
+                return _print_mode(args, predictor)
+            return _table_mode(args, predictor)
     except BrokenPipeError:  # e.g. piped into head
         sys.stderr.close()
         return EXIT_OK
@@ -145,6 +149,7 @@ def _print_mode(args: argparse.Namespace, predictor: Any) -> int:
     from tympan.batch.sources import scan_sources
     from tympan.batch.tables import summary_row, window_rows
     from tympan.errors import AudioError, AudioTooLongError
+    from tympan.names import name_fields
 
     scan = scan_sources(args.paths)
     failed = 0
@@ -154,7 +159,8 @@ def _print_mode(args: argparse.Namespace, predictor: Any) -> int:
 
     def flush() -> None:
         for name, body in zip(names, predictor.predict_many(batch, top_k=args.top_k), strict=True):
-            print(json.dumps({"file": name, **body}) if args.json else _line(name, body), flush=True)
+            f = name_fields(name)  # a name that is not UTF-8 (or holds a newline) prints as its display form
+            print(json.dumps({**f, **body}) if args.json else _line(f["file"], body), flush=True)
         batch.clear()
         names.clear()
 
@@ -195,13 +201,19 @@ def _table_mode(args: argparse.Namespace, predictor: Any) -> int:
     from tympan.batch.engine import BatchOptions, run_batch
     from tympan.batch.event_tables import EVENT_FORMATS, open_event_writer
     from tympan.batch.sources import scan_sources
-    from tympan.batch.tables import format_for, open_writer, summary_row, window_rows, write_summary
+    from tympan.batch.tables import (check_outputs, format_for, open_writer, row_key, source_key, summary_row,
+                                     window_rows, write_summary)
     from tympan.errors import DataError
+    from tympan.names import display_name
     from tympan.progress import JobProgress
 
     scan = scan_sources(args.paths)
     if not scan.sources:
-        raise DataError(f"no audio files under {', '.join(map(str, args.paths))}")
+        raise DataError(f"no audio files under {', '.join(display_name(p) for p in args.paths)}")
+    # event tables in Raven/Audacity form are folders like their window forms; the rest one file
+    out_kind = {"raven-events": "raven", "audacity-events": "audacity", "events": "csv"}.get(
+        args.format or "", None) or format_for(args.out, args.format)
+    check_outputs(args.out, args.summary, out_kind, [s.path for s in scan.sources])
     writer = None
     if args.format in EVENT_FORMATS:
         writer = open_event_writer(args.out, args.format, predictor, event_config(args, predictor.classes),
@@ -212,14 +224,19 @@ def _table_mode(args: argparse.Namespace, predictor: Any) -> int:
         writer = open_writer(args.out, fmt, resume=args.resume, min_probability=args.min_probability,
                              high_hz=float(predictor.config.f_max or predictor.config.sample_rate / 2))
     done = writer.done() if writer is not None else set()
-    skip = {i for i, s in enumerate(scan.sources) if s.name in done}
-    summaries: dict[str, dict[str, Any]] = {s["file"]: s for s in (writer.summaries() if writer else [])
-                                            if s["file"] in done}
+    skip = {i for i, s in enumerate(scan.sources) if source_key(s.name) in done}
+    summaries: dict[tuple[str, str | None], dict[str, Any]] = {
+        row_key(s): s for s in (writer.summaries() if writer else []) if row_key(s) in done}
     todo = len(scan.sources) - len(skip)
     note = f"; {len(skip)} already done (--resume)" if skip else ""
+    for line in (writer.notes if writer is not None else []):
+        print(f"tympan predict: {line}", file=sys.stderr)
     if not args.quiet:
         print(f"tympan predict: {len(scan.sources)} recordings, {len(scan.skipped)} non-audio and "
               f"{scan.hidden} hidden files skipped{note}", file=sys.stderr)
+        for name, why in scan.skipped:
+            if not why.startswith("not an audio file extension"):  # FIFOs, devices, link loops: one line each
+                print(f"  skipped {display_name(name)}: {why}", file=sys.stderr)
     bar = JobProgress(todo, quiet=args.quiet)
     audio_s, t0, failed, interrupted = 0.0, time.perf_counter(), 0, False
     try:
@@ -228,7 +245,7 @@ def _table_mode(args: argparse.Namespace, predictor: Any) -> int:
             s = summary_row(res, rows)
             if writer is not None:
                 writer.append(res, rows, s)
-            summaries[s["file"]] = s
+            summaries[row_key(s)] = s
             failed += not res.ok
             audio_s += res.duration_s
             bar.done(res.duration_s, ok=res.ok, error=res.error)
@@ -245,9 +262,10 @@ def _table_mode(args: argparse.Namespace, predictor: Any) -> int:
     if not args.quiet or failures:
         print(f"tympan predict: {len(summaries) - len(failures)} recordings analysed ({audio_s / 3600:.2f} h of "
               f"audio in {wall:.1f} s, {audio_s / max(wall, 1e-9):.0f}x real time), {len(failures)} could not be "
-              f"analysed" + (f"; table: {args.out}" if args.out else ""), file=sys.stderr)
+              f"analysed" + (f"; table: {display_name(args.out)}" if args.out else ""), file=sys.stderr)
         for f in failures[:20]:
-            print(f"  {f['file']}: {f['error']}", file=sys.stderr)
+            err = str(f["error"])
+            print(f"  {err if err.startswith(f['file']) else f['file'] + ': ' + err}", file=sys.stderr)
     if interrupted:
         print("tympan: interrupted; the table holds every file finished so far (--resume continues)",
               file=sys.stderr)

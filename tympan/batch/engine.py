@@ -29,6 +29,7 @@ import numpy as np
 
 from tympan.audio import StreamInfo, iter_audio_blocks
 from tympan.batch.sources import Source
+from tympan import warnlog
 from tympan.batch.stream import default_hop, iter_window_batches
 
 __all__ = ["BatchOptions", "FileResult", "run_batch"]
@@ -243,6 +244,7 @@ def _worker(cfg: _Config, tasks: Any, results: Any) -> None:
     from tympan.features import FrontendConfig, LogMel
 
     torch.set_num_threads(1)
+    warnlog.install()  # counted here, sent back with each finished file, printed once by the parent
     frontend = LogMel(FrontendConfig.from_dict(cfg.frontend)).eval()
     while True:
         job = tasks.get()
@@ -257,7 +259,8 @@ def _worker(cfg: _Config, tasks: Any, results: Any) -> None:
                 try:
                     starts, wins, levels = next(gen)
                 except StopIteration as stop:
-                    results.put(("done", idx, {**stop.value, "wall_s": time.perf_counter() - t0}))
+                    results.put(("done", idx, {**stop.value, "wall_s": time.perf_counter() - t0,
+                                               "lib_warnings": warnlog.drain()}))
                     break
                 with torch.inference_mode():
                     feats = frontend(torch.from_numpy(wins)).numpy()
@@ -397,6 +400,7 @@ def run_batch(
                 if sum(len(p[2]) for p in pending) >= cfg.batch:
                     flush()
             elif kind == "done":
+                warnlog.merge(msg[2].pop("lib_warnings", None))
                 waiting.append((msg[1], msg[2]))
                 if len(waiting) >= cfg.batch:
                     flush()

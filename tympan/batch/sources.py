@@ -47,7 +47,7 @@ def scan_sources(paths: list[str | Path], *, relative: bool = False) -> SourceSc
             scan = scan_field_dir(p, require_audio=False)
             hidden += scan.hidden
             for f in scan.files:
-                key = f.resolve()
+                key = _identity(f)
                 if key in seen:
                     continue
                 seen.add(key)
@@ -56,12 +56,20 @@ def scan_sources(paths: list[str | Path], *, relative: bool = False) -> SourceSc
                 out.append(Source(f, str(rel) if relative else str(p / rel), str(rel), site))
             skipped += [(str(f.relative_to(p)) if relative else str(f), why) for f, why in scan.skipped]
         else:
-            key = p.resolve() if p.exists() else p
+            key = _identity(p)
             if key in seen:
                 continue
             seen.add(key)
             out.append(Source(p, str(arg), p.name, None))
     return SourceScan(out, skipped, hidden)
+
+
+def _identity(p: Path) -> Path:
+    """The file a path names, for counting it once; a link loop or a missing file is its own path."""
+    try:
+        return p.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
+        return p.absolute()
 
 
 def group_key(source: Source, start_time: datetime | None, by: str) -> str:

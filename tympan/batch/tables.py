@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,11 @@ from pydantic import BaseModel, ConfigDict
 from tympan.batch.engine import FileResult
 from tympan.contracts.prediction import WindowPrediction
 from tympan.inference import NO_THRESHOLD_NOTE, aggregate, predict_recording, uncertainty_reasons
+from tympan.io import atomic_path
 from tympan.io import write_text_atomic as atomic_write_text
+from tympan.names import display_name, name_fields, spreadsheet_cell
 
-__all__ = ["FORMATS", "SummaryRow", "WindowRow", "open_writer", "summary_row", "window_columns",
+__all__ = ["FORMATS", "SummaryRow", "WindowRow", "check_outputs", "open_writer", "row_key", "source_key", "summary_row", "window_columns",
            "window_rows", "write_summary"]
 
 FORMATS = ("csv", "parquet", "raven", "audacity")
@@ -62,6 +64,7 @@ class WindowRow(BaseModel):
     out_of_distribution: bool
     uncertain: bool
     uncertain_reasons: str = ""
+    file_b64: str | None = None  # the name's exact bytes (base64) when ``file`` is only its display form
 
 
 class SummaryRow(BaseModel):
@@ -86,6 +89,7 @@ class SummaryRow(BaseModel):
     subtype: str | None = None
     warnings: str = ""
     wall_s: float | None = None
+    file_b64: str | None = None  # the name's exact bytes (base64) when ``file`` is only its display form
 
 
 def window_columns() -> list[str]:
@@ -129,7 +133,7 @@ def _chunk_rows(result: FileResult, predictor: Any, part: slice) -> list[dict[st
         start_time = None
         if result.start_time is not None:
             start_time = (result.start_time + _seconds(w.start_s)).isoformat()
-        row = WindowRow(file=result.source.name, start_s=w.start_s, end_s=w.end_s, start_time=start_time,
+        row = WindowRow(**name_fields(result.source.name), start_s=w.start_s, end_s=w.end_s, start_time=start_time,
                         label=w.top_k[0].label, probability=w.top_k[0].probability,
                         uncertain=unc, uncertain_reasons="; ".join(r for r in reasons if r != NO_THRESHOLD_NOTE),
                         **fields)
@@ -145,7 +149,7 @@ def _seconds(s: float):
 
 def summary_row(result: FileResult, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     info = result.info
-    base: dict[str, Any] = {"file": result.source.name, "status": "ok" if result.ok else "failed",
+    base: dict[str, Any] = {**name_fields(result.source.name), "status": "ok" if result.ok else "failed",
                             "error": result.error, "warnings": "; ".join(result.warnings),
                             "wall_s": round(result.wall_s, 3)}
     if info is not None:
@@ -166,6 +170,16 @@ def summary_row(result: FileResult, rows: Sequence[dict[str, Any]]) -> dict[str,
 
 
 # ------------------------------------------------------------------------------- encoding
+def row_key(row: dict[str, Any]) -> tuple[str, str | None]:
+    """What identifies a recording across runs: its display name and, where they differ, its bytes."""
+    return row["file"], row.get("file_b64")
+
+
+def source_key(name: str) -> tuple[str, str | None]:
+    f = name_fields(name)
+    return f["file"], f["file_b64"]
+
+
 def _cell(v: Any) -> Any:
     if v is None:
         return ""
@@ -173,7 +187,7 @@ def _cell(v: Any) -> Any:
         return "true" if v else "false"
     if isinstance(v, list | dict):
         return json.dumps(v)
-    return v
+    return spreadsheet_cell(v)  # text outputs: a cell never starts like a formula (Parquet stays exact)
 
 
 def _csv_text(rows: Iterable[dict[str, Any]], columns: Sequence[str], header: bool) -> str:
@@ -219,11 +233,9 @@ def _arrow_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]):
 def _write_parquet_atomic(path: Path, tables: Iterable[Any], schema: Any) -> None:
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with pq.ParquetWriter(tmp, schema) as w:
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as w:
         for t in tables:
             w.write_table(t)
-    os.replace(tmp, path)
 
 
 def write_summary(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -242,35 +254,58 @@ def write_summary(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 # -------------------------------------------------------------------------------- writers
+#: a ledger larger than this is not one this program wrote (one short JSON line per file)
+MAX_LEDGER_BYTES = 256 << 20
+
+
 class _Ledger:
-    """``<name>.progress.jsonl``: one line per finished file (its summary row + writer data)."""
+    """``<name>.progress.jsonl``: one line per finished file (its summary row + writer data).
+
+    The ledger only says which files finished; the table says which rows exist, so writers
+    check every entry against the table on resume. A line that is not a summary row (cut by a
+    crash, NUL padding, garbage) is counted, reported once and its file redone.
+    """
 
     def __init__(self, path: Path, resume: bool) -> None:
         self.path = path
-        self.entries: dict[str, dict[str, Any]] = {}
+        self.entries: dict[tuple[str, str | None], dict[str, Any]] = {}
+        self.bad_lines = 0
         if resume and path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    e = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a crash: that file is redone
-                    continue
-                self.entries[e["file"]] = e
+            self._read()
         else:
             path.unlink(missing_ok=True)
         self.rewrite()
+
+    def _read(self) -> None:
+        from tympan.errors import OutputError
+
+        if not self.path.is_file() or self.path.stat().st_size > MAX_LEDGER_BYTES:
+            raise OutputError(f"{display_name(self.path)}: not a progress ledger of tympan predict; "
+                              "remove it (or drop --resume)")
+        for line in self.path.read_bytes().decode("utf-8", "replace").splitlines():
+            if not line.strip("\0 \t"):
+                continue
+            try:
+                e = SummaryRow.model_validate_json(line).model_dump()
+                extra = json.loads(line)
+            except (ValueError, TypeError):
+                self.bad_lines += 1
+                continue
+            e.update({k: v for k, v in extra.items() if k == "part" and isinstance(v, str)})
+            self.entries[row_key(e)] = e
 
     def rewrite(self) -> None:
         atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in self.entries.values()))
 
     def add(self, entry: dict[str, Any]) -> None:
-        self.entries[entry["file"]] = entry
+        self.entries[row_key(entry)] = entry
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
-    def done(self) -> set[str]:
-        return {f for f, e in self.entries.items() if e.get("status") == "ok"}
+    def done(self) -> set[tuple[str, str | None]]:
+        return {k for k, e in self.entries.items() if e.get("status") == "ok"}
 
     def summaries(self) -> list[dict[str, Any]]:
         cols = SummaryRow.model_fields
@@ -278,13 +313,23 @@ class _Ledger:
 
 
 class TableWriter:
-    """Base: ledger handling; subclasses write the rows."""
+    """Base: the lock, the ledger; subclasses write the rows."""
 
     def __init__(self, out: Path, ledger: Path, resume: bool) -> None:
         self.out = Path(out)
-        self.ledger = _Ledger(ledger, resume)
+        self._lock = _lock(ledger.with_name(ledger.name.replace("progress.jsonl", "lock")), self.out)
+        try:
+            self.ledger = _Ledger(ledger, resume)
+        except BaseException:
+            self._unlock()
+            raise
+        #: one line each for what resume found wrong (the CLI prints them)
+        self.notes: list[str] = []
+        if self.ledger.bad_lines:
+            self.notes.append(f"{self.ledger.bad_lines} unreadable line(s) in {display_name(ledger)} ignored: "
+                              "their files are analysed again")
 
-    def done(self) -> set[str]:
+    def done(self) -> set[tuple[str, str | None]]:
         return self.ledger.done()
 
     def summaries(self) -> list[dict[str, Any]]:
@@ -298,7 +343,58 @@ class TableWriter:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+
+def _lock(path: Path, out: Path):
+    """An exclusive ``flock`` on ``path`` for the writer's lifetime; a second writer is refused."""
+    import fcntl
+
+    from tympan.errors import OutputError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read(20).strip()
+        f.close()
+        raise OutputError(f"{display_name(out)}: another tympan predict is writing this output"
+                          + (f" (process {pid})" if pid.isdigit() else "") + "; wait for it or choose another --out") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def _csv_records(text: str) -> Iterator[tuple[str, list[str]]]:
+    """``(raw text, cells)`` of each complete CSV record of ``text`` (a final line without newline is cut)."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    raw: list[str] = []
+
+    def feed() -> Iterator[str]:
+        for line in lines:
+            raw.append(line)
+            yield line
+
+    reader = csv.reader(feed())
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:  # an unterminated quote: the rest is a cut append
+            return
+        yield "".join(raw), cells
+        raw.clear()
 
 
 class CsvWriter(TableWriter):
@@ -306,17 +402,48 @@ class CsvWriter(TableWriter):
         out = Path(out)
         super().__init__(out, out.with_name(out.name + ".progress.jsonl"), resume)
         self.columns = window_columns()
-        end = max([int(e.get("csv_end", 0)) for e in self.ledger.entries.values()] + [0])
-        if resume and out.exists() and end > 0:
-            with open(out, "r+b") as f:  # drop whatever was appended after the last recorded file
-                f.truncate(end)
-            self.ledger.entries = {k: e for k, e in self.ledger.entries.items()
-                                   if int(e.get("csv_end", 0)) <= end}
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out, _csv_text([], self.columns, header=True))
-            self.ledger.entries = {k: e for k, e in self.ledger.entries.items() if e.get("status") != "ok"}
-            self.ledger.rewrite()
+        try:
+            if resume and out.exists():
+                self._resume()
+            else:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(out, _csv_text([], self.columns, header=True))
+                self.ledger.entries = {k: e for k, e in self.ledger.entries.items() if e.get("status") != "ok"}
+                self.ledger.rewrite()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _resume(self) -> None:
+        """Keep exactly the files whose rows the table holds in full; the others are redone."""
+        from tympan.errors import OutputError
+
+        header = _csv_text([], self.columns, header=True)
+        text = self.out.read_bytes().decode("utf-8", "replace").replace("\0", "")
+        records = list(_csv_records(text))
+        if not records or records[0][1] != self.columns:
+            raise OutputError(f"{display_name(self.out)}: not a window table of this version (its header differs); "
+                              "move it away or drop --resume")
+        fi, bi = self.columns.index("file"), self.columns.index("file_b64")
+        counts = Counter((r[fi], r[bi]) for _, r in records[1:] if len(r) == len(self.columns))
+        complete: dict[tuple[str, str], tuple[str, str | None]] = {}
+        for k, e in self.ledger.entries.items():
+            cell = (str(_cell(e["file"])), str(_cell(e.get("file_b64"))))
+            if e.get("status") == "ok" and counts.get(cell) == int(e.get("windows") or 0) > 0:
+                complete[cell] = k
+        dropped = sum(c for cell, c in counts.items() if cell not in complete)
+        lost = [k for k, e in self.ledger.entries.items() if e.get("status") == "ok" and k not in complete.values()]
+        self.ledger.entries = {k: e for k, e in self.ledger.entries.items()
+                               if e.get("status") != "ok" or k in complete.values()}
+        kept = header + "".join(raw for raw, r in records[1:]
+                                if len(r) == len(self.columns) and (r[fi], r[bi]) in complete)
+        if kept != text or len(text.encode("utf-8")) != self.out.stat().st_size:
+            atomic_write_text(self.out, kept)  # a cut append, padding or rows of unfinished files go
+        self.ledger.rewrite()
+        if lost or dropped:
+            self.notes.append(f"--resume: {len(complete)} file(s) complete in {display_name(self.out)}; "
+                              f"{len(lost)} the ledger named are incomplete there and {dropped} partial row(s) "
+                              "were dropped: those files are analysed again")
 
     def _write(self, result: FileResult, rows: list[dict[str, Any]]) -> dict[str, Any]:
         data = _csv_text(rows, self.columns, header=False).encode("utf-8")
@@ -326,10 +453,9 @@ class CsvWriter(TableWriter):
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
-            end = os.lseek(fd, 0, os.SEEK_END)
         finally:
             os.close(fd)
-        return {"csv_end": end}
+        return {}
 
 
 class ParquetWriter(TableWriter):
@@ -338,6 +464,14 @@ class ParquetWriter(TableWriter):
     def __init__(self, out: Path, resume: bool) -> None:
         out = Path(out)
         super().__init__(out, out.with_name(out.name + ".progress.jsonl"), resume)
+        try:
+            self._open(resume)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _open(self, resume: bool) -> None:
+        out = self.out
         self.columns = window_columns()
         self.parts = out.with_name(out.name + ".parts")
         if not resume:
@@ -346,16 +480,36 @@ class ParquetWriter(TableWriter):
         prev = self.parts / self.PREVIOUS
         if resume and out.exists() and not prev.exists():
             os.replace(out, prev)
+        counts = self._previous_counts(prev) if prev.exists() else Counter()
         for key, e in list(self.ledger.entries.items()):
             part = e.get("part") or (self.PREVIOUS if e.get("status") == "ok" else None)
             if part is not None and not (self.parts / part).exists():
                 del self.ledger.entries[key]  # its rows are gone: redo it
+            elif part == self.PREVIOUS and counts.get(key) != int(e.get("windows") or 0):
+                del self.ledger.entries[key]  # the table does not hold its rows in full: redo it
+        #: files whose rows are kept from the previous table (the others' rows there are dropped)
+        self.keep_previous = {k for k, e in self.ledger.entries.items()
+                              if e.get("status") == "ok" and not e.get("part")}
         known = {e.get("part") for e in self.ledger.entries.values()} | {self.PREVIOUS}
         for p in self.parts.iterdir():  # parts of files the ledger never recorded, temporaries
             if p.name not in known:
                 p.unlink()
         self.ledger.rewrite()
         self._n = len(known)
+
+    def _previous_counts(self, prev: Path) -> Counter:
+        """Rows per file in the previous table; an unreadable one is kept aside, not used."""
+        import pyarrow.parquet as pq
+
+        try:
+            t = pq.read_table(prev, columns=["file", "file_b64"])
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            aside = self.out.with_name(self.out.name + ".unreadable")
+            os.replace(prev, aside)
+            self.notes.append(f"--resume: {display_name(self.out)} could not be read (kept as {display_name(aside)}); "
+                              "its files are analysed again")
+            return Counter()
+        return Counter(zip(t.column("file").to_pylist(), t.column("file_b64").to_pylist(), strict=True))
 
     def _write(self, result: FileResult, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import pyarrow.parquet as pq
@@ -367,17 +521,29 @@ class ParquetWriter(TableWriter):
         os.replace(tmp, self.parts / name)
         return {"part": name}
 
-    def close(self) -> None:
+    def _tables(self, files: list[Path], schema: Any) -> Iterator[Any]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = _arrow_schema(self.columns)
-        names = [self.PREVIOUS] + [e["part"] for e in self.ledger.entries.values() if e.get("part")]
-        files = [self.parts / n for n in dict.fromkeys(names) if (self.parts / n).exists()]
-        _write_parquet_atomic(self.out, (pq.read_table(p, schema=schema) for p in files), schema)
-        for e in self.ledger.entries.values():  # their rows now live in the assembled table
-            e.pop("part", None)
-        self.ledger.rewrite()
-        shutil.rmtree(self.parts, ignore_errors=True)
+        for p in files:
+            t = pq.read_table(p, schema=schema)
+            if p.name == self.PREVIOUS:
+                keys = zip(t.column("file").to_pylist(), t.column("file_b64").to_pylist(), strict=True)
+                t = t.filter(pa.array([k in self.keep_previous for k in keys], pa.bool_()))
+            yield t
+
+    def close(self) -> None:
+        try:
+            schema = _arrow_schema(self.columns)
+            names = [self.PREVIOUS] + [e["part"] for e in self.ledger.entries.values() if e.get("part")]
+            files = [self.parts / n for n in dict.fromkeys(names) if (self.parts / n).exists()]
+            _write_parquet_atomic(self.out, self._tables(files, schema), schema)
+            for e in self.ledger.entries.values():  # their rows now live in the assembled table
+                e.pop("part", None)
+            self.ledger.rewrite()
+            shutil.rmtree(self.parts, ignore_errors=True)
+        finally:
+            super().close()
 
 
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
@@ -390,8 +556,8 @@ class _PerFileWriter(TableWriter):
 
     def __init__(self, out: Path, resume: bool, min_probability: float, high_hz: float) -> None:
         out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"{out}: --format raven/audacity writes one file per recording into a folder")
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            raise ValueError(f"{display_name(out)}: --format raven/audacity writes one file per recording into a folder")
         out.mkdir(parents=True, exist_ok=True)
         super().__init__(out, out / ".tympan-progress.jsonl", resume)
         self.min_probability = float(min_probability)
@@ -418,9 +584,9 @@ class RavenWriter(_PerFileWriter):
         w.writerow(RAVEN_COLUMNS)
         for i, r in enumerate(rows, 1):
             w.writerow([i, "Spectrogram 1", 1, f"{r['start_s']:.3f}", f"{r['end_s']:.3f}", 0,
-                        f"{self.high_hz:.0f}", r["label"], f"{r['probability']:.4f}", f"{r['ood_score']:.4f}",
-                        _cell(r["out_of_distribution"]), _cell(r["uncertain"]), str(result.source.path),
-                        f"{r['start_s']:.3f}"])
+                        f"{self.high_hz:.0f}", _cell(r["label"]), f"{r['probability']:.4f}", f"{r['ood_score']:.4f}",
+                        _cell(r["out_of_distribution"]), _cell(r["uncertain"]),
+                        _cell(display_name(result.source.path)), f"{r['start_s']:.3f}"])
         return buf.getvalue()
 
 
@@ -428,7 +594,63 @@ class AudacityWriter(_PerFileWriter):
     suffix = ".labels.txt"
 
     def render(self, result: FileResult, rows: list[dict[str, Any]]) -> str:
-        return "".join(f"{r['start_s']:.6f}\t{r['end_s']:.6f}\t{r['label']} {r['probability']:.3f}\n" for r in rows)
+        return "".join(f"{r['start_s']:.6f}\t{r['end_s']:.6f}\t{_label_text(r['label'])} {r['probability']:.3f}\n"
+                       for r in rows)
+
+
+def _label_text(label: str) -> str:
+    """A label as one spreadsheet-safe field of a tab-separated line (a class name is bundle data)."""
+    return spreadsheet_cell(display_name(label).replace("\t", " "))
+
+
+def check_outputs(out: Path | None, summary: Path | None, fmt: str, inputs: Sequence[Path]) -> None:
+    """Refuse, before any work, outputs that would destroy something: one line, nothing replaced.
+
+    An output must not be one of the input recordings, a device, a FIFO, a symbolic link or a
+    folder (a per-file format's ``--out`` is a folder), nor the other output; its folder must
+    take new files.
+    """
+    import tempfile
+
+    from tympan.errors import OutputError
+    from tympan.io import check_replaceable
+
+    targets = [(p, flag) for p, flag in ((out, "--out"), (summary, "--summary")) if p is not None]
+    if out is not None and summary is not None and Path(out).absolute() == Path(summary).absolute():
+        raise OutputError(f"--out and --summary are the same file ({display_name(out)})")
+    ids = set()
+    for p in inputs:
+        try:
+            st = os.stat(p)
+            ids.add((st.st_dev, st.st_ino))
+        except OSError:
+            continue
+    for path, flag in targets:
+        path = Path(path)
+        folder = flag == "--out" and fmt in ("raven", "audacity")
+        if folder:
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                raise OutputError(f"{flag} {display_name(path)}: --format {fmt} writes one file per recording "
+                                  "into a folder; this is not one")
+        else:
+            try:
+                check_replaceable(path)
+            except OutputError as exc:
+                raise OutputError(f"{flag} {exc}") from None
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) in ids:
+            raise OutputError(f"{flag} {display_name(path)} is one of the input recordings; refusing to overwrite it")
+        parent = path if folder else path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=".tympan-write-check."):
+                pass
+        except OSError as exc:
+            raise OutputError(f"{flag} {display_name(path)}: cannot write in {display_name(parent)} "
+                              f"({exc.strerror or exc})") from None
 
 
 def format_for(out: Path | None, fmt: str | None) -> str:

@@ -288,6 +288,8 @@ class OverallVerdict(_Model):
 class FileIssue(_Model):
     file: str
     reason: str
+    file_b64: str | None = Field(None, description="the name's exact bytes (base64) when ``file`` is its display "
+                                                  "form (not valid UTF-8, or holding control characters)")
 
 
 class FieldSummary(_Model):
@@ -335,6 +337,8 @@ class PerFileResult(_Model):
     windows: int
     ood_score: float | None = Field(None, description="the bundle's deciding OOD score (when not energy)")
     background: bool | None = Field(None, description="background only, no sound event (bundles with a detector)")
+    file_b64: str | None = Field(None, description="the name's exact bytes (base64) when ``file`` is its display "
+                                                  "form (not valid UTF-8, or holding control characters)")
 
 
 # --------------------------------------------------------------------------- robustness

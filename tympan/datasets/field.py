@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tympan.audio import AUDIO_EXTENSIONS, Decoded, load_audio
+from tympan.audio import AUDIO_EXTENSIONS, Decoded, file_problem, load_audio
 from tympan.errors import AudioError, DataError
 
 
@@ -44,10 +44,10 @@ def scan_field_dir(root: str | Path, *, require_audio: bool = True) -> FieldScan
             p = Path(dirpath) / name
             if name.startswith("."):
                 hidden += 1
-            elif not p.is_file():
-                continue
-            elif p.suffix.lower() in AUDIO_EXTENSIONS:
+            elif p.suffix.lower() in AUDIO_EXTENSIONS:  # a FIFO/device/link loop is refused by the decoder
                 files.append(p)
+            elif (why := file_problem(p)) is not None:
+                skipped.append((p, why))
             else:
                 skipped.append((p, f"not an audio file extension ({p.suffix or 'none'})"))
     files.sort()

@@ -41,10 +41,16 @@ GROUP_BY = ("site", "day", "hour")
 
 
 def _header_duration(path: Path) -> float | None:
+    import os
+
     import soundfile as sf
 
+    from tympan.audio import file_problem
+
+    if file_problem(path) is not None:  # never open a FIFO or a device (it would block or never end)
+        return None
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))
     except Exception:  # noqa: BLE001 - the decoder names the problem later
         return None
     return float(info.duration) if 0 < info.frames < (1 << 62) else None
@@ -297,7 +303,8 @@ def write_archive(out_dir: str | Path, archive: Mapping[str, Any] | None) -> Pat
     if not archive:
         return None
     from tympan.io import to_jsonable, write_json_atomic
+    from tympan.names import printable
 
     path = Path(out_dir) / "field.json"
-    write_json_atomic(path, to_jsonable(dict(archive)))
+    write_json_atomic(path, printable(to_jsonable(dict(archive))))
     return path

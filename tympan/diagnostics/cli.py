@@ -154,6 +154,13 @@ def adaptation_block(bundle: Any) -> dict[str, Any] | None:
             "description": desc, "refitted": sorted(refit), "stale": list(stale)}
 
 
+def _issue(entry: dict[str, Any]) -> dict[str, Any]:
+    """An unreadable or skipped file as the report stores it: display name, exact bytes, one-line reason."""
+    from tympan.names import display_name, name_fields
+
+    return {**entry, **name_fields(entry["file"]), "reason": display_name(str(entry["reason"]))}
+
+
 def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress: bool = True,
                  analysis: dict[str, Any] | None = None,
                  fail_on: str = "model", accuracy_margin: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -166,6 +173,7 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
 
     drift_checks = CheckRecorder(drift_checks)  # remembers its arguments: --by reruns it per group
     from tympan.errors import DataError
+    from tympan.names import display_name, name_fields
 
     bundle = predictor.bundle
     clips = analyse_folder(predictor, field_dir, progress=progress, **analysis_kwargs(analysis))
@@ -190,7 +198,7 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
     per_file = []
     for i, (f, p, c, e, w) in enumerate(zip(clips.ids, clips.predictions, clips.confidence, clips.energy,
                                              clips.n_windows, strict=True)):
-        row = {"file": f, "predicted": classes[int(p)], "confidence": float(c), "energy": float(e),
+        row = {**name_fields(f), "predicted": classes[int(p)], "confidence": float(c), "energy": float(e),
                "out_of_distribution": bool(thr is not None and e > thr), "windows": int(w)}
         if emb_thr is not None and clips.ood_score is not None:  # the score that decides OOD in /predict
             row["ood_score"] = float(clips.ood_score[i])
@@ -222,9 +230,9 @@ def field_report(predictor: Any, bundle_dir: Path, field_dir: Path, *, progress:
         "n_reference": acoustic.get("n_reference"),
         "n_field": len(clips),
         "features": acoustic.get("features", []),
-        "field": {"folder": str(field_dir), "n_files": n_files, "n_analysed": len(clips),
-                  "n_unreadable": len(clips.unreadable), "unreadable": clips.unreadable,
-                  "n_skipped": len(clips.skipped), "skipped": clips.skipped},
+        "field": {"folder": display_name(field_dir), "n_files": n_files, "n_analysed": len(clips),
+                  "n_unreadable": len(clips.unreadable), "unreadable": [_issue(e) for e in clips.unreadable],
+                  "n_skipped": len(clips.skipped), "skipped": [_issue(e) for e in clips.skipped]},
         "checks": res["checks"],
         "recording_format": res["recording_format"],
         "per_file": per_file,
@@ -275,6 +283,13 @@ def _print_field(report: dict[str, Any]) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
+    from tympan import warnlog
+
+    with warnlog.counted("diagnose"):  # librosa's per-clip warnings: one line per kind, counted
+        return _diagnose(args)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
     from tympan.diagnostics.field import make_predictor
     from tympan.bundle import resolve_bundle_dir
     from tympan.diagnostics.calibrate import fit_bundle
@@ -282,6 +297,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from tympan.errors import DataError
     from tympan.diagnostics.archive import analysis_options, print_archive, write_archive
 
+    from tympan.names import printable_streams
+
+    printable_streams()
     try:
         if args.field_dir is not None and not args.field_dir.exists():  # fail before loading anything
             raise DataError(f"{args.field_dir}: no such directory")

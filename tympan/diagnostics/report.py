@@ -32,6 +32,7 @@ from tympan.contracts.report import (
     Robustness,
 )
 from tympan.io import to_jsonable
+from tympan.names import printable
 
 __all__ = ["REPORT_VERSION", "render_html", "validate_report", "write_report"]
 
@@ -323,7 +324,7 @@ def write_report(out_dir: str | Path, report: Mapping[str, Any], extras: Mapping
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: --out must be a directory")
-    data = to_jsonable(dict(report))
+    data = printable(to_jsonable(dict(report)))  # a name that is not UTF-8 never stops the report
     doc = validate_report(data)
     page = render_html(doc, extras)  # render before writing anything
     write_json_atomic(out / JSON_NAME, data)
