@@ -28,6 +28,7 @@ class JobProgress:
         self.total_files, self.total_audio_s = int(total_files), total_audio_s
         self.files = self.failed = 0
         self.audio_s = 0.0
+        self.quiet = quiet
         self.started = time.perf_counter()
         # disable=None: tqdm stays quiet when stderr is not a TTY
         self.bar = tqdm(total=self.total_files, desc=desc or None, unit="file", file=sys.stderr,
@@ -64,12 +65,13 @@ class JobProgress:
         return ", ".join(parts)
 
     def done(self, audio_s: float = 0.0, *, ok: bool = True, error: str | None = None) -> None:
-        """One file finished (``ok=False``: it could not be analysed; ``error`` is printed)."""
+        """One file finished (``ok=False``: it could not be analysed; ``error`` is printed unless
+        quiet, where the closing list names each failure once)."""
         self.files += 1
         self.audio_s += float(audio_s or 0.0)
         if not ok:
             self.failed += 1
-            if error:
+            if error and not self.quiet:
                 self.write(f"tympan: error: {error}")
         self.bar.set_postfix_str(self.status(), refresh=False)
         self.bar.update(1)
