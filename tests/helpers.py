@@ -128,3 +128,27 @@ def run_diagnose(*argv: str) -> int:
     from tympan.diagnostics.cli import diagnose_main
 
     return diagnose_main([*argv, "--quiet"])
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+               "--window-size=1400,1560", "--hide-scrollbars"]
+#: a browser with no network beyond this machine: every other host name fails to resolve
+OFFLINE_ARGS = ["--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1, EXCLUDE localhost"]
+
+
+def headless_chromium(*extra_args: str):
+    """Headless Chromium through the system chromedriver (Selenium; nothing is downloaded)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in (*CHROME_ARGS, *extra_args):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    return driver

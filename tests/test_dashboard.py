@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -304,6 +305,7 @@ def test_drift_page_runs_diagnose_on_a_folder(app: AppTest, tmp_path: Path, monk
     script.write_text(FAKE_DIAGNOSE)
     monkeypatch.setattr(drift, "diagnose_command", lambda: [sys.executable, str(script)])
     drift.diagnose_available.clear()
+    before = set(Path(tempfile.gettempdir()).glob("tympan-drift-*"))
     try:
         goto(app, "drift")
         app.radio(key="drift_mode").set_value("Run diagnose on a folder").run()
@@ -314,6 +316,8 @@ def test_drift_page_runs_diagnose_on_a_folder(app: AppTest, tmp_path: Path, monk
         assert not app.error, [e.value for e in app.error]
         assert app.metric[0].value == "drift" and app.metric[1].value == "1 / 2"
         assert len(app.dataframe) == 2  # per-feature table and the other checks
+        # the run's report folder is gone once the report is read (each one held ~5 MB)
+        assert set(Path(tempfile.gettempdir()).glob("tympan-drift-*")) <= before
     finally:
         drift.diagnose_available.clear()
 

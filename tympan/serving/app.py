@@ -44,6 +44,7 @@ from tympan.bundle import META_FILE, Bundle, default_bundle_dir, read_metadata
 from tympan.errors import AudioError, AudioTooLongError, BundleError, NotAudioError
 from tympan.inference import Predictor, Prepared, UncertaintyPolicy
 from tympan.serving.batching import MicroBatcher
+from tympan.serving.docs import ASSETS_URL, add_docs
 from tympan.serving.metrics import Metrics
 from tympan.serving.schemas import (
     ErrorResponse,
@@ -190,7 +191,8 @@ class AuthMiddleware:
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS or scope.get("method") == "OPTIONS":
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS or scope.get("method") == "OPTIONS" \
+                or scope.get("path", "").startswith(ASSETS_URL + "/"):
             return await self.app(scope, receive, send)
         auth = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, token = auth.partition(b" ")
@@ -663,7 +665,10 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
         summary="Environmental sound classification (ESC-50) with calibrated probabilities and OOD flags",
         description="HTTP contract: docs/api.md. Errors are `{\"error\": code, \"detail\": message}`.",
         lifespan=lifespan,
+        docs_url=None,  # tympan.serving.docs adds /docs and /redoc on local assets (they work offline)
+        redoc_url=None,
     )
+    add_docs(app)
     app.state.service = service
     app.state.settings = settings
     app.state.metrics = metrics
