@@ -185,7 +185,7 @@ def test_uploaded_clip_is_classified_and_explained(app: AppTest, wav_bytes: byte
 
     goto(app, "acoustic")
     no_exception(app)
-    assert "looks like" in texts(app)
+    assert "in these features nearest to the median" in texts(app) and "looks like" not in texts(app)
     assert plotly_count(app) >= 5
     app.multiselect(key="ac_folds").set_value([1, 2]).run()
     no_exception(app)
@@ -446,7 +446,7 @@ def test_features_table_is_cached_on_disk_without_pickle(synthetic_dir: Path, tm
     # a clip of a class is nearest to its own class
     hum = next(p for p in sorted((synthetic_dir / "audio").iterdir()) if "-0." in p.name or p.stem.endswith("-0"))
     near = describe_nearest(features_of_audio(hum.read_bytes()), t2.frame)
-    assert near.ranking[0][0] == "hum" and "looks like hum" in near.sentence
+    assert near.ranking[0][0] == "hum" and "nearest to the median hum clip" in near.sentence
 
 
 def test_reports_are_read_tolerantly() -> None:
