@@ -182,16 +182,32 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
+    from tympan.datasets.ood import build_ood_set
+
+    report_ood_set(build_ood_set(args.dest, seed=args.seed))
+    return 0
+
+
+def report_ood_set(root: Path) -> None:
+    """What the set holds per split, and (on stderr) every source this machine lacks and its package."""
     import csv
     from collections import Counter
 
-    from tympan.datasets.ood import build_ood_set
+    from tympan.datasets.ood import missing_sources
 
-    root = build_ood_set(args.dest, seed=args.seed)
     with open(root / "manifest.csv", encoding="utf-8") as f:
-        kinds = Counter(r["kind"] for r in csv.DictReader(f))
-    print(f"wrote {sum(kinds.values())} clips to {root}: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
-    missing = {"speech", "music", "notification"} - set(kinds)
-    if missing:
-        print(f"  missing {', '.join(sorted(missing))}: run scripts/build_ood_set.sh to install the Debian packages")
-    return 0
+        rows = list(csv.DictReader(f))
+    kinds = Counter(r["kind"] for r in rows)
+    print(f"wrote {len(rows)} clips to {root}: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    by_split = {sp: Counter(r["kind"] for r in rows if r["split"] == sp) for sp in ("dev", "eval")}
+    print("  " + "; ".join(f"{sp}: " + (", ".join(f"{k} {n}" for k, n in sorted(c.items())) or "nothing")
+                           for sp, c in by_split.items()))
+    missing = missing_sources()
+    if missing:  # said loudly: a smaller set changes every figure fitted or judged on it
+        print(f"warning: a smaller set than the README describes: this machine lacks {len(missing)} of its sources:",
+              file=sys.stderr)
+        for what, split, pkg in missing:
+            print(f"  {what} ({split} split): Debian package {pkg}", file=sys.stderr)
+        pkgs = " ".join(dict.fromkeys(p for _, _, p in missing))
+        print(f"  install them (`sudo apt-get install {pkgs}`, or run scripts/build_ood_set.sh as root) "
+              "and build the set again", file=sys.stderr)
