@@ -4,11 +4,14 @@ field folders of generated clips, and diagnose run in-process. Fixtures built on
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -152,3 +155,21 @@ def headless_chromium(*extra_args: str):
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
     return driver
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], log: Path, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """A child process with its output in ``log``; terminated (then killed) on the way out."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=cwd or Path(__file__).resolve().parents[1], env=env or dict(os.environ))
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)

@@ -12,17 +12,15 @@ Needs ``apt-get install chromium chromium-driver`` and ``pip install selenium``;
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CHROMEDRIVER, CHROMIUM, free_port, headless_chromium  # noqa: E402
+from helpers import CHROMEDRIVER, CHROMIUM, free_port, headless_chromium, process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,21 +52,6 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
             pass
         time.sleep(0.25)
     raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
 
 
 def tiny_bundle(dest: Path) -> Path:

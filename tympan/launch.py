@@ -108,7 +108,12 @@ def _example_clip(explicit: Path | None, bundle: str | Path | None = None,
     return (held or clips or [None])[0]
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # `kill` stops both children as Ctrl-C does, leaving no orphaned server
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     check_port_free(args.host, args.api_port, "--api-port")
     if not args.no_dashboard:
         if args.dashboard_port == args.api_port:
