@@ -191,6 +191,7 @@ class Runner:
         self.env.pop("TYMPAN_ESC50_DIR", None)  # the docs' commands name their folders
         self.servers: list[subprocess.Popen] = []
         self.api_port: int | None = None
+        self.helped: dict[str, tuple[int, str]] = {}
         self.n = 0
 
     def shell(self, line: str) -> list[str]:
@@ -254,7 +255,10 @@ class Runner:
                 line = re.sub(pattern, value, line)
         if how == "help":
             ran = help_of(cmd.text)
-            rc, log = self.run(ran)
+            if ran in self.helped:  # the same --help passed above: not run again (each costs ~15 s of imports)
+                rc, log = self.helped[ran]
+            else:
+                rc, log = self.helped[ran] = self.run(ran)
         elif how == "up":
             line = re.sub(r"\[([^\]]*)\]", r"\1", cmd.text)  # up's optional parts are what it hands over
             ran = (re.sub(r"^bash scripts/setup\.sh && \.venv/bin/", "", line)
