@@ -117,7 +117,7 @@ def policy(cmd: str) -> tuple[str, str]:
 
 def as_run(cmd: str) -> str:
     """The command with its optional ``[...]`` parts and a trailing ``&`` dropped."""
-    return re.sub(r"\s*\[[^\]]*\]", "", cmd).rstrip(" &")
+    return re.sub(r"\s+\[(?:-|\.\.\.)[^\]]*\]", "", cmd).rstrip(" &")  # `[--opt x]`, `[...]`; not `argv[1]`
 
 
 def help_of(cmd: str) -> str:
@@ -168,7 +168,8 @@ def write_inputs(clone: Path) -> None:
     except (sf.LibsndfileError, TypeError, ValueError):  # a libsndfile without MP3: inspect says why
         (clone / "other.mp3").write_bytes(b"not an mp3")
     for i, src in enumerate(audio[:24]):
-        for folder in (f"field/site_{'ab'[i % 2]}", "recordings"):
+        # field/: two sites (for --by site) and a few files at the top (for field/*.flac)
+        for folder in (f"field/site_{'ab'[i % 2]}", "recordings", *(["field"] if i < 3 else [])):
             (clone / folder).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, clone / folder / src.name)
 
@@ -260,7 +261,7 @@ class Runner:
             else:
                 rc, log = self.helped[ran] = self.run(ran)
         elif how == "up":
-            line = re.sub(r"\[([^\]]*)\]", r"\1", cmd.text)  # up's optional parts are what it hands over
+            line = re.sub(r"\s\[(-[^\]]*)\]", r" \1", cmd.text)  # up's optional parts are what it hands over
             ran = (re.sub(r"^bash scripts/setup\.sh && \.venv/bin/", "", line)
                    + f" --check --api-port {free_port()} --dashboard-port {free_port()}")
             rc, log = self.run(ran)
