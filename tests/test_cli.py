@@ -68,3 +68,10 @@ def test_init_offline_fails_before_featurising(synthetic_dir: Path, tmp_path: Pa
     assert out.returncode != 0
     assert "--init mn04_as:" in out.stderr and "without network, pass a local copy" in out.stderr, out.stderr
     assert "run dir" not in out.stdout and not (tmp_path / "features").exists()  # nothing was featurised
+
+
+def test_up_help_describes_it_and_takes_the_data_folder() -> None:
+    out = " ".join(tympan("up", "--help").stdout.split())
+    assert "Starts `tympan serve` and `tympan dashboard` together" in out
+    assert "--data-dir DATA_DIR" in out and "The dashboard is given the same bundle and ESC-50 folder" in out
+    assert "(default: 8000)" in out and "(default: 8501)" in out
