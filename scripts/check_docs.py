@@ -219,7 +219,7 @@ class Runner:
         out = open(log, "w")  # noqa: SIM115 - closed with the process
         out.write(f"$ {line}\n")
         out.flush()
-        proc = subprocess.Popen(self.shell(f"exec {line}"), cwd=self.clone, env=self.env, stdout=out,
+        proc = subprocess.Popen(self.shell(f"exec env {line}"),  # env: `VAR=x cmd` as in the docs cwd=self.clone, env=self.env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.servers.append(proc)
         try:
