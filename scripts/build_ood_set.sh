@@ -8,8 +8,7 @@ cd "$(dirname "$0")/.."
 DEST=${1:-data/ood}
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   need=()
-  for pkg in espeak-ng fluidsynth timgm6mb-soundfont fluidr3mono-gm-soundfont musescore-general-soundfont-small \
-             sound-theme-freedesktop gnome-audio oxygen-sounds deepin-sound-theme yaru-theme-sound; do
+  for pkg in $(grep -v '^#' scripts/ood-packages.txt); do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then

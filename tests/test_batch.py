@@ -285,3 +285,22 @@ def test_streaming_decoder_keeps_the_decoders_guarantees(tmp_path: Path, fmt: st
         got = np.concatenate(list(blocks))
         assert np.array_equal(got, want.waveform), p.name
         assert blocks.info.warnings == want.warnings, p.name
+
+
+def test_raven_high_freq_is_the_band_the_model_saw_of_the_file(tmp_path: Path) -> None:
+    """A 32 kHz front end reaching 15 kHz sees a 16 kHz file only up to its Nyquist, 8 kHz."""
+    torch.manual_seed(0)
+    bundle = Bundle(model=build_model("cnn", n_classes=3, width=8).eval(), arch="cnn", arch_params={"width": 8},
+                    classes=["a", "b", "c"], frontend=FrontendConfig(sample_rate=32_000, f_max=15_000.0,
+                                                                     clip_seconds=1.0),
+                    ood={"score": "energy", "threshold": -0.5, "temperature": 1.0}).save(tmp_path / "bundle")
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "low.wav", noise(2.0), SR)
+    sf.write(tmp_path / "in" / "high.wav", noise(2.0, sr=44_100), 44_100)
+    assert main(["predict", str(tmp_path / "in"), "--bundle", str(bundle), "--quiet", "--out",
+                 str(tmp_path / "raven"), "--format", "raven"]) == 0
+    high = {}
+    for name in ("low", "high"):
+        with open(tmp_path / "raven" / f"{name}.selection.table.txt", newline="") as f:
+            high[name] = {float(r["High Freq (Hz)"]) for r in csv.DictReader(f, delimiter="\t")}
+    assert high == {"low": {8000.0}, "high": {15000.0}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,31 @@ def test_start_up_imports_only_the_command_asked_for() -> None:
     assert loaded("predict", "x.wav") == set()  # the model's modules load in the handler
     assert loaded("serve") == set()
     assert "tympan.training" in loaded("train")
+
+
+def test_train_help_shows_the_defaults() -> None:
+    out = " ".join(tympan("train", "--help").stdout.split())  # help lines wrap
+    assert "(default: 0.3)" in out and "(default: auto)" in out and "(default: None)" not in out
+    assert "cnn 40" in out and "with --init" in out  # --epochs: the architecture's defaults, named
+
+
+def test_init_offline_fails_before_featurising(synthetic_dir: Path, tmp_path: Path) -> None:
+    """No network: ``--init mn04_as`` fails at once and points at a local weights file."""
+    from helpers import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: every download is refused at once
+    env = {**os.environ, "TYMPAN_CACHE": str(tmp_path / "cache"), "TYMPAN_CACHE_DIR": str(tmp_path / "features"),
+           "HTTPS_PROXY": dead, "https_proxy": dead, "HTTP_PROXY": dead, "http_proxy": dead}
+    out = subprocess.run([sys.executable, "-m", "tympan", "train", "--data-dir", str(synthetic_dir), "--arch", "mn04",
+                          "--init", "mn04_as", "--epochs", "1", "--quiet", "--run-dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode != 0
+    assert "--init mn04_as:" in out.stderr and "without network, pass a local copy" in out.stderr, out.stderr
+    assert "run dir" not in out.stdout and not (tmp_path / "features").exists()  # nothing was featurised
+
+
+def test_up_help_describes_it_and_takes_the_data_folder() -> None:
+    out = " ".join(tympan("up", "--help").stdout.split())
+    assert "Starts `tympan serve` and `tympan dashboard` together" in out
+    assert "--data-dir DATA_DIR" in out and "The dashboard is given the same bundle and ESC-50 folder" in out
+    assert "(default: 8000)" in out and "(default: 8501)" in out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -184,7 +185,7 @@ def test_uploaded_clip_is_classified_and_explained(app: AppTest, wav_bytes: byte
 
     goto(app, "acoustic")
     no_exception(app)
-    assert "looks like" in texts(app)
+    assert "in these features nearest to the median" in texts(app) and "looks like" not in texts(app)
     assert plotly_count(app) >= 5
     app.multiselect(key="ac_folds").set_value([1, 2]).run()
     no_exception(app)
@@ -304,6 +305,7 @@ def test_drift_page_runs_diagnose_on_a_folder(app: AppTest, tmp_path: Path, monk
     script.write_text(FAKE_DIAGNOSE)
     monkeypatch.setattr(drift, "diagnose_command", lambda: [sys.executable, str(script)])
     drift.diagnose_available.clear()
+    before = set(Path(tempfile.gettempdir()).glob("tympan-drift-*"))
     try:
         goto(app, "drift")
         app.radio(key="drift_mode").set_value("Run diagnose on a folder").run()
@@ -314,6 +316,8 @@ def test_drift_page_runs_diagnose_on_a_folder(app: AppTest, tmp_path: Path, monk
         assert not app.error, [e.value for e in app.error]
         assert app.metric[0].value == "drift" and app.metric[1].value == "1 / 2"
         assert len(app.dataframe) == 2  # per-feature table and the other checks
+        # the run's report folder is gone once the report is read (each one held ~5 MB)
+        assert set(Path(tempfile.gettempdir()).glob("tympan-drift-*")) <= before
     finally:
         drift.diagnose_available.clear()
 
@@ -442,7 +446,7 @@ def test_features_table_is_cached_on_disk_without_pickle(synthetic_dir: Path, tm
     # a clip of a class is nearest to its own class
     hum = next(p for p in sorted((synthetic_dir / "audio").iterdir()) if "-0." in p.name or p.stem.endswith("-0"))
     near = describe_nearest(features_of_audio(hum.read_bytes()), t2.frame)
-    assert near.ranking[0][0] == "hum" and "looks like hum" in near.sentence
+    assert near.ranking[0][0] == "hum" and "nearest to the median hum clip" in near.sentence
 
 
 def test_reports_are_read_tolerantly() -> None:

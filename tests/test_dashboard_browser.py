@@ -12,20 +12,16 @@ Needs ``apt-get install chromium chromium-driver`` and ``pip install selenium``;
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port  # noqa: E402
+from helpers import CHROMEDRIVER, CHROMIUM, free_port, headless_chromium, process  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
@@ -38,14 +34,8 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 pytest.importorskip("streamlit")
 pytest.importorskip("tympan.serving.app", reason="tympan.serving is not available")
 
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-               "--window-size=1400,1560", "--hide-scrollbars"]
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -62,21 +52,6 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
             pass
         time.sleep(0.25)
     raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
 
 
 def tiny_bundle(dest: Path) -> Path:
@@ -111,13 +86,8 @@ def test_upload_in_a_real_browser_shows_predictions(tmp_path: Path, synthetic_di
     with process(api_cmd, tmp_path / "api.log", env) as api, process(ui_cmd, tmp_path / "ui.log", env) as ui:
         wait_http(f"http://127.0.0.1:{api_port}/ready", api)
         wait_http(f"http://127.0.0.1:{ui_port}/_stcore/health", ui)
-        options = Options()
-        options.binary_location = str(CHROMIUM)
-        for arg in CHROME_ARGS:
-            options.add_argument(arg)
-        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        driver = headless_chromium()
         try:
-            driver.set_page_load_timeout(60)
             driver.get(f"http://127.0.0.1:{ui_port}/?page=classify")
             wait = WebDriverWait(driver, 90, poll_frequency=0.25)
             upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type='file']"))

@@ -45,3 +45,21 @@ def test_same_seed_same_set(tmp_path: Path) -> None:
     for name in ("generated/pink-noise-0.1.flac", "music/music-000.flac"):
         if (a / name).exists():
             np.testing.assert_array_equal(load_audio(a / name).waveform, load_audio(b / name).waveform)
+
+
+def test_set_up_installs_every_source_and_data_ood_names_the_missing(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """scripts/setup.sh installs every package the set is built from; a smaller set says why."""
+    from tympan.datasets.cli import report_ood_set
+    from tympan.datasets.ood import SOURCES, missing_sources
+
+    listed = [line.strip() for line in (Path(__file__).resolve().parents[1] / "scripts" / "ood-packages.txt")
+              .read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert sorted(listed) == sorted({pkg for _, _, pkg, _ in SOURCES})
+    report_ood_set(build_ood_set(tmp_path / "ood", n_speech=2, n_music=2))  # what `tympan data ood` prints
+    out = capsys.readouterr()
+    missing = missing_sources()
+    assert ("warning: a smaller set" in out.err) == bool(missing)
+    for what, _, pkg in missing:  # each missing source is named with the package that brings it
+        assert f"{what}" in out.err and pkg in out.err
+    assert "dev: " in out.out and "eval: " in out.out

@@ -137,13 +137,15 @@ def test_inspect_prints_metadata(tmp_path: Path, capsys: pytest.CaptureFixture[s
     sf.write(lying, tone(), SR, format="FLAC")
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio at all\n" * 10)
-    status = cmd_inspect(argparse.Namespace(files=[moth, lying, bad]))
+    status = cmd_inspect(argparse.Namespace(files=[moth, lying, bad], bundle=None))
     out = capsys.readouterr().out
     assert status == 2
     assert len(out.splitlines()) == 3  # one line per file
     assert f"{moth}: WAV/PCM_16, 48000 Hz, 1 ch, 1.000 s, peak 0.500" in out
     assert "start time 2024-02-01T12:00:00+00:00 (from the AudioMoth comment)" in out
     assert "ICMT" in out and "clipping" in out
-    assert "content above the model's band (8 kHz)" in out
+    # the shipped model's band reaches 15 kHz (its front end's f_max), not 8 kHz
+    assert "content above the band of tympan-default-mn04-esc50 (0-15 kHz)" in out
+    assert "none, a 16000 Hz file holds nothing above 8 kHz" in out
     assert "the extension .wav names another container: the file is FLAC" in out
     assert f"{bad}: error: NotAudioError" in out

@@ -113,13 +113,15 @@ def _overlaid(hists: Sequence[tuple[Histogram, str, str]], *, threshold: float |
                              hovertemplate="%{x:.3g}: %{customdata} clips (%{y:.1%})<extra></extra>"))
     if threshold is not None:
         fig.add_vline(x=threshold, line_dash="dash", line_color="black", annotation_text=threshold_label)
-    fig.update_layout(barmode="overlay")
+    # legend under the chart: long set names beside it squeezed the bars to a third of the width
+    fig.update_layout(barmode="overlay", legend=dict(orientation="h", yanchor="top", y=-0.22, x=0, xanchor="left"))
     fig.update_xaxes(title=xlabel)
     fig.update_yaxes(title="share of clips")
-    return _layout(fig, title, height=360)
+    return _layout(fig, title, height=420, b=110)
 
 
-def ood_histograms(ood: OODDiagnostics, *, title: str | None = None) -> go.Figure:
+def ood_histograms(ood: OODDiagnostics, *, title: str | None = None,
+                   threshold_label: str | None = None) -> go.Figure:
     """The stored OOD-score histograms: in-distribution (held-out) vs the OOD set, threshold dashed.
 
     Traces: one bar trace per histogram present, "in" first.
@@ -128,13 +130,14 @@ def ood_histograms(ood: OODDiagnostics, *, title: str | None = None) -> go.Figur
     hists = [(h, h.label or default, colour) for key, default, colour in
              (("in", "in-distribution", BLUE), ("out", "out-of-distribution", RED))
              if (h := ood.histograms.get(key)) is not None]
-    return _overlaid(hists, threshold=ood.threshold, threshold_label="OOD threshold",
+    return _overlaid(hists, threshold=ood.threshold, threshold_label=threshold_label or f"{score} threshold",
                      title=title or f"{score.capitalize()} OOD score (higher = more out-of-distribution)",
                      xlabel=f"{score} score")
 
 
 def score_histograms(reference: Sequence[float] | np.ndarray | None, field: Sequence[float] | np.ndarray, *,
                      title: str, xlabel: str, threshold: float | None = None, bins: int = 30,
+                     threshold_label: str = "OOD threshold",
                      reference_label: str = "reference (held-out fold, unseen in training)",
                      field_label: str = "field") -> go.Figure:
     """Per-clip scores of the reference vs the field on shared bins (threshold dashed if given).
@@ -151,7 +154,7 @@ def score_histograms(reference: Sequence[float] | np.ndarray | None, field: Sequ
         if v is not None and len(v):
             c, _ = np.histogram(v, bins=edges)
             hists.append((Histogram(edges=edges.tolist(), counts=c.tolist(), n=len(v)), name, colour))
-    return _overlaid(hists, threshold=threshold, threshold_label="OOD threshold", title=title, xlabel=xlabel)
+    return _overlaid(hists, threshold=threshold, threshold_label=threshold_label, title=title, xlabel=xlabel)
 
 
 # --------------------------------------------------------------------------- confusion

@@ -32,11 +32,21 @@ INSTANCE_HEADER = "X-Tympan-Instance"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("up", help="start the API and the dashboard on the shipped model")
-    p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the shipped one)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--api-port", type=int, default=8000)
-    p.add_argument("--dashboard-port", type=int, default=8501)
+    p = sub.add_parser(
+        "up", help="start the API and the dashboard on the shipped model",
+        description="Starts `tympan serve` and `tympan dashboard` together, waits until the API is ready, "
+                    "classifies one example clip (of the bundle's held-out fold when an ESC-50 folder is found) "
+                    "and prints the URLs; Ctrl-C stops both. The dashboard is given the same bundle and "
+                    "ESC-50 folder, so its examples, training-data views and drift page use them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="model bundle (default: $TYMPAN_BUNDLE, else the shipped one)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="ESC-50 folder for the example clip and the dashboard "
+                        "(default: $TYMPAN_ESC50_DIR, else ../shared/data/esc50 beside the checkout when present)")
+    p.add_argument("--host", default="127.0.0.1", help="address both servers listen on")
+    p.add_argument("--api-port", type=int, default=8000, help="port of the API")
+    p.add_argument("--dashboard-port", type=int, default=8501, help="port of the dashboard")
     p.add_argument("--example", type=Path, default=None, help="clip to classify once the API is up")
     p.add_argument("--check", action="store_true", help="exit after the first prediction (for scripts and CI)")
     p.add_argument("--no-dashboard", action="store_true")
@@ -75,15 +85,20 @@ def _wait_ready(url: str, procs: list[subprocess.Popen], child: subprocess.Popen
     raise TympanError(f"{url} not ready after {timeout:.0f} s")
 
 
-def _example_clip(explicit: Path | None, bundle: str | Path | None = None) -> Path | None:
+def _data_dir(explicit: Path | None) -> Path | None:
+    """``--data-dir``, else ``$TYMPAN_ESC50_DIR``, else the copy a development checkout has beside it."""
+    from tympan.datasets import locate_data_dir
+
+    return locate_data_dir(explicit, Path(__file__).resolve().parents[2] / "shared" / "data" / "esc50")
+
+
+def _example_clip(explicit: Path | None, bundle: str | Path | None = None,
+                  root: Path | None = None) -> Path | None:
     """``--example``, else the first dog clip of the bundle's held-out fold (one it never trained on)."""
     if explicit:
         return explicit
     from tympan.bundle import read_metadata, resolve_bundle_dir
-    from tympan.datasets import locate_data_dir
 
-    # $TYMPAN_ESC50_DIR, else the copy a development checkout has beside it
-    root = locate_data_dir(None, Path(__file__).resolve().parents[2] / "shared" / "data" / "esc50")
     clips = sorted((root / "audio").glob("*-0.*")) if root is not None and (root / "audio").is_dir() else []
     try:
         fold = (read_metadata(resolve_bundle_dir(bundle)).get("provenance") or {}).get("heldout_fold")
@@ -93,35 +108,45 @@ def _example_clip(explicit: Path | None, bundle: str | Path | None = None) -> Pa
     return (held or clips or [None])[0]
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # `kill` stops both children as Ctrl-C does, leaving no orphaned server
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     check_port_free(args.host, args.api_port, "--api-port")
     if not args.no_dashboard:
         if args.dashboard_port == args.api_port:
             raise TympanError(f"--api-port and --dashboard-port are both {args.api_port}; choose two ports")
         check_port_free(args.host, args.dashboard_port, "--dashboard-port")
+    from tympan.bundle import resolve_bundle_dir
+
+    bundle = resolve_bundle_dir(args.bundle).resolve()  # fails here, in one line, before anything starts
+    data_dir = _data_dir(args.data_dir)
     api = f"http://{args.host}:{args.api_port}"
     token = secrets.token_hex(16)
     env = {**os.environ, "TYMPAN_INSTANCE_TOKEN": token}
     if args.max_body_bytes is not None:  # one setting for the API's limit and the upload widget's
         env["TYMPAN_MAX_BODY_BYTES"] = str(args.max_body_bytes)
-    serve = [sys.executable, "-m", "tympan", "serve", "--host", args.host, "--port", str(args.api_port)]
-    if args.bundle:
-        serve += ["--bundle", str(args.bundle)]
+    serve = [sys.executable, "-m", "tympan", "serve", "--host", args.host, "--port", str(args.api_port),
+             "--bundle", str(bundle)]
     server = subprocess.Popen(serve, env=env)
     procs = [server]
     try:
         if not args.no_dashboard:
-            procs.append(subprocess.Popen([
-                sys.executable, "-m", "tympan", "dashboard", "--port", str(args.dashboard_port),
-                "--address", args.host, "--api-url", api,
-            ], env={k: v for k, v in env.items() if k != "TYMPAN_INSTANCE_TOKEN"}))
+            dashboard = [sys.executable, "-m", "tympan", "dashboard", "--port", str(args.dashboard_port),
+                         "--address", args.host, "--api-url", api, "--bundle", str(bundle)]
+            if data_dir is not None:  # the same folder the example comes from: never retyped in the browser
+                dashboard += ["--data-dir", str(data_dir.resolve())]
+            procs.append(subprocess.Popen(
+                dashboard, env={k: v for k, v in env.items() if k != "TYMPAN_INSTANCE_TOKEN"}))
         _wait_ready(f"{api}/ready", procs, server, args.api_port, token)
         print(f"API        {api}  (docs: {api}/docs)")
         if not args.no_dashboard:
             _wait_ready(f"http://{args.host}:{args.dashboard_port}/_stcore/health", procs, procs[1],
                         args.dashboard_port)
             print(f"dashboard  http://{args.host}:{args.dashboard_port}")
-        clip = _example_clip(args.example, args.bundle)
+        clip = _example_clip(args.example, bundle, data_dir)
         if clip is not None:
             body = json.dumps({"audio_base64": base64.b64encode(clip.read_bytes()).decode(), "top_k": 3}).encode()
             req = urllib.request.Request(f"{api}/predict", data=body, headers={"Content-Type": "application/json"})

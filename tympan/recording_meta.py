@@ -462,16 +462,17 @@ class RecordingStatistics:
     """What needs the decoded samples: clipping and content above the model's band."""
 
     clipping_share: float  # share of samples with |x| >= 0.999
-    #: share of spectral energy above 8 kHz; None when the rate cannot hold it (<= 16 kHz)
+    #: share of spectral energy above the band (8 kHz by default); None when the rate cannot hold it
     share_above_band: float | None
 
 
-def recording_statistics(waveform: np.ndarray, sample_rate: int, *, n_fft: int = 4096) -> RecordingStatistics:
-    """Clipping share and energy share above :data:`MODEL_BAND_HZ` of a mono waveform."""
+def recording_statistics(waveform: np.ndarray, sample_rate: int, *, n_fft: int = 4096,
+                         band_hz: float = MODEL_BAND_HZ) -> RecordingStatistics:
+    """Clipping share and energy share above ``band_hz`` (the model's top frequency) of a mono waveform."""
     x = np.asarray(waveform, dtype=np.float32)
     clipping = float(np.mean(np.abs(x) >= CLIP_LEVEL)) if x.size else 0.0
     above: float | None = None
-    if sample_rate > 2 * MODEL_BAND_HZ and x.size:
+    if sample_rate > 2 * band_hz and x.size:
         n = min(n_fft, x.size)
         freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
         power = np.zeros(freqs.size)
@@ -482,6 +483,6 @@ def recording_statistics(waveform: np.ndarray, sample_rate: int, *, n_fft: int =
                 break
             power += np.abs(np.fft.rfft(frame * window)) ** 2
         total = float(power.sum())
-        above = float(power[freqs > MODEL_BAND_HZ].sum() / total) if total > 0 else 0.0
+        above = float(power[freqs > band_hz].sum() / total) if total > 0 else 0.0
     return RecordingStatistics(clipping, above)
 

@@ -134,7 +134,9 @@ def _line(name: str, body: dict) -> str:
     tail = f"  ({'; '.join(notes)})" if notes else ""
     n = len(body["windows"])
     win = f"  {n} windows" if n > 1 else ""
-    return f"{name}: {top}  energy {body['ood']['score']:.3f}{win}{extra}{tail}"
+    ood = body["ood"]  # the score that decides OOD, by its name, beside its threshold
+    thr = f" (threshold {ood['threshold']:.3f})" if ood.get("threshold") is not None else ""
+    return f"{name}: {top}  {ood.get('score_name', 'energy')} score {ood['score']:.3f}{thr}{win}{extra}{tail}"
 
 
 def _long_line(s: dict[str, Any]) -> str:
@@ -157,16 +159,22 @@ def _print_mode(args: argparse.Namespace, predictor: Any) -> int:
     names: list[str] = []
     long: list = []
 
+    decode_ms: list[float] = []
+
     def flush() -> None:
-        for name, body in zip(names, predictor.predict_many(batch, top_k=args.top_k), strict=True):
+        bodies = predictor.predict_many(batch, top_k=args.top_k, prepare_ms=decode_ms)
+        for name, body in zip(names, bodies, strict=True):
             f = name_fields(name)  # a name that is not UTF-8 (or holds a newline) prints as its display form
             print(json.dumps({**f, **body}) if args.json else _line(f["file"], body), flush=True)
         batch.clear()
         names.clear()
+        decode_ms.clear()
 
     for src in scan.sources:
         try:
+            t0 = time.perf_counter()
             batch.append(predictor.prepare(src.path))
+            decode_ms.append((time.perf_counter() - t0) * 1000)
             names.append(src.name)
         except AudioTooLongError:
             long.append(src)

@@ -582,9 +582,13 @@ class RavenWriter(_PerFileWriter):
         buf = io.StringIO()
         w = csv.writer(buf, delimiter="\t", lineterminator="\n")
         w.writerow(RAVEN_COLUMNS)
+        # the band the model saw of this file: its front end's top, or the file's Nyquist if lower
+        high = self.high_hz
+        if result.info is not None and result.info.source_sample_rate:
+            high = min(high, result.info.source_sample_rate / 2)
         for i, r in enumerate(rows, 1):
             w.writerow([i, "Spectrogram 1", 1, f"{r['start_s']:.3f}", f"{r['end_s']:.3f}", 0,
-                        f"{self.high_hz:.0f}", _cell(r["label"]), f"{r['probability']:.4f}", f"{r['ood_score']:.4f}",
+                        f"{high:.0f}", _cell(r["label"]), f"{r['probability']:.4f}", f"{r['ood_score']:.4f}",
                         _cell(r["out_of_distribution"]), _cell(r["uncertain"]),
                         _cell(display_name(result.source.path)), f"{r['start_s']:.3f}"])
         return buf.getvalue()

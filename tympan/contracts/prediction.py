@@ -21,12 +21,13 @@ class ModelRef(BaseModel):
 
 
 class OODInfo(BaseModel):
-    score_name: str = Field("energy", description="`energy`, or `energy+knn`: the larger of the standardised "
-                            "energy and k-NN embedding distance", examples=["energy"])
-    score: float = Field(description="energy = -T*logsumexp(logits/T), or the energy+knn score; higher = more "
-                                     "out-of-distribution", examples=[-7.2])
-    threshold: float | None = Field(description="fitted on held-out clips; null when none was fitted",
-                                    examples=[-4.1])
+    score_name: str = Field("energy", description="the score that decides OOD: `probe` (the outlier probe on "
+                            "the embedding, the shipped model's), `energy+knn` (the larger of the standardised "
+                            "energy and k-NN embedding distance) or `energy`", examples=["probe"])
+    score: float = Field(description="the `score_name` score (probe: its log-odds of \"out\"; energy: "
+                                     "-T*logsumexp(logits/T)); higher = more out-of-distribution", examples=[-7.2])
+    threshold: float | None = Field(description="the `score_name` score's threshold, fitted on held-out clips; "
+                                    "null when none was fitted", examples=[-3.105])
     out_of_distribution: bool = Field(examples=[False])
 
 
@@ -73,7 +74,7 @@ class Prediction(BaseModel):
                     "has no threshold (that note alone does not set `uncertain`)",
         examples=[["top-1 probability 0.310 < 0.4"]])
     windows: list[WindowPrediction] = Field(description="one per model window")
-    aggregate: str = Field(examples=["mean of window probabilities; OOD score = mean of window energy scores"])
+    aggregate: str = Field(examples=["mean of window probabilities; OOD score = mean of window outlier-probe scores"])
     logits: list[list[float]] | None = Field(
         None, description="raw logits (before temperature), one row per window; only with return_logits")
     temperature: float = Field(examples=[1.0])

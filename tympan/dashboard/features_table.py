@@ -233,5 +233,6 @@ def describe_nearest(clip: Mapping[str, float], frame: pd.DataFrame,
     looks = ", ".join(words) if words else "close to the average clip in every feature"
     runners = [c for c, _ in ranking[1:3]]
     tail = f" (then {' and '.join(runners)})" if runners else ""
-    sentence = f"{looks}: looks like {ranking[0][0]}{tail}"
+    # "looks like X" read as a verdict and contradicted a correct classification: say what is compared
+    sentence = f"{looks}; in these features nearest to the median {ranking[0][0]} clip{tail}"
     return Nearest({f: float(v) for f, v in zip(names, zx)}, ranking, sentence)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tympan.errors import AudioError
+from tympan.errors import AudioError, TympanError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = dsub.add_parser("inspect", help="decode audio files and print what they hold, or why not")
     p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="the model whose band is reported (default: $TYMPAN_BUNDLE, else the shipped one)")
     p.set_defaults(func=cmd_inspect)
 
     p = dsub.add_parser("featurize", help="compute (or find) the cached log-mels of a data set")
@@ -103,11 +105,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """One line per file (greppable): what it holds, then its metadata and warnings, or why not."""
     from tympan.audio import load_audio
-    from tympan.recording_meta import (
-        MODEL_BAND_HZ,
-        read_recording_metadata,
-        recording_statistics,
-    )
+    from tympan.bundle import read_metadata, resolve_bundle_dir
+    from tympan.recording_meta import MODEL_BAND_HZ, read_recording_metadata, recording_statistics
+
+    try:  # the band of the model that will hear these files (the shipped one reaches 15 kHz, not 8)
+        meta_b = read_metadata(resolve_bundle_dir(args.bundle))
+        band_hz = float((meta_b.get("frontend") or {}).get("f_max") or MODEL_BAND_HZ)
+        model_name = str(meta_b.get("name", "the model"))
+    except TympanError:
+        if args.bundle is not None:
+            raise
+        band_hz, model_name = MODEL_BAND_HZ, "a 16 kHz model"
 
     sources = {"guano": "GUANO Timestamp", "audiomoth_comment": "the AudioMoth comment",
                "bext": "BWF bext OriginationDate/Time", "filename": "the file name"}
@@ -134,10 +142,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             parts.append(f"start time {meta.start_time.isoformat()} (from {source}{zone})")
         else:
             parts.append("start time unknown")
-        stats = recording_statistics(d.waveform, d.sample_rate)
+        stats = recording_statistics(d.waveform, d.sample_rate, band_hz=band_hz)
         parts.append(f"clipping {100 * stats.clipping_share:.2f}% of samples at |x| >= 0.999")
-        band = f"content above the model's band ({MODEL_BAND_HZ / 1000:g} kHz)"
-        parts.append(f"{band}: n/a at {d.sample_rate} Hz" if stats.share_above_band is None
+        band = f"content above the band of {model_name} (0-{band_hz / 1000:g} kHz)"
+        parts.append(f"{band}: none, a {d.sample_rate} Hz file holds nothing above {d.sample_rate / 2000:g} kHz"
+                     if stats.share_above_band is None
                      else f"{band}: {100 * stats.share_above_band:.1f}% of spectral energy")
         if meta is not None:
             for label, fields in (("GUANO", meta.guano), ("INFO", meta.info), ("bext", meta.bext)):
@@ -173,16 +182,32 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
+    from tympan.datasets.ood import build_ood_set
+
+    report_ood_set(build_ood_set(args.dest, seed=args.seed))
+    return 0
+
+
+def report_ood_set(root: Path) -> None:
+    """What the set holds per split, and (on stderr) every source this machine lacks and its package."""
     import csv
     from collections import Counter
 
-    from tympan.datasets.ood import build_ood_set
+    from tympan.datasets.ood import missing_sources
 
-    root = build_ood_set(args.dest, seed=args.seed)
     with open(root / "manifest.csv", encoding="utf-8") as f:
-        kinds = Counter(r["kind"] for r in csv.DictReader(f))
-    print(f"wrote {sum(kinds.values())} clips to {root}: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
-    missing = {"speech", "music", "notification"} - set(kinds)
-    if missing:
-        print(f"  missing {', '.join(sorted(missing))}: run scripts/build_ood_set.sh to install the Debian packages")
-    return 0
+        rows = list(csv.DictReader(f))
+    kinds = Counter(r["kind"] for r in rows)
+    print(f"wrote {len(rows)} clips to {root}: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    by_split = {sp: Counter(r["kind"] for r in rows if r["split"] == sp) for sp in ("dev", "eval")}
+    print("  " + "; ".join(f"{sp}: " + (", ".join(f"{k} {n}" for k, n in sorted(c.items())) or "nothing")
+                           for sp, c in by_split.items()))
+    missing = missing_sources()
+    if missing:  # said loudly: a smaller set changes every figure fitted or judged on it
+        print(f"warning: a smaller set than the README describes: this machine lacks {len(missing)} of its sources:",
+              file=sys.stderr)
+        for what, split, pkg in missing:
+            print(f"  {what} ({split} split): Debian package {pkg}", file=sys.stderr)
+        pkgs = " ".join(dict.fromkeys(p for _, _, p in missing))
+        print(f"  install them (`sudo apt-get install {pkgs}`, or run scripts/build_ood_set.sh as root) "
+              "and build the set again", file=sys.stderr)

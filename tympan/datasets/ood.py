@@ -20,6 +20,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,28 @@ EVAL_THEMES = ("Yaru", "deepin")
 # General MIDI programs: piano, e-piano, organ, guitars, bass, strings, brass, reeds, flute,
 # synth lead and pad, choir, vibraphone, marimba
 PROGRAMS = [0, 4, 19, 24, 29, 33, 48, 56, 61, 65, 73, 80, 88, 52, 11, 12]
+
+
+#: every source of the set: (what, split, Debian package, is it on this machine?). scripts/setup.sh and
+#: scripts/build_ood_set.sh install the packages listed in scripts/ood-packages.txt (the same ones)
+SOURCES: list[tuple[str, str, str, Callable[[], bool]]] = [
+    ("speech (espeak-ng voices)", "dev+eval", "espeak-ng", lambda: shutil.which("espeak-ng") is not None),
+    ("music (fluidsynth)", "dev+eval", "fluidsynth", lambda: shutil.which("fluidsynth") is not None),
+    *[(f"music soundfont {Path(fonts[0]).stem}", split, pkg, lambda fonts=fonts: any(Path(f).is_file() for f in fonts))
+      for (fonts, split), pkg in zip(SOUNDFONTS, ("timgm6mb-soundfont", "fluidr3mono-gm-soundfont",
+                                                 "musescore-general-soundfont-small"), strict=True)],
+    ("UI sound theme freedesktop", "dev", "sound-theme-freedesktop",
+     lambda: Path("/usr/share/sounds/freedesktop").is_dir()),
+    ("UI sound theme GNOME", "dev", "gnome-audio", lambda: Path("/usr/share/sounds/login.wav").is_file()),
+    ("UI sound theme Oxygen", "dev", "oxygen-sounds", lambda: any(Path("/usr/share/sounds").glob("Oxygen*"))),
+    ("UI sound theme deepin", "eval", "deepin-sound-theme", lambda: Path("/usr/share/sounds/deepin").is_dir()),
+    ("UI sound theme Yaru", "eval", "yaru-theme-sound", lambda: Path("/usr/share/sounds/Yaru").is_dir()),
+]
+
+
+def missing_sources() -> list[tuple[str, str, str]]:
+    """``(what, split, package)`` of every source this machine lacks (the set is built without it)."""
+    return [(what, split, pkg) for what, split, pkg, present in SOURCES if not present()]
 
 
 def _write_clip(path: Path, y: np.ndarray, sr: int, seconds: float) -> None:

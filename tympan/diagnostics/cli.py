@@ -81,9 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_diagnose)
 
     c = subparsers.add_parser("calibrate", help="fit a bundle's temperature, OOD threshold and drift reference",
-                              description="Fit temperature scaling, the energy OOD threshold (95%% TPR), the drift "
+                              description="Fit temperature scaling, the energy OOD threshold (95% TPR), the drift "
                                           "reference and held-out diagnostics from the bundle's held-out "
-                                          "predictions; writes the bundle back atomically.")
+                                          "predictions; with --data-dir also the OOD score on the embedding "
+                                          "(with --ood-dir the outlier probe, which then decides OOD) and the "
+                                          "background detector; writes the bundle back atomically.")
     c.add_argument("--bundle", type=Path, required=True, help="bundle folder (updated in place unless --out)")
     c.add_argument("--heldout", type=Path, default=None, help="held-out predictions (default: the bundle's)")
     c.add_argument("--data-dir", type=Path, default=None, help="ESC-50 folder (default: $TYMPAN_ESC50_DIR)")
@@ -128,7 +130,13 @@ def _calibration_text(s: dict[str, Any]) -> str:
         lines.append(f"  reference {k}: {v}")
     if s.get("ood_metrics"):
         m = s["ood_metrics"]
-        lines.append(f"  OOD set: AUROC {m['auroc']:.3f}, FPR@95%TPR {m['fpr_at_95_tpr']:.3f}")
+        lines.append(f"  energy score on the OOD set: AUROC {m['auroc']:.3f}, FPR@95%TPR {m['fpr_at_95_tpr']:.3f}")
+    from tympan.contracts.ood import served_ood
+
+    served = served_ood(s["ood"])
+    if not served.decides_by_energy:
+        text = served.figures_text()
+        lines.append(f"  OOD decided by the {served.headline()}" + (f": {text}" if text else ""))
     return "\n".join(lines)
 
 
@@ -336,7 +344,7 @@ def _diagnose(args: argparse.Namespace) -> int:
         report["model_diagnostics"] = diag
         if not kinds:
             kinds.append("model")
-            _print_model(diag)
+            _print_model(diag, predictor.bundle.ood)
         report["kind"] = "+".join(kinds)
         report["exit_code"] = code
         report["fail_on"] = args.fail_on
@@ -360,7 +368,12 @@ def _diagnose(args: argparse.Namespace) -> int:
         return EXIT_ERROR
 
 
-def _print_model(diag: dict[str, Any] | None) -> None:
+def _print_model(diag: dict[str, Any] | None, ood_block: dict[str, Any] | None = None) -> None:
+    from tympan.contracts.ood import served_ood
+
+    served = served_ood(ood_block)
+    text = served.figures_text()
+    print(f"OOD decided by the {served.headline()}" + (f": {text}" if text else ""))
     if not diag:
         print("this bundle stores no held-out diagnostics: run `tympan calibrate --bundle DIR` "
               "(or `diagnose --bundle DIR --fit`)")
@@ -376,12 +389,14 @@ def _print_model(diag: dict[str, Any] | None) -> None:
     for p in pairs[:5]:
         print(f"  confused: {p['class_a']} <-> {p['class_b']}: {p['a_as_b']} + {p['b_as_a']}")
     ood = diag.get("ood") or {}
+    note = "" if served.decides_by_energy else f" (for comparison; not served: the {served.label} decides)"
     if ood.get("threshold") is not None:
-        print(f"  energy OOD threshold {ood['threshold']:.4f} (keeps {ood.get('in_distribution_accepted', 0):.1%} "
-              "of held-out clips)")
+        print(f"  energy threshold {ood['threshold']:.4f} (keeps {ood.get('in_distribution_accepted', 0):.1%} "
+              f"of held-out clips){note}")
     if ood.get("metrics"):
         m = ood["metrics"]
-        print(f"  OOD ({ood.get('out_set')}): AUROC {m['auroc']:.3f}, FPR@95%TPR {m['fpr_at_95_tpr']:.3f}")
+        print(f"  energy score on {ood.get('out_set')}: AUROC {m['auroc']:.3f}, FPR@95%TPR {m['fpr_at_95_tpr']:.3f}, "
+              f"flagged {m.get('flagged_at_threshold', 0):.1%}{note}")
 
 
 def diagnose_main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from tympan import figures
 from tympan.contracts import contract_errors
 from tympan.contracts.diagnostics import Diagnostics
+from tympan.contracts.ood import ServedOOD, served_ood
 from tympan.contracts.report import (
     REPORT_VERSION,
     AcousticCheck,
@@ -146,9 +147,11 @@ def _field_section(report: DiagnoseReport, figs: _Figures, extras: Mapping[str, 
                                                  xlabel="top-1 probability (softmax(logits / T))")))
     en_ref, en_fld = extras.get("energy_reference"), extras.get("energy_field")
     if en_fld is not None and len(en_fld):
-        out.append(figs(figures.score_histograms(
-            en_ref, en_fld, title="Energy OOD score (higher = more out-of-distribution)", xlabel="energy score",
-            threshold=extras.get("threshold"))))
+        served = served_ood(report.model.ood)
+        title = ("Energy OOD score (higher = more out-of-distribution)" if served.decides_by_energy else
+                 f"Energy score, for comparison (the {served.label} decides OOD)")
+        out.append(figs(figures.score_histograms(en_ref, en_fld, title=title, xlabel="energy score",
+                                                 threshold=extras.get("threshold"), threshold_label="energy threshold")))
     if extras.get("classes") is not None and extras.get("pred_field") is not None and len(extras["pred_field"]):
         out.append(figs(figures.class_mix(extras["classes"], np.asarray(extras["pred_reference"]),
                                           np.asarray(extras["pred_field"]))))
@@ -220,11 +223,20 @@ def _gate_section(report: DiagnoseReport, figs: _Figures) -> str:
     return "\n".join(out)
 
 
-def _model_section(diag: Diagnostics | None, figs: _Figures) -> str:
+def _served_ood_html(served: ServedOOD) -> str:
+    """The served OOD score, its threshold and its measured figures (what decides, not the energy)."""
+    text = served.figures_text()
+    return (f"<h3>Out-of-distribution score served</h3><p>{_e(served.headline())}"
+            + (f": {_e(text)}" if text else "") + ".</p>")
+
+
+def _model_section(diag: Diagnostics | None, figs: _Figures, served: ServedOOD | None = None) -> str:
+    served_html = _served_ood_html(served) if served is not None else ""
     if diag is None:
         return ("<h2>Model diagnostics</h2><p>This bundle stores no held-out diagnostics; run "
-                "<code>tympan calibrate --bundle DIR</code> to compute them.</p>")
-    out = ["<h2>Model diagnostics (held-out)</h2>", f"<p>Measured on: {_e(diag.evaluated_on or '')}</p>"]
+                "<code>tympan calibrate --bundle DIR</code> to compute them.</p>" + served_html)
+    out = ["<h2>Model diagnostics (held-out)</h2>", f"<p>Measured on: {_e(diag.evaluated_on or '')}</p>",
+           served_html]
     cal = diag.calibration
     if cal is not None:
         rows = []
@@ -246,6 +258,9 @@ def _model_section(diag: Diagnostics | None, figs: _Figures) -> str:
                  _e(", ".join(p.clip_ids_b_as_a))] for p in pairs], raw_cols=(0, 1, 4, 5)))
     ood = diag.ood
     if ood is not None and ood.histograms:
+        if served is not None and not served.decides_by_energy:
+            out.append(f'<p class="small">The histograms and table below are of the energy score (threshold '
+                       f'{_fmt(ood.threshold, 4)}), kept for comparison; the {_e(served.label)} decides.</p>')
         out.append(figs(figures.ood_histograms(ood)))
         m = ood.metrics
         if m is not None:
@@ -298,8 +313,8 @@ def render_html(report: Mapping[str, Any] | DiagnoseReport, extras: Mapping[str,
     m = doc.model
     parts = [f"<h1>tympan diagnose</h1><p class='small'>generated {_e(doc.generated)} · model "
              f"{_e(m.name)} ({_e(m.arch)}, version {_e(m.version)}) · bundle "
-             f"{_e(m.bundle)} · temperature {_fmt(m.temperature, 4)} · OOD threshold "
-             f"{_fmt(m.ood.get('threshold'), 4)}</p>",
+             f"{_e(m.bundle)} · temperature {_fmt(m.temperature, 4)} · OOD decided by the "
+             f"{_e(served_ood(m.ood).headline())}</p>",
              f"<p class='small'>exit code {doc.exit_code} (--fail-on {_e(doc.fail_on)})</p>"]
     kinds = set(doc.kind.split("+"))
     if "field" in kinds:
@@ -307,7 +322,7 @@ def render_html(report: Mapping[str, Any] | DiagnoseReport, extras: Mapping[str,
     if "robustness" in kinds:
         parts.append(_robustness_section(doc.robustness, figs))
     if "model" in kinds or doc.model_diagnostics is not None:
-        parts.append(_model_section(doc.model_diagnostics, figs))
+        parts.append(_model_section(doc.model_diagnostics, figs, served_ood(m.ood)))
     body = "\n".join(parts)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>tympan diagnose</title>"
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")

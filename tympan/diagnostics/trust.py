@@ -37,7 +37,7 @@ from tympan.errors import AudioError, DataError
 from tympan.inference import Predictor
 from tympan.io import save_npz_atomic
 from tympan.stats.background import BackgroundDetector, level_features
-from tympan.stats.ood import CombinedOOD, EnergyOOD, ProbeOOD
+from tympan.stats.ood import CombinedOOD, EnergyOOD, ProbeOOD, ood_metrics
 
 __all__ = ["WindowOutputs", "fit_background", "fit_embedding_ood", "fit_probe", "fit_trust", "window_outputs"]
 
@@ -186,8 +186,12 @@ def fit_trust(bundle: Bundle, predictor: Predictor, dataset: Any, train_folds: S
                                     desc="OOD evaluation windows")
             flagged = ood.predict(out_ev.embeddings)
             kinds = np.asarray([ev[i]["kind"] for i in out_ev.index])
+            s_held = ood.decision_function(heldout.embeddings)
             probe_eval = {"flagged": float(flagged.mean()), "n_windows": int(len(flagged)),
-                          "by_kind": {k: float(flagged[kinds == k].mean()) for k in sorted(set(kinds))}}
+                          "by_kind": {k: float(flagged[kinds == k].mean()) for k in sorted(set(kinds))},
+                          # the served score's own figures, for report.html, the dashboard and diagnose
+                          "auroc": float(ood_metrics(s_held, ood.decision_function(out_ev.embeddings))["auroc"]),
+                          "heldout_flagged": float(np.mean(s_held > ood.threshold_))}
         src = (f"{len(dev)} clips of the dev split of {Path(ood_dir).name}; in-distribution: training windows "
                f"as recorded and {PROBE_QUIET_DB:g} dB quieter")
     else:

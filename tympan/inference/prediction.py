@@ -44,6 +44,7 @@ __all__ = [
     "TrustParams",
     "UncertaintyPolicy",
     "aggregate",
+    "aggregate_text",
     "predict_recording",
     "uncertain_mask",
     "uncertainty_reasons",
@@ -52,6 +53,14 @@ __all__ = [
 NO_THRESHOLD_NOTE = "no OOD threshold fitted"
 AGGREGATE = "mean of window probabilities; OOD score = mean of window energy scores"
 SCORE_NAME = "energy"
+#: how each deciding score is named in the ``aggregate`` text
+SCORE_WORDS = {"energy": "energy", "energy+knn": "energy+knn (the larger of standardised energy and k-NN distance)",
+               "probe": "outlier-probe"}
+
+
+def aggregate_text(score_name: str) -> str:
+    """The ``aggregate`` line of a prediction, naming the score that decided OOD."""
+    return f"mean of window probabilities; OOD score = mean of window {SCORE_WORDS.get(score_name, score_name)} scores"
 
 
 @dataclass(frozen=True)
@@ -294,7 +303,7 @@ def predict_recording(
         uncertain=uncertain,
         uncertain_reasons=reasons,
         windows=windows,
-        aggregate=AGGREGATE,
+        aggregate=aggregate_text(s.score_name),
         logits=[[float(v) for v in row] for row in np.asarray(logits, np.float32)] if return_logits else None,
         temperature=params.temperature,
     )

@@ -340,11 +340,26 @@ class Predictor:
         return self.body(response)
 
     def predict_many(
-        self, prepared: Sequence[Prepared], *, top_k: int = 3, return_logits: bool = False
+        self, prepared: Sequence[Prepared], *, top_k: int = 3, return_logits: bool = False,
+        prepare_ms: Sequence[float] | None = None,
     ) -> list[dict[str, Any]]:
-        """Several already-prepared recordings in one batched forward pass."""
-        return [self.body(self.response(p, z, top_k=top_k, return_logits=return_logits, embeddings=e))
-                for p, (e, z) in zip(prepared, self.forward_many(prepared), strict=True)]
+        """Several already-prepared recordings in one batched forward pass.
+
+        Each body's ``timing_ms`` is its share of the pass (by windows) plus its own
+        post-processing, plus ``prepare_ms[i]`` (the caller's decode time) when given.
+        """
+        start = time.perf_counter()
+        outputs = self.forward_many(prepared)
+        pass_ms = (time.perf_counter() - start) * 1000
+        total = sum(p.windows.shape[0] for p in prepared) or 1
+        bodies = []
+        for i, (p, (e, z)) in enumerate(zip(prepared, outputs, strict=True)):
+            t0 = time.perf_counter()
+            response = self.response(p, z, top_k=top_k, return_logits=return_logits, embeddings=e)
+            own = (time.perf_counter() - t0) * 1000 + pass_ms * p.windows.shape[0] / total
+            response.timing_ms = round(own + (prepare_ms[i] if prepare_ms is not None else 0.0), 2)
+            bodies.append(self.body(response))
+        return bodies
 
     def explain(self, source: AudioSource | Decoded, *, top_k: int = 3) -> dict[str, Any]:
         """What the model saw for the first window, and where it looked (``/explain``)."""

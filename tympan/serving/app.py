@@ -46,6 +46,7 @@ from tympan.errors import AudioError, AudioTooLongError, BundleError, NotAudioEr
 from tympan.inference import Predictor, Prepared, UncertaintyPolicy
 from tympan.recording_meta import audio_payload_size
 from tympan.serving.batching import MicroBatcher
+from tympan.serving.docs import ASSETS_URL, add_docs
 from tympan.serving.metrics import Metrics
 from tympan.serving.schemas import (
     DigitsInt,
@@ -193,7 +194,8 @@ class AuthMiddleware:
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS or scope.get("method") == "OPTIONS":
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS or scope.get("method") == "OPTIONS" \
+                or scope.get("path", "").startswith(ASSETS_URL + "/"):
             return await self.app(scope, receive, send)
         auth = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, token = auth.partition(b" ")
@@ -786,7 +788,10 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
         # Starlette would answer /predict/ with a 307 to a URL built from the Host header (an open
         # redirect: Host: evil.example); a path is served as written or it is a 404
         redirect_slashes=False,
+        docs_url=None,  # tympan.serving.docs adds /docs and /redoc on local assets (they work offline)
+        redoc_url=None,
     )
+    add_docs(app)
     app.state.service = service
     app.state.settings = settings
     app.state.metrics = metrics

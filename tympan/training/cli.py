@@ -59,6 +59,39 @@ def _defaults_for(arch: str, init: str | None) -> dict[str, Any]:
         return dict(DEFAULT_TRAIN_DEFAULTS)
 
 
+#: where a development checkout keeps the mn04_as weights (beside the repository)
+LOCAL_WEIGHTS_HINT = "../shared/weights/efficientat-mn04_as/mn04_as_mAP_432.pt"
+
+
+def _fetch_init(init: str, *, quiet: bool) -> None:
+    """Resolve ``--init`` (download and convert into the weights cache) or fail in one line.
+
+    Offline, a named release cannot be downloaded: say so at once and point at a local file,
+    rather than after featurising the whole data set.
+    """
+    from tympan.download import DownloadError
+    from tympan.models.convert import PRETRAINED, resolve_init
+
+    try:
+        resolve_init(init, progress=not quiet)
+    except DownloadError as exc:
+        local = Path(LOCAL_WEIGHTS_HINT)
+        hint = (f"--init {local}" if local.is_file() else
+                f"--init PATH/{Path(PRETRAINED[init][0]).name}" if init in PRETRAINED else "--init PATH.pt")
+        raise TrainingConfigError(f"--init {init}: {exc}; without network, pass a local copy of the weights "
+                                  f"({hint})") from None
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in ``--help``, but not "None" / "False", nor twice where the help says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tympan.training.cv import (
         CONFIG,
@@ -120,6 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise TrainingConfigError(f"bad --arch-param for {config.arch!r}: {exc}") from None
         if config.init:
             pretrained_spec(config.arch)  # --init for an arch without pretrained weights
+            _fetch_init(config.init, quiet=args.quiet)  # download/convert now, not after featurising
         holdout_text = args.folds or (None if args.cv else "5")
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config.arch)
         data_dir = args.data_dir
@@ -141,11 +175,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run dir: {run_dir}")
     from tympan.training.loop import resolve_device, resolve_precision
 
+    params = "".join(f" {k}={v}" for k, v in (config.arch_params or {}).items())
     device = resolve_device(config.device)
-    params = f" {config.arch_params}" if config.arch_params else ""
+    device_text = f"{device} ({config.device})" if config.device in ("auto", "") else str(device)
     print(f"recipe {config.recipe}, arch {config.arch}{params}, front end {frontend.name}, "
           f"held-out folds {holdout}, "
-          f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr}, device {device}, "
+          f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr}, device {device_text}, "
           f"precision {resolve_precision(config.precision, device)}")
     results = run_cv(features, config, holdout, run_dir, data_info=info, progress=not args.quiet,
                      max_folds=args.max_folds, extra=extra, on_fold_end=on_fold_end)
@@ -202,23 +237,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _arch_defaults(name: str) -> str:
+    """``cnn 30, mn04 30 (80 with --init)``-style text of a training default per architecture."""
+    from tympan.models.registry import available_models, get_spec
+
+    parts = []
+    for arch in available_models():
+        spec = get_spec(arch)
+        plain = spec.training_defaults(pretrained=False).get(name)
+        text = f"{arch} {plain:g}" if isinstance(plain, int | float) else f"{arch} {plain}"
+        if spec.pretrained is not None:
+            init = spec.training_defaults(pretrained=True).get(name)
+            if init != plain:
+                text += f" ({init:g} with --init)"
+        parts.append(text)
+    return ", ".join(parts)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from tympan.cli import run
 
     p = subparsers.add_parser("train", help="train on ESC-50 log-mels with cross-validation",
-                              description="Train with k-fold cross-validation on the official ESC-50 folds.")
+                              description="Train with k-fold cross-validation on the official ESC-50 folds.",
+                              formatter_class=_HelpFormatter)
     p.add_argument("--data-dir", help="ESC-50-layout folder (default: $TYMPAN_ESC50_DIR)")
     p.add_argument("--arch", default="cnn", help="architecture name (cnn, resnet18, mn04, ...)")
     p.add_argument("--arch-param", action="append", metavar="K=V", help="architecture parameter (repeatable)")
     p.add_argument("--frontend", help="default | efficientat | FILE.json (default: the architecture's; efficientat for mn04)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default: the architecture's; {_arch_defaults('epochs')})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"batch size (default: the architecture's; {_arch_defaults('batch_size')})")
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule "
+                                            f"(default: the architecture's; {_arch_defaults('lr')})")
     p.add_argument("--mixup", type=float, default=0.3, help="Mixup alpha (0 disables)")
     p.add_argument("--folds", help="held-out folds, e.g. 1,2 (default: 5; with --cv: which of the five to run)")
     p.add_argument("--cv", action="store_true", help="hold out each of the five folds in turn")
-    p.add_argument("--init", help="pretrained weights for mn04: mn04_as, a URL, a .pt or .safetensors")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", help="pretrained weights for mn04: mn04_as (downloaded once), a URL, a .pt or "
+                                  f".safetensors (offline: a local file, e.g. {LOCAL_WEIGHTS_HINT})")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (augmentation, init, order)")
     p.add_argument("--field-augment", type=int, default=0, metavar="N",
                    help="mix N field-like corrupted copies of each training clip into training "
                         "(noise, gain, EQ/band-limiting, codecs, reverb; see tympan.corruptions)")

@@ -84,7 +84,7 @@ def render(ctx: Context) -> None:
     frame = table.frame
     st.caption(f"{len(frame)} clips of {what}, measured at {table.sample_rate // 1000} kHz with "
                "`tympan.stats.acoustic` (statistics over non-silent frames).")
-    c1, c2 = st.columns([3, 1])
+    c1, c2 = st.columns([1, 1])  # half the width each: five fold chips fit, none is cut off
     classes = c1.multiselect("Classes (none chosen = all)", table.classes, default=[], key="ac_classes") \
         or table.classes
     folds = c2.multiselect("Folds", sorted(frame["fold"].unique().tolist()),
@@ -106,7 +106,8 @@ def render(ctx: Context) -> None:
         near = describe_nearest(user, sel)
         st.info(f"**Your clip ({clip.name})**: {near.sentence}.")
         st.caption("Nearest = smallest distance between your clip's z-scores and each class's median z-scores in "
-                   + ", ".join(v[0] for v in KEY_FEATURES.values()) + f" (over the {len(sel)} selected clips).")
+                   + ", ".join(v[0] for v in KEY_FEATURES.values()) + f" (over the {len(sel)} selected clips). "
+                   "Five summary features, not a classification: the model's answer is on the Classify page.")
     else:
         st.caption("Classify a clip on the **Classify** page to see it placed among these.")
 

@@ -46,7 +46,7 @@ def _ood_badge(pred: dict[str, Any]) -> None:
     score, thr = ood.get("score"), ood.get("threshold")
     name = ood.get("score_name", "OOD")
     rel = f"{name} score {score:.2f}" if isinstance(score, int | float) else f"{name} score n/a"
-    rel += f" vs threshold {thr:.2f}" if isinstance(thr, int | float) else " (no threshold fitted)"
+    rel += f" vs threshold {thr:.3f}" if isinstance(thr, int | float) else " (no threshold fitted)"
     reasons = pred.get("uncertain_reasons") or []
     background = pred.get("background") or {}
     if background.get("background"):
@@ -115,8 +115,8 @@ def show_prediction(pred: dict[str, Any]) -> None:
     ood = pred.get("ood") or {}
     if isinstance(ood.get("score"), int | float):
         thr = ood.get("threshold")
-        c2.metric(f"OOD score ({ood.get('score_name', 'energy')})", f"{ood['score']:.2f}",
-                  f"threshold {thr:.2f}" if isinstance(thr, int | float) else "no threshold", delta_color="off",
+        c2.metric(f"OOD score ({ood.get('score_name', 'energy')})", f"{ood['score']:.3f}",
+                  f"threshold {thr:.3f}" if isinstance(thr, int | float) else "no threshold", delta_color="off",
                   delta_arrow="off")
     if audio:
         c3.metric("Audio", f"{float(audio.get('duration_s', 0)):.1f} s",

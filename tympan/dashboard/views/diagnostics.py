@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from tympan import figures
+from tympan.contracts.ood import served_ood
 from tympan.dashboard.reports import ContractError, parse_diagnostics
 from tympan.dashboard.state import Context
 
@@ -23,10 +24,12 @@ def render(ctx: Context) -> None:
     c1.metric("Classes", len(model.get("classes") or []))
     temp = model.get("temperature")
     c2.metric("Temperature", f"{float(temp):.3f}" if isinstance(temp, int | float) else "n/a")
-    ood = model.get("ood") or {}
-    thr = ood.get("threshold")
-    c3.metric(f"OOD threshold ({ood.get('score', ood.get('score_name', 'energy'))})",
-              f"{float(thr):.3f}" if isinstance(thr, int | float) else "not fitted")
+    served = served_ood(model.get("ood"))  # the score /predict decides with, not the energy's threshold
+    c3.metric(f"OOD threshold ({served.label} score)",
+              f"{served.threshold:.3f}" if served.threshold is not None else "not fitted",
+              help=f"OOD is decided by the {served.headline()}.")
+    text = served.figures_text()
+    st.caption(f"Out of distribution when the {served.headline()}" + (f": {text}." if text else "."))
     metrics = model.get("metrics") or {}
     if metrics:
         with st.expander("Metrics stored in the bundle", expanded=False):
@@ -77,6 +80,9 @@ def render(ctx: Context) -> None:
         st.plotly_chart(figures.per_class_accuracy(diag.per_class_accuracy), key="per_class")
     if diag.ood_histograms and diag.doc.ood is not None:
         st.subheader("Out-of-distribution scores")
+        if not served.decides_by_energy:
+            st.caption(f"These held-out figures are of the energy score (threshold {diag.doc.ood.threshold:.3f}), "
+                       f"kept for comparison: the {served.label} decides OOD (its figures are above).")
         st.plotly_chart(figures.ood_histograms(diag.doc.ood), key="ood_hist")
         if diag.ood_metrics:
             st.dataframe(pd.DataFrame([diag.ood_metrics]), hide_index=True)

@@ -52,7 +52,12 @@ def run_diagnose(field_dir: str, bundle_dir: str) -> tuple[Any | None, str]:
     cmd = diagnose_command()
     if cmd is None:
         return None, "the `diagnose` command is not installed here"
-    out_dir = Path(tempfile.mkdtemp(prefix="tympan-drift-"))
+    # the report is read into memory, so its folder (~5 MB of figures) goes when the run ends
+    with tempfile.TemporaryDirectory(prefix="tympan-drift-") as tmp:
+        return _diagnose_into(cmd, field_dir, bundle_dir, Path(tmp))
+
+
+def _diagnose_into(cmd: list[str], field_dir: str, bundle_dir: str, out_dir: Path) -> tuple[Any | None, str]:
     target = out_dir / "report"
     args = [*cmd, "--field-dir", field_dir, "--bundle", bundle_dir, "--out", str(target)]
     try:
@@ -74,7 +79,7 @@ def run_diagnose(field_dir: str, bundle_dir: str) -> tuple[Any | None, str]:
                 return data, log
         except ContractError as exc:
             return None, f"{path}: {exc}"
-    return None, f"`diagnose` wrote no drift report with per-feature entries under {out_dir}"
+    return None, "`diagnose` wrote no drift report with per-feature entries"
 
 
 def render(ctx: Context) -> None:
