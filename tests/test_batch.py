@@ -10,14 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from tympan.audio import frame_windows, iter_audio_blocks, load_audio
 from tympan.batch import BatchOptions, run_batch, scan_sources
 from tympan.batch.stream import iter_window_batches
 from tympan.batch.tables import read_window_table, window_columns
+from tympan.bundle import Bundle
 from tympan.cli import main
 from tympan.contracts.prediction import WindowPrediction
+from tympan.features import FrontendConfig
 from tympan.inference import Predictor
+from tympan.models import build_model
 
 SR = 16_000
 
