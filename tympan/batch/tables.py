@@ -292,6 +292,9 @@ class _Ledger:
                 self.bad_lines += 1
                 continue
             e.update({k: v for k, v in extra.items() if k == "part" and isinstance(v, str)})
+            events = extra.get("events")  # an event table's rows live in its ledger (batch.event_tables)
+            if isinstance(events, list) and all(isinstance(x, dict) for x in events):
+                e["events"] = events
             self.entries[row_key(e)] = e
 
     def rewrite(self) -> None:
