@@ -218,8 +218,7 @@ class Listener:
 
         reader = threading.Thread(target=read, daemon=True, name="tympan-listen-reader")
         reader.start()
-        win = _Windower(self.n, self.hop)
-        t0 = time.perf_counter()
+        self.begin()
         try:
             while True:
                 item = q.get()
@@ -230,29 +229,43 @@ class Listener:
                 with lock:
                     queued[0] -= len(item[1])
                     backlog = queued[0] / self.sr
-                pos, block = item
-                if self.drop and backlog > self.max_lag_s:
-                    # behind a live source: drop this block (its windows are counted), keep the newest
-                    self.stats.dropped_windows += max(1, math.ceil(len(block) / self.hop))
-                    self.stats.audio_s = (pos + len(block)) / self.sr
-                    continue
-                starts, wins, skipped = win.add(pos, block)
-                self._remember(pos, block)
-                if skipped:
-                    self.stats.gaps += 1
-                self.stats.audio_s = (pos + len(block)) / self.sr
-                self.stats.lag_s = backlog
-                self.stats.max_lag_s = max(self.stats.max_lag_s, backlog)
-                for lo in range(0, len(wins), self.max_batch):
-                    self.classify(starts[lo : lo + self.max_batch], wins[lo : lo + self.max_batch])
+                self.feed(*item, backlog=backlog)
         except KeyboardInterrupt:
             self.interrupted = True
         finally:
             stop.set()
-            s, w = win.finish()
-            self.classify(s, w)
-            self._emit(self.detector.flush())
-            self.wall_s = time.perf_counter() - t0
+            self.end()
         if errors:
             raise errors[0]
         return self.stats
+
+    # ------------------------------------------------------------------ push interface
+    def begin(self) -> None:
+        """Start a stream fed by :meth:`feed` (what :meth:`run` does with its reader's blocks)."""
+        self._win = _Windower(self.n, self.hop)
+        self._t0 = time.perf_counter()
+
+    def feed(self, pos: int, block: np.ndarray, *, backlog: float = 0.0) -> None:
+        """One block at stream sample ``pos``: classify every window it fills (events and
+        windows go to the callbacks). ``backlog``: seconds of audio still waiting behind it."""
+        if self.drop and backlog > self.max_lag_s:
+            # behind a live source: drop this block (its windows are counted), keep the newest
+            self.stats.dropped_windows += max(1, math.ceil(len(block) / self.hop))
+            self.stats.audio_s = (pos + len(block)) / self.sr
+            return
+        starts, wins, skipped = self._win.add(pos, block)
+        self._remember(pos, block)
+        if skipped:
+            self.stats.gaps += 1
+        self.stats.audio_s = (pos + len(block)) / self.sr
+        self.stats.lag_s = backlog
+        self.stats.max_lag_s = max(self.stats.max_lag_s, backlog)
+        for lo in range(0, len(wins), self.max_batch):
+            self.classify(starts[lo : lo + self.max_batch], wins[lo : lo + self.max_batch])
+
+    def end(self) -> None:
+        """The last windows, then every open event closed (no event is lost)."""
+        s, w = self._win.finish()
+        self.classify(s, w)
+        self._emit(self.detector.flush())
+        self.wall_s = time.perf_counter() - self._t0
