@@ -112,7 +112,9 @@ class Listener:
                  on_event: Callable[[Event], None] | None = None,
                  on_window: Callable[[WindowInfo, ListenStats], None] | None = None,
                  start_time: datetime | None = None, max_lag_s: float = 30.0, drop: bool = True,
-                 max_batch: int = 32, alerts: Any = None, keep_audio_s: float = 0.0) -> None:
+                 max_batch: int = 32, alerts: Any = None, keep_audio_s: float = 0.0,
+                 keep_events: bool = True, drift: Any = None,
+                 on_drift: Callable[[Any], None] | None = None) -> None:
         self.predictor = predictor
         self.sr = int(predictor.config.sample_rate)
         self.n = int(predictor.config.clip_samples)
@@ -125,7 +127,12 @@ class Listener:
         self.on_event, self.on_window = on_event, on_window
         self.max_lag_s, self.drop, self.max_batch = float(max_lag_s), bool(drop), int(max_batch)
         self.stats = ListenStats()
+        #: the events so far (``keep_events=False``: not kept, for streams that never end)
         self.events: list[Event] = []
+        self.keep_events = bool(keep_events)
+        #: the sliding-window check (:class:`tympan.live.drift.DriftMonitor`); a change of its
+        #: verdict goes to ``on_drift`` and, when affected, to the alert sinks
+        self.drift, self.on_drift = drift, on_drift
         self.interrupted = False
         self.wall_s = 0.0
         #: alert rules and sinks (:class:`tympan.live.alerts.AlertManager`), handed each closed event
@@ -139,13 +146,22 @@ class Listener:
     def _emit(self, events: list[Event]) -> None:
         for e in events:
             self.stats.events += 1
-            self.events.append(e)
+            if self.keep_events:
+                self.events.append(e)
             if self.store is not None:
                 self.store.add_event(e)
             if self.on_event is not None:
                 self.on_event(e)
             if self.alerts is not None:
                 self.alerts.handle(e, self.audio_between, self.sr)
+
+    def _drift(self, status: Any) -> None:
+        if status is None:
+            return
+        if status.affected and self.alerts is not None:
+            self.alerts.model_affected(status, self.source)
+        if self.on_drift is not None:
+            self.on_drift(status)
 
     def _remember(self, pos: int, block: np.ndarray) -> None:
         if self.keep <= 0:
@@ -176,6 +192,8 @@ class Listener:
                 b = min(b, self.stats.audio_s)
             self._emit(self.detector.push(a, b, sc.probabilities[i], **sc.flags(i)))
             self.stats.windows += 1
+            if self.drift is not None:
+                self._drift(self.drift.add(a, sc.probabilities[i], bool(sc.ood[i]), bool(sc.background[i])))
             if self.on_window is not None or self.store_windows:
                 k = int(sc.probabilities[i].argmax())
                 when = None if self.start_time is None else (self.start_time + timedelta(seconds=a)).isoformat()

@@ -104,7 +104,8 @@ class _Session:
         self.start, self.settings, self.metrics = start, settings, metrics
         self.out: list[str] = []
         on_window = self._window if start.windows else None
-        self.listener = Listener(predictor, source="stream", drop=False, on_event=self._event, on_window=on_window)
+        self.listener = Listener(predictor, source="stream", drop=False, on_event=self._event, on_window=on_window,
+                                 keep_events=False)  # a stream may last for days: events go out, not into a list
         self.decoder = PcmDecoder(start.sample_rate, start.channels, self.listener.sr, start.format)
         self.listener.begin()
         self.pos = 0
