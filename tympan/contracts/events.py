@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Alert", "DriftStatus", "Event"]
+__all__ = ["Alert", "DriftStatus", "Event", "Window"]
 
 
 class Event(BaseModel):
@@ -36,6 +36,21 @@ class Event(BaseModel):
     def trusted(self) -> bool:
         """No window inside was out of distribution or background only."""
         return self.ood_windows == 0 and self.background_windows == 0
+
+
+class Window(BaseModel):
+    """One model window of a live stream (``tympan listen --verbose``, the store's window rows,
+    ``/stream``'s window messages)."""
+
+    start_s: float = Field(description="stream seconds (at the model's rate) from the first sample")
+    end_s: float
+    label: str = Field(description="the top class")
+    probability: float = Field(description="its calibrated probability")
+    ood_score: float
+    out_of_distribution: bool
+    background: bool
+    uncertain: bool
+    start_time: str | None = Field(None, description="ISO 8601 wall-clock start, when the stream's start is known")
 
 
 class DriftStatus(BaseModel):

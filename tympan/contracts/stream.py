@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tympan.contracts.events import Event
+from tympan.contracts.events import Event, Window
 
 __all__ = ["StreamEnd", "StreamEventMessage", "StreamReady", "StreamStart", "StreamSummary", "StreamWarning",
            "StreamWindow"]
@@ -43,16 +43,10 @@ class StreamReady(BaseModel):
     classes: int
 
 
-class StreamWindow(BaseModel):
+class StreamWindow(Window):
+    """A model window (:class:`~tympan.contracts.events.Window`; ``start_time`` is null)."""
+
     type: Literal["window"] = "window"
-    start_s: float = Field(description="stream seconds (at the model's rate) from the first sample sent")
-    end_s: float
-    label: str
-    probability: float
-    ood_score: float
-    out_of_distribution: bool
-    background: bool
-    uncertain: bool
 
 
 class StreamEventMessage(BaseModel):

@@ -26,7 +26,7 @@ import numpy as np
 
 from tympan.audio import fit_length
 from tympan.batch.stream import default_hop
-from tympan.contracts.events import Event
+from tympan.contracts.events import Event, Window
 from tympan.inference.events import EventConfig, EventDetector, window_scores
 from tympan.live.sources import Block
 from tympan.stats.background import level_features
@@ -45,17 +45,8 @@ class ListenStats:
     gaps: int = 0  # jumps in the stream (reconnects, drops)
 
 
-@dataclass
-class WindowInfo:
-    start_s: float
-    end_s: float
-    label: str
-    probability: float
-    ood_score: float
-    out_of_distribution: bool
-    background: bool
-    uncertain: bool
-    start_time: str | None = None
+#: a window's prediction and trust flags (the contract: :class:`tympan.contracts.events.Window`)
+WindowInfo = Window
 
 
 class _Windower:
@@ -197,9 +188,10 @@ class Listener:
             if self.on_window is not None or self.store_windows:
                 k = int(sc.probabilities[i].argmax())
                 when = None if self.start_time is None else (self.start_time + timedelta(seconds=a)).isoformat()
-                w = WindowInfo(round(a, 3), round(b, 3), self.predictor.classes[k], round(float(sc.probabilities[i, k]), 4),
-                               round(float(sc.ood_score[i]), 4), bool(sc.ood[i]), bool(sc.background[i]),
-                               bool(sc.uncertain[i]), when)
+                w = Window(start_s=round(a, 3), end_s=round(b, 3), label=self.predictor.classes[k],
+                           probability=round(float(sc.probabilities[i, k]), 4), ood_score=round(float(sc.ood_score[i]), 4),
+                           out_of_distribution=bool(sc.ood[i]), background=bool(sc.background[i]),
+                           uncertain=bool(sc.uncertain[i]), start_time=when)
                 if self.on_window is not None:
                     self.on_window(w, self.stats)
                 rows.append((self.source, w.start_s, w.end_s, w.label, w.probability, w.ood_score,

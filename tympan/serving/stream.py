@@ -118,9 +118,7 @@ class _Session:
         self.out.append(StreamEventMessage(event=e).model_dump_json())
 
     def _window(self, w: WindowInfo, _stats: Any) -> None:
-        self.out.append(StreamWindow(start_s=w.start_s, end_s=w.end_s, label=w.label, probability=w.probability,
-                                     ood_score=w.ood_score, out_of_distribution=w.out_of_distribution,
-                                     background=w.background, uncertain=w.uncertain).model_dump_json())
+        self.out.append(StreamWindow(**w.model_dump()).model_dump_json())
 
     def pace(self, n_bytes: int) -> None:
         """Refuse audio arriving faster than a live source could send it."""
