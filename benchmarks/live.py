@@ -23,7 +23,6 @@ event latency, and memory over a long simulated stream.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -70,3 +70,23 @@ def test_monitor_needs_enough_windows_and_drift_table_keys_are_checked(fitted_bu
     f.write_text("[drift]\nwindow = 5\n")
     with pytest.raises(DataError, match="unknown keys window"):
         load_alerts(f, predictor.classes)
+
+
+@pytest.mark.skipif(__import__("shutil").which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_tympan_listen_runs_the_drift_check_from_the_alert_file(fitted_bundle: Path, synthetic_dir: Path,
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tympan.cli import main
+
+    sr = int(Predictor(fitted_bundle).config.sample_rate)
+    x, _ = _stream(synthetic_dir, sr)
+    wav = tmp_path / "turns.wav"
+    sf.write(wav, x, sr, subtype="FLOAT")
+    got = tmp_path / "alerts.jsonl"
+    argv = [sys.executable, "-c", f"import sys; open({str(got)!r}, 'a').write(sys.stdin.read().strip() + '\\n')"]
+    cfg = tmp_path / "alerts.toml"
+    cfg.write_text(f'[sinks.cmd]\ntype = "command"\nargv = {json.dumps(argv)}\n\n'
+                   '[drift]\nwindow_s = 60\ncheck_every_s = 5\nmin_windows = 20\n')
+    assert main(["listen", str(wav), "--bundle", str(fitted_bundle), "--alerts", str(cfg), "--hop", "2"]) == 0
+    assert "the model is affected" in capsys.readouterr().err
+    sent = [json.loads(line) for line in got.read_text().splitlines()]
+    assert [a["kind"] for a in sent] == ["model_affected"]
