@@ -11,7 +11,8 @@ rates; accuracy-estimate bias and the gate per shift on the shipped model's held
 bias pooled over the five held-out folds of a five-fold run, with interval coverage), ``events``
 (``results/events.json``, ``benchmarks/events.py``: event precision / recall / F1 on long recordings),
 ``startup`` (``benchmarks/startup.py``: start-up of ``tympan --help``, ``predict`` and ``serve`` over
-``import torch``).
+``import torch``), ``live`` (``results/live.json``, ``benchmarks/live.py``: the listener's real-time factor,
+latency, memory).
 """
 
 from __future__ import annotations
@@ -235,7 +236,32 @@ def render_adaptation_ood(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"events": render_events, "esc50_cv": render_esc50_cv, "adaptation_ood": render_adaptation_ood, "robustness": render_robustness, "trust_ood": render_trust_ood,
+def render_live(r: dict[str, Any]) -> str:
+    """The listener's speed, latency and memory (``results/live.json``, ``benchmarks/live.py``)."""
+    m, rtf, mem = r["machine"], r["rtf"], r["memory"]
+    head = (f"`{r['model']['bundle']}` ({r['model']['name']}, {r['window_s']:g} s windows), {m['cpu']}, "
+            f"{m['cores']} cores shared (load average {m['load_avg_start']:g} at the start, {m['load_avg_end']:g} at "
+            f"the end), {m['torch_threads']} torch thread; `{r['command'].strip()}`")
+    lines = [head, "", "| measure | value |", "|---|---:|",
+             f"| real-time factor per stream, one core ({rtf['audio_s']:g} s of audio, hop 2.5 s) | "
+             f"**{rtf['rtf_wall']:.0f}x** per wall second, {rtf['rtf_cpu']:.0f}x per CPU second |",
+             f"| listener wall / bare forward of the same windows one at a time | {rtf['listener_over_forward']:.2f} |"]
+    for row in r.get("latency") or []:
+        c, o, b = row["close_after_end_s"], row["open_after_start_s"], row["block_wall_ms"]
+        lines.append(f"| hop {row['hop_s']:g} s: event closes after the sound ends (median / p90; "
+                     f"{row['found']} of {row['clips']} clips found) | {c['median']:.1f} / {c['p90']:.1f} s |")
+        lines.append(f"| hop {row['hop_s']:g} s: first window opening it after the sound starts (median / p90) | "
+                     f"{o['median']:.1f} / {o['p90']:.1f} s |")
+        lines.append(f"| hop {row['hop_s']:g} s: compute of the 0.1 s block that closed it (median / max) | "
+                     f"{b['median']:.0f} / {b['max']:.0f} ms |")
+    lines.append(f"| RSS over {mem['stream_hours']:g} h of stream ({mem['windows']} windows, {mem['events']} events, "
+                 f"fed in {mem['wall_s']:.0f} s) | {mem['rss_after_warmup_mb']:.0f} MB early, "
+                 f"{mem['rss_last_mb']:.0f} MB at the end (max {mem['rss_max_mb']:.0f}; slope "
+                 f"{mem['rss_slope_mb_per_h']:+.2f} MB/h after the first half hour) |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"live": render_live, "events": render_events, "esc50_cv": render_esc50_cv, "adaptation_ood": render_adaptation_ood, "robustness": render_robustness, "trust_ood": render_trust_ood,
              "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
              "trust_performance_cv_baseline": render_trust_performance_cv, "startup": render_startup}
 

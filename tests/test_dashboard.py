@@ -510,3 +510,18 @@ def test_background_only_audio_is_said_so_with_the_shipped_model(monkeypatch: py
         at.run()
     no_exception(at)
     assert "Background only" in texts(at) and "no foreground sound event" in texts(at)
+
+
+def test_live_page_streams_a_clip_over_the_websocket(app: AppTest) -> None:
+    at = goto(app, "live")
+    no_exception(at)
+    assert "Listen live" in texts(at)
+    at.radio(key="clip_source").set_value("example")
+    at = at.run()
+    at.button(key="live_go").click()
+    at = at.run()
+    no_exception(at)
+    done = [s.value for s in at.success if "windows" in str(s.value)]
+    assert done and not done[0].startswith("0 windows"), texts(at)
+    assert plotly_count(at) >= 1 and "Events" in texts(at)
+    assert list(at.dataframe[-1].value.columns)[:3] == ["label", "start_s", "end_s"]

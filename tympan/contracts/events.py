@@ -5,9 +5,11 @@ Produced by :mod:`tympan.inference.events` (the one definition, used by ``tympan
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
-__all__ = ["Alert", "Event"]
+__all__ = ["Alert", "DriftStatus", "Event", "Window"]
 
 
 class Event(BaseModel):
@@ -36,11 +38,48 @@ class Event(BaseModel):
         return self.ood_windows == 0 and self.background_windows == 0
 
 
+class Window(BaseModel):
+    """One model window of a live stream (``tympan listen --verbose``, the store's window rows,
+    ``/stream``'s window messages)."""
+
+    start_s: float = Field(description="stream seconds (at the model's rate) from the first sample")
+    end_s: float
+    label: str = Field(description="the top class")
+    probability: float = Field(description="its calibrated probability")
+    ood_score: float
+    out_of_distribution: bool
+    background: bool
+    uncertain: bool
+    start_time: str | None = Field(None, description="ISO 8601 wall-clock start, when the stream's start is known")
+
+
+class DriftStatus(BaseModel):
+    """The listener's sliding-window check (:mod:`tympan.live.drift`): the rules of ``diagnose``'s
+    "the model is affected" over the last ``window_s`` of windows."""
+
+    window_s: float = Field(description="how far back the check looks, in stream seconds")
+    start_s: float = Field(description="stream time of the oldest window counted")
+    end_s: float
+    windows: int
+    affected: bool = Field(description="any of: accuracy dropped, OOD rate or background rate too high")
+    reasons: list[str] = Field(default_factory=list, description="one line per failing check")
+    estimated_accuracy: float | None = Field(None, description="label-free estimate (the bundle's estimator)")
+    accuracy_interval: tuple[float, float] | None = None
+    heldout_accuracy: float | None = None
+    ood_rate: float | None = None
+    expected_ood_rate: float | None = None
+    background_rate: float | None = None
+    expected_background_rate: float | None = None
+
+
 class Alert(BaseModel):
     """What an alert sink receives (the webhook's POST body, the command's stdin, the MQTT payload)."""
 
+    kind: Literal["event", "model_affected"] = Field("event", description="an event matched a rule, or the drift "
+                                                     "check found the model affected")
     rule: str = Field(examples=["sirens at night"])
-    event: Event
+    event: Event | None = Field(None, description="the event (kind event)")
+    drift: DriftStatus | None = Field(None, description="the check (kind model_affected)")
     trusted: bool = Field(description="no window inside the event was out of distribution or background only")
     clip: str | None = Field(None, description="file name of the saved audio around the event, in the clips folder")
     raised_at: str = Field(description="ISO 8601 wall-clock time the alert was raised")

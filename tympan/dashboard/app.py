@@ -1,7 +1,7 @@
 """The tympan dashboard (Streamlit). Run: ``streamlit run dashboard`` or ``tympan dashboard``.
 
-Five pages over the live HTTP API (``docs/api.md``): Classify, Inside the CNN, Acoustic
-features, Model diagnostics and Field drift. The sidebar holds the API URL (default
+Six pages over the live HTTP API (``docs/api.md``): Classify, Inside the CNN, Acoustic
+features, Model diagnostics, Field drift and Listen live (``WebSocket /stream``). The sidebar holds the API URL (default
 ``$TYMPAN_API_URL`` or ``http://127.0.0.1:8000``) and the ESC-50 folder
 (``$TYMPAN_ESC50_DIR``); when the API is down every page says so and stays usable.
 """
@@ -21,6 +21,7 @@ PAGES = {
     "acoustic": "Acoustic features",
     "diagnostics": "Model diagnostics",
     "drift": "Field drift",
+    "live": "Listen live",
 }
 
 
@@ -67,9 +68,9 @@ def _sidebar() -> tuple[str, Context]:
 def main() -> None:
     st.set_page_config(page_title="tympan dashboard", page_icon="🔊", layout="wide")
     page, ctx = _sidebar()
-    from tympan.dashboard.views import acoustic, classify, diagnostics, drift, inside
+    from tympan.dashboard.views import acoustic, classify, diagnostics, drift, inside, live
 
     views = {"classify": classify, "inside": inside, "acoustic": acoustic, "diagnostics": diagnostics,
-             "drift": drift}
+             "drift": drift, "live": live}
     views[page].render(ctx)
 

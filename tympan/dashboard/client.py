@@ -8,7 +8,9 @@ The dashboard shows that message with ``st.error`` and keeps running.
 from __future__ import annotations
 
 import base64
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +116,55 @@ class ApiClient:
         body = {"audio_base64": base64.b64encode(audio).decode("ascii"), "top_k": int(top_k),
                 "return_logits": bool(return_logits)}
         return self._request("POST", path, json=body)
+
+
+    def stream(self, pcm: bytes, sample_rate: int, *, channels: int = 1, frame_s: float = 0.5,
+               speed: float = 1.4, on_message: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """16-bit PCM through ``WebSocket /stream`` at ``speed`` x real time after the server's
+        burst allowance; every message (window, event, end) in order. A close other than
+        1000 is an :class:`ApiError` with the server's reason."""
+        import time
+
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+        from websockets.sync.client import connect
+
+        url = "ws" + self.base_url[len("http"):] + f"/stream?sample_rate={int(sample_rate)}&channels={channels}&format=s16le"
+        frame = max(2 * channels, int(frame_s * sample_rate) * 2 * channels)
+        out: list[dict[str, Any]] = []
+
+        def take(ws: Any, timeout: float) -> None:
+            while True:
+                try:
+                    m = json.loads(ws.recv(timeout=timeout))
+                except TimeoutError:
+                    return
+                out.append(m)
+                if on_message is not None:
+                    on_message(m)
+                timeout = 0
+
+        try:
+            with connect(url, additional_headers=self._headers(), open_timeout=self.timeout, close_timeout=5) as ws:
+                t0 = time.monotonic()
+                burst = 20 * frame  # well inside the server's default 30 s
+                for i in range(0, len(pcm), frame):
+                    ws.send(pcm[i : i + frame])
+                    ahead = (i - burst) / (2 * channels * sample_rate) / speed - (time.monotonic() - t0)
+                    take(ws, max(0.0, ahead))
+                ws.send(json.dumps({"type": "end"}))
+                deadline = time.monotonic() + self.timeout
+                while not out or out[-1].get("type") != "end":
+                    if time.monotonic() > deadline:
+                        raise ApiError(f"/stream: no end message in {self.timeout:g} s")
+                    take(ws, 0.5)
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            if rcvd is None or rcvd.code != 1000:
+                raise ApiError(f"/stream closed: {rcvd.reason if rcvd else 'connection lost'}"
+                               f"{f' ({rcvd.code})' if rcvd else ''}") from None
+        except (OSError, InvalidHandshake, InvalidURI) as exc:
+            raise ApiError(f"/stream: cannot connect to {self.base_url}: {exc}") from None
+        return out
 
 
 def _error_from_response(method: str, path: str, response: httpx.Response) -> ApiError:

@@ -55,6 +55,7 @@ from tympan.stats.drift import (
     overall_verdict,
     prediction_counts,
 )
+from tympan.stats.performance import ACCURACY_MARGIN  # the margin of "the model is affected"
 from tympan.io import decode_array
 
 __all__ = [
@@ -413,9 +414,6 @@ def drift_checks(
             "gate": gate_summary(checks, fmt, n=n)}
 
 
-#: Default margin: the estimated accuracy must be this far below the held-out accuracy (and
-#: significantly below it) before "the model is affected".
-ACCURACY_MARGIN = 0.05
 
 
 def performance_check(performance: Mapping[str, Any], field: ClipSet, *, margin: float | None = None) -> dict[str, Any]:

@@ -17,6 +17,12 @@ Rules come from a TOML file (stdlib ``tomllib``)::
     url = "http://127.0.0.1:8080/alerts"
     retries = 5
 
+    [drift]                      # optional: the sliding-window check (tympan.live.drift)
+    window_s = 3600              # look at the last hour of windows
+    check_every_s = 60
+    min_windows = 100            # non-overlapping windows before anything is concluded
+    sinks = ["hook"]             # omitted: every sink; alerts of kind "model_affected"
+
 Each sink runs on its own background thread with a bounded queue: a slow or failing endpoint
 never holds up classification (a full queue drops the alert and counts it). The webhook POSTs
 the :class:`~tympan.contracts.events.Alert` JSON and retries with exponential backoff on
@@ -43,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from tympan.contracts.events import Alert, Event
+from tympan.contracts.events import Alert, DriftStatus, Event
 from tympan.errors import DataError
 from tympan.io import atomic_path
 
@@ -222,6 +228,10 @@ class AlertManager:
                  pad_s: float = 1.0) -> None:
         self.rules, self.sinks, self.clips, self.pad_s = rules, sinks, clips, float(pad_s)
         self.raised = 0
+        #: the ``[drift]`` table: sinks of "model affected" alerts (None: all) and the check's
+        #: settings (``window_s``, ``check_every_s``, ``min_windows``); None without the table
+        self.drift_sinks: list[str] | None = None
+        self.drift: dict[str, float] | None = None
 
     def handle(self, e: Event, audio: Callable[[float, float], np.ndarray | None] | None = None,
                sr: int = 16000) -> list[Alert]:
@@ -242,6 +252,16 @@ class AlertManager:
             self.raised += 1
             out.append(alert)
         return out
+
+    def model_affected(self, status: DriftStatus, source: str | None = None) -> Alert:
+        """The drift check found the model affected: an alert of kind ``model_affected`` to the
+        ``[drift]`` table's sinks (every sink when it names none)."""
+        alert = Alert(kind="model_affected", rule=f"drift ({source})" if source else "drift", drift=status,
+                      trusted=False, raised_at=datetime.now(timezone.utc).isoformat())
+        for name in self.drift_sinks if self.drift_sinks is not None else self.sinks:
+            self.sinks[name].submit(alert)
+        self.raised += 1
+        return alert
 
     def close(self) -> None:
         for s in self.sinks.values():
@@ -295,7 +315,18 @@ def load_alerts(path: str | Path, classes: Sequence[str], *, clips_dir: Path | N
         rules.append(AlertRule(name, tuple(cls) if cls is not None else None, float(r.get("min_probability", 0.0)),
                                float(r.get("min_duration_s", 0.0)), float(r.get("cooldown_s", 0.0)), quiet,
                                bool(r.get("require_trusted", False)), tuple(r.get("sinks", []))))
-    if not rules:
-        raise DataError(f"{path}: no [[rules]]")
+    drift = data.get("drift")
+    if not rules and drift is None:
+        raise DataError(f"{path}: no [[rules]] and no [drift]")
     clips = ClipFolder(clips_dir, int(clips_max_mb * 1e6)) if clips_dir is not None else None
-    return AlertManager(rules, sinks, clips)
+    manager = AlertManager(rules, sinks, clips)
+    if drift is not None:
+        bad = set(drift) - {"window_s", "check_every_s", "min_windows", "sinks"}
+        if bad:
+            raise DataError(f"{path}: [drift]: unknown keys {', '.join(sorted(bad))}")
+        missing = [s for s in drift.get("sinks", []) if s not in sinks]
+        if missing:
+            raise DataError(f"{path}: [drift]: no sink named {', '.join(missing)}")
+        manager.drift_sinks = list(drift["sinks"]) if "sinks" in drift else None
+        manager.drift = {k: float(v) for k, v in drift.items() if k != "sinks"}
+    return manager

@@ -176,8 +176,25 @@ def cmd_listen(args: argparse.Namespace) -> int:
         print(f"{w.start_s:9.2f}-{w.end_s:9.2f} s  {w.label} {w.probability:.3f}"
               + (f"  [{', '.join(flags)}]" if flags else "") + lag + drop, file=sys.stderr, flush=True)
 
+    def drift_monitor():  # noqa: ANN202 - a DriftMonitor or None
+        if alerts is None or alerts.drift is None:
+            return None
+        from tympan.batch.stream import default_hop
+        from tympan.live.drift import DriftMonitor
+
+        n = int(predictor.config.clip_samples)
+        d = dict(alerts.drift)
+        if "min_windows" in d:
+            d["min_windows"] = int(d["min_windows"])
+        return DriftMonitor(predictor.bundle, hop_s=args.hop or default_hop(n) / sr, clip_s=n / sr, **d)
+
+    def on_drift(status) -> None:
+        _log(("the model is affected: " + "; ".join(status.reasons)) if status.affected
+             else "the drift check no longer finds the model affected")
+
     def listener(name: str, live: bool) -> Listener:
         return Listener(predictor, cfg, hop_s=args.hop, source=name, store=store, store_windows=args.store_windows,
+                        drift=drift_monitor(), on_drift=on_drift,
                         on_event=on_event, on_window=on_window if args.verbose else None,
                         start_time=datetime.now(timezone.utc) if live else None,
                         max_lag_s=args.max_lag, drop=live and not args.no_drop, alerts=alerts,

@@ -26,7 +26,7 @@ import numpy as np
 
 from tympan.audio import fit_length
 from tympan.batch.stream import default_hop
-from tympan.contracts.events import Event
+from tympan.contracts.events import Event, Window
 from tympan.inference.events import EventConfig, EventDetector, window_scores
 from tympan.live.sources import Block
 from tympan.stats.background import level_features
@@ -45,17 +45,8 @@ class ListenStats:
     gaps: int = 0  # jumps in the stream (reconnects, drops)
 
 
-@dataclass
-class WindowInfo:
-    start_s: float
-    end_s: float
-    label: str
-    probability: float
-    ood_score: float
-    out_of_distribution: bool
-    background: bool
-    uncertain: bool
-    start_time: str | None = None
+#: a window's prediction and trust flags (the contract: :class:`tympan.contracts.events.Window`)
+WindowInfo = Window
 
 
 class _Windower:
@@ -112,7 +103,9 @@ class Listener:
                  on_event: Callable[[Event], None] | None = None,
                  on_window: Callable[[WindowInfo, ListenStats], None] | None = None,
                  start_time: datetime | None = None, max_lag_s: float = 30.0, drop: bool = True,
-                 max_batch: int = 32, alerts: Any = None, keep_audio_s: float = 0.0) -> None:
+                 max_batch: int = 32, alerts: Any = None, keep_audio_s: float = 0.0,
+                 keep_events: bool = True, drift: Any = None,
+                 on_drift: Callable[[Any], None] | None = None) -> None:
         self.predictor = predictor
         self.sr = int(predictor.config.sample_rate)
         self.n = int(predictor.config.clip_samples)
@@ -125,7 +118,12 @@ class Listener:
         self.on_event, self.on_window = on_event, on_window
         self.max_lag_s, self.drop, self.max_batch = float(max_lag_s), bool(drop), int(max_batch)
         self.stats = ListenStats()
+        #: the events so far (``keep_events=False``: not kept, for streams that never end)
         self.events: list[Event] = []
+        self.keep_events = bool(keep_events)
+        #: the sliding-window check (:class:`tympan.live.drift.DriftMonitor`); a change of its
+        #: verdict goes to ``on_drift`` and, when affected, to the alert sinks
+        self.drift, self.on_drift = drift, on_drift
         self.interrupted = False
         self.wall_s = 0.0
         #: alert rules and sinks (:class:`tympan.live.alerts.AlertManager`), handed each closed event
@@ -139,13 +137,22 @@ class Listener:
     def _emit(self, events: list[Event]) -> None:
         for e in events:
             self.stats.events += 1
-            self.events.append(e)
+            if self.keep_events:
+                self.events.append(e)
             if self.store is not None:
                 self.store.add_event(e)
             if self.on_event is not None:
                 self.on_event(e)
             if self.alerts is not None:
                 self.alerts.handle(e, self.audio_between, self.sr)
+
+    def _drift(self, status: Any) -> None:
+        if status is None:
+            return
+        if status.affected and self.alerts is not None:
+            self.alerts.model_affected(status, self.source)
+        if self.on_drift is not None:
+            self.on_drift(status)
 
     def _remember(self, pos: int, block: np.ndarray) -> None:
         if self.keep <= 0:
@@ -176,12 +183,15 @@ class Listener:
                 b = min(b, self.stats.audio_s)
             self._emit(self.detector.push(a, b, sc.probabilities[i], **sc.flags(i)))
             self.stats.windows += 1
+            if self.drift is not None:
+                self._drift(self.drift.add(a, sc.probabilities[i], bool(sc.ood[i]), bool(sc.background[i])))
             if self.on_window is not None or self.store_windows:
                 k = int(sc.probabilities[i].argmax())
                 when = None if self.start_time is None else (self.start_time + timedelta(seconds=a)).isoformat()
-                w = WindowInfo(round(a, 3), round(b, 3), self.predictor.classes[k], round(float(sc.probabilities[i, k]), 4),
-                               round(float(sc.ood_score[i]), 4), bool(sc.ood[i]), bool(sc.background[i]),
-                               bool(sc.uncertain[i]), when)
+                w = Window(start_s=round(a, 3), end_s=round(b, 3), label=self.predictor.classes[k],
+                           probability=round(float(sc.probabilities[i, k]), 4), ood_score=round(float(sc.ood_score[i]), 4),
+                           out_of_distribution=bool(sc.ood[i]), background=bool(sc.background[i]),
+                           uncertain=bool(sc.uncertain[i]), start_time=when)
                 if self.on_window is not None:
                     self.on_window(w, self.stats)
                 rows.append((self.source, w.start_s, w.end_s, w.label, w.probability, w.ood_score,
@@ -218,8 +228,7 @@ class Listener:
 
         reader = threading.Thread(target=read, daemon=True, name="tympan-listen-reader")
         reader.start()
-        win = _Windower(self.n, self.hop)
-        t0 = time.perf_counter()
+        self.begin()
         try:
             while True:
                 item = q.get()
@@ -230,29 +239,43 @@ class Listener:
                 with lock:
                     queued[0] -= len(item[1])
                     backlog = queued[0] / self.sr
-                pos, block = item
-                if self.drop and backlog > self.max_lag_s:
-                    # behind a live source: drop this block (its windows are counted), keep the newest
-                    self.stats.dropped_windows += max(1, math.ceil(len(block) / self.hop))
-                    self.stats.audio_s = (pos + len(block)) / self.sr
-                    continue
-                starts, wins, skipped = win.add(pos, block)
-                self._remember(pos, block)
-                if skipped:
-                    self.stats.gaps += 1
-                self.stats.audio_s = (pos + len(block)) / self.sr
-                self.stats.lag_s = backlog
-                self.stats.max_lag_s = max(self.stats.max_lag_s, backlog)
-                for lo in range(0, len(wins), self.max_batch):
-                    self.classify(starts[lo : lo + self.max_batch], wins[lo : lo + self.max_batch])
+                self.feed(*item, backlog=backlog)
         except KeyboardInterrupt:
             self.interrupted = True
         finally:
             stop.set()
-            s, w = win.finish()
-            self.classify(s, w)
-            self._emit(self.detector.flush())
-            self.wall_s = time.perf_counter() - t0
+            self.end()
         if errors:
             raise errors[0]
         return self.stats
+
+    # ------------------------------------------------------------------ push interface
+    def begin(self) -> None:
+        """Start a stream fed by :meth:`feed` (what :meth:`run` does with its reader's blocks)."""
+        self._win = _Windower(self.n, self.hop)
+        self._t0 = time.perf_counter()
+
+    def feed(self, pos: int, block: np.ndarray, *, backlog: float = 0.0) -> None:
+        """One block at stream sample ``pos``: classify every window it fills (events and
+        windows go to the callbacks). ``backlog``: seconds of audio still waiting behind it."""
+        if self.drop and backlog > self.max_lag_s:
+            # behind a live source: drop this block (its windows are counted), keep the newest
+            self.stats.dropped_windows += max(1, math.ceil(len(block) / self.hop))
+            self.stats.audio_s = (pos + len(block)) / self.sr
+            return
+        starts, wins, skipped = self._win.add(pos, block)
+        self._remember(pos, block)
+        if skipped:
+            self.stats.gaps += 1
+        self.stats.audio_s = (pos + len(block)) / self.sr
+        self.stats.lag_s = backlog
+        self.stats.max_lag_s = max(self.stats.max_lag_s, backlog)
+        for lo in range(0, len(wins), self.max_batch):
+            self.classify(starts[lo : lo + self.max_batch], wins[lo : lo + self.max_batch])
+
+    def end(self) -> None:
+        """The last windows, then every open event closed (no event is lost)."""
+        s, w = self._win.finish()
+        self.classify(s, w)
+        self._emit(self.detector.flush())
+        self.wall_s = time.perf_counter() - self._t0

@@ -29,7 +29,7 @@ import numpy as np
 
 from tympan.errors import TympanError
 
-__all__ = ["SourceError", "device_source", "ffmpeg_source", "finished_files", "is_url", "pcm_source"]
+__all__ = ["PcmDecoder", "SourceError", "device_source", "ffmpeg_source", "finished_files", "is_url", "pcm_source"]
 
 Block = tuple[int, np.ndarray]  # (stream sample index of block[0], samples)
 
@@ -130,44 +130,68 @@ def ffmpeg_source(source: str, sr: int, *, reconnect: bool = False, stall_s: flo
         pos += int((time.monotonic() - t0) * sr)  # stream time goes on through the outage
 
 
+class PcmDecoder:
+    """Raw interleaved PCM bytes (``s16le`` or ``f32le``) to float32 mono at the model's rate,
+    piece by piece: downmixed, resampled by soxr's streaming resampler, a frame cut between two
+    pieces carried to the next (shared by stdin and the server's ``/stream``)."""
+
+    WIDTHS = {"s16le": 2, "f32le": 4}
+
+    def __init__(self, rate: int, channels: int, sr: int, sample_format: str = "s16le") -> None:
+        if rate <= 0 or channels <= 0:
+            raise SourceError("the sample rate and channel count must be positive")
+        width = self.WIDTHS.get(sample_format)
+        if width is None:
+            raise SourceError(f"unknown PCM sample format {sample_format!r} (s16le or f32le)")
+        self.width, self.channels = width, channels
+        self.frame = width * channels
+        self.carry = b""
+        self.nonfinite = 0  # pieces in which non-finite samples were set to zero
+        self.resampler = None
+        if rate != sr:
+            import soxr
+
+            self.resampler = soxr.ResampleStream(rate, sr, 1, dtype="float32")
+
+    def decode(self, data: bytes, *, last: bool = False) -> np.ndarray:
+        """The samples of ``data`` (after what was carried); ``last`` flushes the resampler."""
+        data = self.carry + data
+        cut = len(data) - len(data) % self.frame
+        self.carry = data[cut:]
+        y = np.zeros(0, np.float32)
+        if cut:
+            raw = np.frombuffer(data[:cut], "<i2" if self.width == 2 else "<f4")
+            y = raw.astype(np.float32) / (32768.0 if self.width == 2 else 1.0)
+            y = y.reshape(-1, self.channels).mean(axis=1)
+            if not np.isfinite(y).all():
+                self.nonfinite += 1
+                y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.resampler is not None:
+            y = self.resampler.resample_chunk(y, last=last)
+        return np.ascontiguousarray(y, np.float32)
+
+
 def pcm_source(stream: BinaryIO, rate: int, channels: int, sr: int, *, sample_format: str = "s16le",
                block_s: float = 0.5, log: Callable[[str], None] = lambda m: None) -> Iterator[Block]:
     """Blocks from raw PCM on a binary stream, at the model's rate ``sr``."""
     if rate <= 0 or channels <= 0:
         raise SourceError("--rate and --channels must be positive")
-    width = {"s16le": 2, "f32le": 4}.get(sample_format)
-    if width is None:
-        raise SourceError(f"unknown PCM sample format {sample_format!r} (s16le or f32le)")
-    frame = width * channels
-    resampler = None
-    if rate != sr:
-        import soxr
-
-        resampler = soxr.ResampleStream(rate, sr, 1, dtype="float32")
-    chunk = max(frame, int(block_s * rate) * frame)
-    carry, pos = b"", 0
+    dec = PcmDecoder(rate, channels, sr, sample_format)
+    chunk = max(dec.frame, int(block_s * rate) * dec.frame)
+    pos = 0
     while True:
         data = stream.read(chunk)
         last = not data
-        data = carry + (data or b"")
-        cut = len(data) - len(data) % frame
-        carry = data[cut:]
-        y = np.zeros(0, np.float32)
-        if cut:
-            raw = np.frombuffer(data[:cut], "<i2" if width == 2 else "<f4")
-            y = raw.astype(np.float32) / (32768.0 if width == 2 else 1.0)
-            y = y.reshape(-1, channels).mean(axis=1)
-            if not np.isfinite(y).all():
-                log("non-finite samples in the PCM stream were set to zero")
-                y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
-        if resampler is not None:
-            y = resampler.resample_chunk(y, last=last)
+        seen = dec.nonfinite
+        y = dec.decode(data or b"", last=last)
+        if dec.nonfinite > seen:
+            log("non-finite samples in the PCM stream were set to zero")
         if len(y):
-            yield pos, np.ascontiguousarray(y, np.float32)
+            yield pos, y
             pos += len(y)
         if last:
-            if carry:
-                log(f"the PCM stream ended mid-frame: {len(carry)} trailing bytes dropped")
+            if dec.carry:
+                log(f"the PCM stream ended mid-frame: {len(dec.carry)} trailing bytes dropped")
             return
 
 

@@ -58,6 +58,7 @@ from tympan.serving.schemas import (
     Status,
 )
 from tympan.serving.settings import Settings
+from tympan.serving.stream import router as stream_router
 
 log = logging.getLogger("tympan.serving")
 
@@ -890,6 +891,8 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
     @app.get("/", include_in_schema=False)
     async def root() -> dict[str, Any]:
         return {"service": "tympan", "version": __version__, "docs": "/docs", "contract": "docs/api.md"}
+
+    app.include_router(stream_router)  # WebSocket /stream (tympan/serving/stream.py)
 
     # -------------------------------------------------------------- middleware (inner first)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes,

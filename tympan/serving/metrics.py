@@ -47,5 +47,12 @@ class Metrics:
         self.body_bytes = Gauge("tympan_inflight_body_bytes", "request-body bytes held by requests in flight "
                                 "(admission control budget: TYMPAN_MAX_INFLIGHT_BODY_BYTES)", registry=r)
 
+        self.streams = Counter("tympan_streams", "WebSocket /stream connections accepted", registry=r)
+        self.streams_active = Gauge("tympan_streams_active", "WebSocket /stream connections open now", registry=r)
+        self.stream_windows = Counter("tympan_stream_windows", "model windows classified for /stream", registry=r)
+        self.stream_events = Counter("tympan_stream_events", "events sent on /stream", registry=r)
+        self.stream_closes = Counter("tympan_stream_closes", "/stream connections ended, by reason (a fixed set)",
+                                     ["reason"], registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

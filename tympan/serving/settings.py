@@ -111,6 +111,16 @@ class Settings:
     warmup_batch_sizes: tuple[int, ...] = (1, 2, 4)
     workers: int = 1
     log_level: str = "info"
+    #: WebSocket ``/stream``: open streams at once (beyond: closed with 1013)
+    max_streams: int = 8
+    #: a stream that sends nothing for this many seconds is closed (1008 ``idle``)
+    stream_idle_s: float = 30.0
+    #: largest frame a stream may send, in bytes (1009 beyond it)
+    stream_max_frame_bytes: int = 1024 * 1024
+    #: audio a stream may send ahead of real time, in seconds, and how much faster than real
+    #: time it may send beyond that (1008 ``too_fast``): a live source, not an upload
+    stream_burst_s: float = 30.0
+    stream_max_speed: float = 1.5
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -145,6 +155,10 @@ class Settings:
             problems.append("max_explain_in_flight must be >= 1")
         if self.inline_max_seconds < 0:
             problems.append("inline_max_seconds must be >= 0")
+        if self.max_streams < 1 or self.stream_max_frame_bytes < 1:
+            problems.append("max_streams and stream_max_frame_bytes must be >= 1")
+        if min(self.stream_idle_s, self.stream_max_speed) <= 0 or self.stream_burst_s < 0:
+            problems.append("stream_idle_s and stream_max_speed must be positive, stream_burst_s >= 0")
         if self.decode_threads < 1 or self.workers < 1:
             problems.append("decode_threads and workers must be >= 1")
         if problems:

@@ -34,6 +34,10 @@ from typing import Any
 import numpy as np
 from scipy.special import softmax
 
+#: Default margin: the estimated accuracy must be this far below the held-out accuracy (and
+#: significantly below it) before "the model is affected" (``diagnose`` and the live drift check).
+ACCURACY_MARGIN = 0.05
+
 __all__ = [
     "ESTIMATORS",
     "ATCEstimator",

@@ -1,0 +1,235 @@
+"""WebSocket ``/stream``: live PCM in, window predictions and events out (``docs/api.md``).
+
+Each connection gets its own :class:`tympan.live.listener.Listener` (the one windowing and event
+path of ``tympan listen`` and ``predict --format events``); its forward passes run on the
+server's decode threads, never on the event loop. The socket is read one frame at a time and
+each frame is classified before the next is read, so a slow model slows the client down (TCP
+back-pressure) instead of growing a queue. Every refusal is a close with a code and a reason:
+
+============  ======  ==================================================================
+reason        code    when
+============  ======  ==================================================================
+unauthorized  1008    ``TYMPAN_API_KEY`` set and no matching ``token`` / Bearer header
+busy          1013    ``max_streams`` streams open, or the model is still loading
+invalid       1007    a text frame that is not a valid start / end message
+unsupported   1003    PCM before the format is known
+too_large     1009    a frame over ``stream_max_frame_bytes``
+idle          1008    nothing received for ``stream_idle_s``
+too_fast      1008    audio beyond ``stream_burst_s`` + ``stream_max_speed`` x real time
+============  ======  ==================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from tympan.contracts import contract_errors
+from tympan.contracts.events import Event
+from tympan.contracts.stream import (
+    StreamEnd,
+    StreamEventMessage,
+    StreamReady,
+    StreamStart,
+    StreamSummary,
+    StreamWarning,
+    StreamWindow,
+)
+from tympan.live.listener import Listener, WindowInfo
+from tympan.live.sources import PcmDecoder
+
+log = logging.getLogger("tympan.serving")
+router = APIRouter()
+
+#: close codes by reason (RFC 6455 section 7.4.1); the reasons are the metric's label values
+CLOSE_CODES = {"normal": 1000, "unauthorized": 1008, "busy": 1013, "invalid": 1007, "unsupported": 1003,
+               "too_large": 1009, "idle": 1008, "too_fast": 1008, "internal": 1011}
+
+
+class Refused(Exception):
+    """End the stream with ``CLOSE_CODES[reason]`` and a one-line ``detail``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _authorized(ws: WebSocket, key: str | None) -> bool:
+    if not key:
+        return True
+    token = ws.query_params.get("token")
+    if token is None:
+        scheme, _, token = ws.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+    return hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+def _start_from_query(ws: WebSocket) -> StreamStart | None:
+    q = {k: ws.query_params[k] for k in ("sample_rate", "channels", "format", "windows") if k in ws.query_params}
+    if not q:
+        return None
+    try:
+        return StreamStart.model_validate(q)
+    except ValidationError as exc:
+        raise Refused("invalid", "query: " + contract_errors(exc)) from None
+
+
+def _parse_text(text: str) -> StreamStart | StreamEnd:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise Refused("invalid", "a text frame must be a JSON start or end message") from None
+    kind = body.get("type") if isinstance(body, dict) else None
+    model = {"start": StreamStart, "end": StreamEnd}.get(kind)  # type: ignore[arg-type]
+    if model is None:
+        raise Refused("invalid", 'a text frame must be {"type": "start", ...} or {"type": "end"}')
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise Refused("invalid", contract_errors(exc)) from None
+
+
+class _Session:
+    """One stream: its decoder, listener, pacing check and the messages its last frame made."""
+
+    def __init__(self, predictor: Any, start: StreamStart, settings: Any, metrics: Any) -> None:
+        self.start, self.settings, self.metrics = start, settings, metrics
+        self.out: list[str] = []
+        on_window = self._window if start.windows else None
+        self.listener = Listener(predictor, source="stream", drop=False, on_event=self._event, on_window=on_window,
+                                 keep_events=False)  # a stream may last for days: events go out, not into a list
+        self.decoder = PcmDecoder(start.sample_rate, start.channels, self.listener.sr, start.format)
+        self.listener.begin()
+        self.pos = 0
+        self.received_s = 0.0  # audio received, at the client's rate
+        self.t0: float | None = None
+        self.warned = 0
+
+    def _event(self, e: Event) -> None:
+        self.metrics.stream_events.inc()
+        self.out.append(StreamEventMessage(event=e).model_dump_json())
+
+    def _window(self, w: WindowInfo, _stats: Any) -> None:
+        self.out.append(StreamWindow(**w.model_dump()).model_dump_json())
+
+    def pace(self, n_bytes: int) -> None:
+        """Refuse audio arriving faster than a live source could send it."""
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        self.received_s += n_bytes / (self.decoder.frame * self.start.sample_rate)
+        allowed = self.settings.stream_burst_s + self.settings.stream_max_speed * (now - self.t0)
+        if self.received_s > allowed:
+            raise Refused("too_fast", f"{self.received_s:.1f} s of audio in {now - self.t0:.1f} s: more than "
+                          f"{self.settings.stream_burst_s:g} s ahead of {self.settings.stream_max_speed:g}x real time")
+
+    def feed(self, data: bytes, last: bool = False) -> list[str]:
+        """Decode and classify one frame (on a worker thread); the messages it produced."""
+        self.out = []
+        y = self.decoder.decode(data, last=last)
+        if len(y):
+            self.listener.feed(self.pos, y)
+            self.pos += len(y)
+        if self.decoder.nonfinite > self.warned:
+            self.warned = self.decoder.nonfinite
+            self.out.append(StreamWarning(detail="non-finite samples were set to zero").model_dump_json())
+        if last:
+            self.listener.end()
+        return self.out
+
+
+@router.websocket("/stream")
+async def stream(ws: WebSocket) -> None:
+    app = ws.app
+    service, settings, metrics = app.state.service, app.state.settings, app.state.metrics
+    await ws.accept()
+    session: _Session | None = None
+    state = app.state
+    reason, detail = "normal", "end of stream"
+    counted = False
+    try:
+        if not _authorized(ws, settings.api_key):
+            raise Refused("unauthorized", "missing or wrong token (?token=<key> or Authorization: Bearer <key>)")
+        if getattr(state, "open_streams", 0) >= settings.max_streams:
+            raise Refused("busy", f"{settings.max_streams} streams are open (the limit); retry later")
+        if not service.ready or service.predictor is None:
+            raise Refused("busy", "the model is still loading; retry when GET /ready is 200")
+        state.open_streams = getattr(state, "open_streams", 0) + 1
+        counted = True
+        metrics.streams.inc()
+        metrics.streams_active.inc()
+        predictor = service.predictor
+        start = _start_from_query(ws)
+
+        async def begin(start: StreamStart) -> _Session:
+            s = _Session(predictor, start, settings, metrics)
+            lis = s.listener
+            await ws.send_text(StreamReady(sample_rate=lis.sr, window_s=lis.n / lis.sr, hop_s=lis.hop / lis.sr,
+                                           classes=len(predictor.classes)).model_dump_json())
+            return s
+
+        if start is not None:
+            session = await begin(start)
+        while True:
+            try:
+                msg = await asyncio.wait_for(ws.receive(), timeout=settings.stream_idle_s)
+            except asyncio.TimeoutError:
+                raise Refused("idle", f"no data for {settings.stream_idle_s:g} s") from None
+            if msg["type"] == "websocket.disconnect":
+                reason = "disconnected"
+                break
+            data, text = msg.get("bytes"), msg.get("text")
+            size = len(data) if data is not None else len((text or "").encode())
+            if size > settings.stream_max_frame_bytes:
+                raise Refused("too_large", f"a {size}-byte frame; the limit is {settings.stream_max_frame_bytes}")
+            if text is not None:
+                parsed = _parse_text(text)
+                if isinstance(parsed, StreamStart):
+                    if session is not None:
+                        raise Refused("invalid", "the stream has already started")
+                    session = await begin(parsed)
+                    continue
+                if session is None:
+                    raise Refused("invalid", "end before start")
+                before = session.listener.stats.windows
+                for m in await service.off_loop(session.feed, b"", True):
+                    await ws.send_text(m)
+                metrics.stream_windows.inc(session.listener.stats.windows - before)
+                st = session.listener.stats
+                await ws.send_text(StreamSummary(windows=st.windows, events=st.events, audio_s=round(st.audio_s, 3),
+                                                 trailing_bytes=len(session.decoder.carry)).model_dump_json())
+                break
+            if session is None:
+                raise Refused("unsupported", "PCM before the format: send a start message or ?sample_rate=...")
+            if not data:
+                continue
+            session.pace(len(data))
+            before = session.listener.stats.windows
+            for m in await service.off_loop(session.feed, data):
+                await ws.send_text(m)
+            metrics.stream_windows.inc(session.listener.stats.windows - before)
+    except Refused as exc:
+        reason, detail = exc.reason, exc.detail
+    except WebSocketDisconnect:
+        reason = "disconnected"
+    except Exception:  # a bug in tympan: the client still gets a close with a reason
+        log.exception("tympan: internal error on /stream")
+        reason, detail = "internal", "internal server error (a bug in tympan; it has been logged)"
+    finally:
+        if counted:
+            state.open_streams -= 1
+            metrics.streams_active.dec()
+        metrics.stream_closes.labels(reason).inc()
+    if reason != "disconnected":
+        try:
+            await ws.close(CLOSE_CODES[reason], detail.encode()[:123].decode(errors="ignore"))
+        except (RuntimeError, WebSocketDisconnect):  # the client went first
+            pass
