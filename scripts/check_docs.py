@@ -49,7 +49,7 @@ SHIPPED = "tympan/assets/default"
 ESC50 = "../shared/data/esc50"
 #: placeholders of the docs and what stands in for them (``sub``)
 SUBSTITUTIONS = [(r"~/data/ESC-50", ESC50), (r"--data-dir DIR\b", f"--data-dir {ESC50}"),
-                 (r"--bundle DIR\b", f"--bundle {SHIPPED}")]
+                 (r"--bundle DIR\b", f"--bundle {SHIPPED}"), (r"^tympan predict archive/", "tympan predict field/")]
 #: (regex on the command, how, why): first match wins
 POLICIES: list[tuple[str, str, str]] = [
     (r"^bash scripts/setup\.sh && \.venv/bin/tympan up$", "up", "set-up is done once (--setup); `up --check`"),
@@ -62,7 +62,11 @@ POLICIES: list[tuple[str, str, str]] = [
     (r"^tympan (train|evaluate)\b", "help", "training takes minutes to hours"),
     (r"^tympan serve$", "server", "the shipped model, on a free port"),
     (r"^tympan serve\b", "help", "variants of the server just started"),
+    (r"^tympan predict archive/", "sub", "archive/ = the generated field folder"),
     (r"^tympan predict\b", "run", ""),
+    (r"\| tympan listen\b", "skip", "needs a sound card (arecord)"),
+    (r"^tympan listen\b", "help", "a stream, sound card or watched folder runs until stopped"),
+    (r"^tympan events\b", "help", "reads the store a listener wrote"),
     (r"^curl\b", "run", "against the server started above"),
     (r"^python -c .*\| curl\b", "run", "against the server started above"),
     (r"^tympan dashboard\b", "server", "on a free port"),

@@ -60,21 +60,24 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it():
         resolve_precision("fp16", CPU)
 
 
-def test_bf16_and_fp32_training_give_the_same_predictions_on_a_tiny_model(features, tmp_path):
+def test_bf16_and_fp32_give_the_same_predictions_on_a_tiny_model(features, tmp_path):
+    """One trained tiny model: its held-out predictions in fp32 and under bf16 autocast agree, and a
+    bf16-trained copy learns as well as the fp32 one (emulated on CPUs without native bf16)."""
     train_idx, val_idx = np.flatnonzero(features.folds != 1), np.flatnonzero(features.folds == 1)
-    runs = {}
-    for precision in ("fp32", "bf16"):
-        runs[precision] = train_fold(features, train_idx, val_idx, tiny(precision=precision, epochs=4),
-                                     tmp_path / precision,
-                                     fold=1, progress=False, log=lambda m: None)
+    runs = {p: train_fold(features, train_idx, val_idx, tiny(precision=p, epochs=6), tmp_path / p, fold=1,
+                          progress=False, log=lambda m: None) for p in ("fp32", "bf16")}
     fp32, bf16 = runs["fp32"], runs["bf16"]
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
-    agree = float((fp32.logits.argmax(1) == bf16.logits.argmax(1)).mean())
-    assert agree >= 0.9, agree
-    assert abs(fp32.accuracy - bf16.accuracy) <= 0.1
-    # not the same numbers: bf16 really ran (8-bit mantissa), but close to fp32's
-    diff = np.abs(fp32.logits - bf16.logits)
-    assert 0 < diff.max() < 0.25 * np.abs(fp32.logits).max()
+    x = torch.from_numpy(np.ascontiguousarray(features.features[np.sort(val_idx)])).float()
+    model = fp32.model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x).float()
+    assert float((ref.argmax(1) == low.argmax(1)).float().mean()) >= 0.95
+    diff = (ref - low).abs().max()
+    assert 0 < diff < 0.1 * ref.abs().max()  # bf16 really ran (8-bit mantissa), close to fp32
+    assert bf16.accuracy >= fp32.accuracy - 0.15  # 20 held-out clips: 3 clips of slack
 
 
 def test_efficientat_recipe_sets_its_published_settings_and_scales_its_schedule():
