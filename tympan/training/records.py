@@ -39,18 +39,13 @@ class RecordMismatchError(TympanError, ValueError):
 
 
 def init_key(init: str | None) -> str | None:
-    """What identifies pretrained weights across machines: their sha256 where known, else the name."""
+    """What identifies pretrained weights across machines: their sha256 where known (the same
+    provenance a bundle records), else the name."""
     if not init:
         return None
-    from tympan.download import sha256_file
-    from tympan.models import convert
+    from tympan.training.cv import _init_provenance
 
-    if init in convert.PRETRAINED:
-        return convert.PRETRAINED[init][1]
-    p = Path(init)
-    if p.is_file():
-        return sha256_file(p)
-    return p.name
+    return _init_provenance(init).get("sha256") or Path(init).name
 
 
 def hashed_config(config: TrainConfig, frontend: FrontendConfig, data_fingerprint: str | None,
