@@ -133,6 +133,24 @@ def test_load_pretrained_can_skip_the_head(saved_pt: tuple[Path, torch.nn.Module
     assert fresh.state_dict()["classifier.5.weight"].shape == (50, 512)
 
 
+def test_a_checkpoint_of_the_same_label_set_keeps_its_head(tmp_path: Path) -> None:
+    """Fine-tuning a trained 50-class model further (``--init BUNDLE``) must not reset its head."""
+    from safetensors.torch import save_file
+
+    trained = build_model("mn04", n_classes=50)
+    with torch.no_grad():
+        trained.state_dict()["classifier.5.weight"].normal_()
+    dst = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(dst))
+    (tmp_path / "bundle.json").write_text("{}")
+    assert resolve_init(tmp_path, cache_dir=tmp_path / "cache") == dst  # a bundle folder
+    fresh = load_pretrained(build_model("mn04", n_classes=50), dst, skip_prefixes=MN04_HEAD_PREFIXES)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    other = load_pretrained(build_model("mn04", n_classes=10), dst, skip_prefixes=MN04_HEAD_PREFIXES)
+    assert other.state_dict()["classifier.5.weight"].shape == (10, 512)  # head does not fit: skipped
+
+
 def test_missing_key_is_named(saved_pt: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
     state = torch.load(saved_pt[0], weights_only=True)
     del state["features.7.block.1.0.weight"]

@@ -248,3 +248,18 @@ def test_results_keep_folds_from_earlier_invocations(features, tmp_path):
     run_cv(features, cfg, [1], tmp_path / "run", progress=False, tensorboard=False)
     results = run_cv(features, cfg, [2], tmp_path / "run", progress=False, tensorboard=False)
     assert sorted(results["folds"]) == ["1", "2"] and results["accuracy"]["n_folds"] == 2
+
+
+def test_a_bundle_as_init_must_match_the_data_and_front_end():
+    """``--init BUNDLE`` keeps the bundle's head, so a different label order or front end is refused."""
+    from tympan.training.cli import check_bundle_init
+    from tympan.training.loop import TrainingConfigError
+
+    shipped = Path(__file__).resolve().parents[1] / "tympan" / "assets" / "default"
+    meta = json.loads((shipped / "bundle.json").read_text())
+    fe = FrontendConfig.from_dict(meta["frontend"])
+    check_bundle_init(str(shipped), fe, list(meta["classes"]))  # the same: accepted
+    with pytest.raises(TrainingConfigError, match="classes differ"):
+        check_bundle_init(str(shipped), fe, list(reversed(meta["classes"])))
+    with pytest.raises(TrainingConfigError, match="front end"):
+        check_bundle_init(str(shipped), FRONTEND, list(meta["classes"]))

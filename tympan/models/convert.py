@@ -93,6 +93,13 @@ def check_state_dict(
         raise CheckpointMismatchError("checkpoint does not fit the architecture: " + "; ".join(problems))
 
 
+def _head_fits(found: Mapping[str, Any], expected: Mapping[str, Tensor], skip: tuple[str, ...]) -> bool:
+    """Whether ``found`` has every head tensor of ``expected`` (keys under ``skip``) with its shape."""
+    head = {k: v for k, v in expected.items() if k.startswith(skip)}
+    return bool(head) and all(
+        isinstance(found.get(k), Tensor) and tuple(found[k].shape) == tuple(v.shape) for k, v in head.items())
+
+
 def _listing(what: str, items: list[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     more = f" (and {len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
@@ -176,6 +183,8 @@ def load_pretrained(
         raise ValueError(f"{path}: expected a .safetensors file; convert a .pt with resolve_init()")
     state = load_file(str(path), device="cpu")
     skip = tuple(skip_prefixes)
+    if skip and _head_fits(state, model.state_dict(), skip):
+        skip = ()  # a model of this label set (e.g. a bundle's): continue from its head too
     try:
         check_state_dict(state, model.state_dict(), skip)
     except CheckpointMismatchError as exc:
@@ -241,8 +250,9 @@ def resolve_init(
     Accepts a short name from :data:`PRETRAINED` (``"mn04_as"``), an http(s) URL (downloaded
     and verified: pass ``sha256`` unless the URL is a known release), a local ``.pt``
     (converted once into the cache, keyed by its content hash so an edited file is
-    re-converted), or a local ``.safetensors`` (returned as is; :func:`load_pretrained`
-    validates it).
+    re-converted), a local ``.safetensors`` (returned as is; :func:`load_pretrained`
+    validates it), or a bundle folder (its ``model.safetensors``: fine-tuning a trained model
+    further, head included when it fits).
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     text = str(init)
@@ -256,6 +266,8 @@ def resolve_init(
             raise ValueError(f"{text}: unknown URL; pass its sha256 so the download can be verified")
         return _from_url(text, pinned, cache, arch, n_classes, progress)
     path = Path(init).expanduser()
+    if path.is_dir() and (path / "bundle.json").is_file() and (path / "model.safetensors").is_file():
+        return path / "model.safetensors"  # a bundle: continue training its model
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no such checkpoint (expected a .pt, a .safetensors, a URL or one of "

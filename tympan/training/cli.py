@@ -82,6 +82,30 @@ def _fetch_init(init: str, *, quiet: bool) -> None:
                                   f"({hint})") from None
 
 
+def check_bundle_init(init: str, frontend: FrontendConfig, classes: list[str]) -> None:
+    """A bundle as ``--init`` must have the training data's classes (in order) and front end.
+
+    Why: its head is kept (fine-tuning a trained model further), so a different label order
+    would train every class towards another's weights, and a different front end would feed it
+    features it never saw.
+    """
+    path = Path(init).expanduser()
+    if not (path.is_dir() and (path / "bundle.json").is_file()):
+        return
+    try:
+        meta = json.loads((path / "bundle.json").read_text())
+        theirs = FrontendConfig.from_dict(meta["frontend"])
+        their_classes = list(meta["classes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingConfigError(f"--init {init}: not a readable bundle ({exc})") from None
+    if their_classes != classes:
+        raise TrainingConfigError(f"--init {init}: the bundle's {len(their_classes)} classes differ from the "
+                                  f"data's {len(classes)} (or their order); fine-tune from pretrained weights instead")
+    if theirs.fingerprint() != frontend.fingerprint():
+        raise TrainingConfigError(f"--init {init}: the bundle's front end ({theirs.name}) differs from the "
+                                  f"training front end ({frontend.name}); pass --frontend FILE.json with its settings")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults in ``--help``, but not "None" / "False", nor twice where the help says it already."""
 
@@ -158,6 +182,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config.arch)
         data_dir = args.data_dir
     features, info = featureset_for(data_dir, frontend, progress=not args.quiet)
+    if config.init:
+        check_bundle_init(config.init, frontend, list(features.classes))
     holdout = parse_folds(holdout_text, sorted({int(f) for f in features.folds}))
     on_fold_end = None
     if args.records:
@@ -272,7 +298,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mixup", type=float, default=0.3, help="Mixup alpha (0 disables)")
     p.add_argument("--folds", help="held-out folds, e.g. 1,2 (default: 5; with --cv: which of the five to run)")
     p.add_argument("--cv", action="store_true", help="hold out each of the five folds in turn")
-    p.add_argument("--init", help="pretrained weights for mn04: mn04_as (downloaded once), a URL, a .pt or "
+    p.add_argument("--init", help="pretrained weights for mn04: a bundle folder (continue training its model), "
+                   "mn04_as (downloaded once), a URL, a .pt or "
                                   f".safetensors (offline: a local file, e.g. {LOCAL_WEIGHTS_HINT})")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (augmentation, init, order)")
     p.add_argument("--field-augment", type=int, default=0, metavar="N",
