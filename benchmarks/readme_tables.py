@@ -54,6 +54,18 @@ def render_esc50_cv(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _init_text(fig: dict[str, Any]) -> str:
+    """Where a recorded fold started: AudioSet weights, a trained bundle (named with its weights' sha), nothing."""
+    from tympan.models.convert import MN04_AS_SHA256
+
+    if not fig["init"]:
+        return " from scratch"
+    sha = fig.get("init_sha256")
+    if sha is None or sha == MN04_AS_SHA256:
+        return " from AudioSet"
+    return f" trained further from bundle `{fig['init']}` (weights {sha[:12]})"
+
+
 def render_folds(doc: dict[str, Any]) -> str:
     """One row per configuration hash of ``results/folds.json`` (fold records, any day or machine)."""
     sys.path.insert(0, str(HERE.parent))
@@ -69,7 +81,7 @@ def render_folds(doc: dict[str, Any]) -> str:
             mean = f"**{_pct(fig['mean'])} ± {_pct(fig['std'])}**"
         else:
             mean = f"{fig['n_folds']}/5 folds ({_pct(fig['mean'])} so far)"
-        model = f"`{fig['arch']}`" + (" from AudioSet" if fig["init"] else " from scratch")
+        model = f"`{fig['arch']}`" + _init_text(fig)
         lines.append(f"| `{fig['recipe']}` | {model} | {fig['epochs']} | {fig['lr']:g} | {fig['batch_size']} | "
                      f"{fig['precision']} | {folds} | {mean} | {fig['seconds_per_epoch']:.1f} | "
                      f"{'; '.join(fig['machines'])} | `{fig['config_hash']}` |")

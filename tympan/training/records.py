@@ -170,6 +170,7 @@ def assemble(records: list[FoldRecord]) -> dict[str, Any]:
     accs = np.array([by_fold[f].accuracy for f in sorted(by_fold)])
     return {
         "config_hash": first.config_hash, "recipe": first.recipe, "arch": first.arch, "init": first.init,
+        "init_sha256": first.config.get("init") if isinstance(first.config.get("init"), str) else None,
         "epochs": first.epochs, "lr": first.lr, "batch_size": first.batch_size,
         "precision": first.precision, "folds": {str(f): by_fold[f].accuracy for f in sorted(by_fold)},
         "n_folds": len(by_fold), "mean": float(accs.mean()),
