@@ -259,13 +259,14 @@ def render_live(r: dict[str, Any]) -> str:
              f"**{rtf['rtf_wall']:.0f}x** per wall second, {rtf['rtf_cpu']:.0f}x per CPU second |",
              f"| listener wall / bare forward of the same windows one at a time | {rtf['listener_over_forward']:.2f} |"]
     for row in r.get("latency") or []:
-        c, o, b = row["close_after_end_s"], row["open_after_start_s"], row["block_wall_ms"]
-        lines.append(f"| hop {row['hop_s']:g} s: event closes after the sound ends (median / p90; "
-                     f"{row['found']} of {row['clips']} clips found) | {c['median']:.1f} / {c['p90']:.1f} s |")
-        lines.append(f"| hop {row['hop_s']:g} s: first window opening it after the sound starts (median / p90) | "
-                     f"{o['median']:.1f} / {o['p90']:.1f} s |")
-        lines.append(f"| hop {row['hop_s']:g} s: compute of the 0.1 s block that closed it (median / max) | "
-                     f"{b['median']:.0f} / {b['max']:.0f} ms |")
+        o, c, w = row["open_alert_after_end_s"], row["close_alert_after_end_s"], row["open_alert_wall_ms"]
+        lines.append(f"| hop {row['hop_s']:g} s: alert on the event's confirmation (`on = \"open\"`), after the sound "
+                     f"ends (median / p90 / max; {row['found']} of {row['clips']} clips found; goal {row['goal_s']:g} s) | "
+                     f"{o['median']:.1f} / {o['p90']:.1f} / {o['max']:.1f} s |")
+        lines.append(f"| hop {row['hop_s']:g} s: alert on the event's close (`on = \"close\"`), after the sound ends "
+                     f"(median / p90 / max) | {c['median']:.1f} / {c['p90']:.1f} / {c['max']:.1f} s |")
+        lines.append(f"| hop {row['hop_s']:g} s: wall time from the block's arrival to the open alert at the sink "
+                     f"(median / max) | {w['median']:.0f} / {w['max']:.0f} ms |")
     lines.append(f"| RSS over {mem['stream_hours']:g} h of stream ({mem['windows']} windows, {mem['events']} events, "
                  f"fed in {mem['wall_s']:.0f} s) | {mem['rss_after_warmup_mb']:.0f} MB early, "
                  f"{mem['rss_last_mb']:.0f} MB at the end (max {mem['rss_max_mb']:.0f}; slope "

@@ -6,14 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # System packages the tests and tools use, where we may install them (root with apt-get):
-# Chromium + driver (browser tests), ffmpeg (`tympan listen` on files and streams), and every package of
+# Chromium + driver (browser tests), ffmpeg (`tympan listen` on files and streams), mosquitto (the MQTT
+# broker the alert test starts), and every package of
 # scripts/ood-packages.txt (espeak-ng,
 # fluidsynth, three GM soundfonts, five sound themes: the whole out-of-distribution set; with fewer,
 # `tympan data ood` builds a smaller set and says what is missing). Without them those tests skip.
 # TYMPAN_SYSTEM_DEPS=0 skips.
 if [ "${TYMPAN_SYSTEM_DEPS:-1}" = 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   need=()
-  for pkg in chromium chromium-driver ffmpeg $(grep -v '^#' scripts/ood-packages.txt); do
+  for pkg in chromium chromium-driver ffmpeg mosquitto $(grep -v '^#' scripts/ood-packages.txt); do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then

@@ -140,6 +140,32 @@ def test_streaming_emits_each_event_when_it_closes():
     assert emitted == {(1.0, 4.0): 6}  # the first window starting 1.5 s or more after its end
 
 
+def test_streaming_confirms_events_when_their_minimum_duration_is_met():
+    starts = np.arange(10.0)
+    log: list[tuple] = []
+    det = EventDetector(CLASSES, EventConfig(EventRule(on=0.5, off=0.3, min_duration_s=2.0)), hop_s=1.0,
+                        on_open=lambda e: log.append(("open", i, e.start_s, e.end_s, e.windows)))
+    for i, p in enumerate(_probs(CASE_A)):
+        log += [("close", i, e.start_s, e.end_s, e.windows) for e in det.push(starts[i], starts[i] + 1, p)]
+    i = 10
+    log += [("close", i, e.start_s, e.end_s, e.windows) for e in det.flush()]
+    # the 1-4 s event is confirmed at its second window (2 s long), three windows before it closes;
+    # the lone 6-7 s window is never confirmed (too short); 8-10 s at its second window
+    assert log == [("open", 2, 1.0, 3.0, 2), ("close", 4, 1.0, 4.0, 3), ("open", 9, 8.0, 10.0, 2),
+                   ("close", 10, 8.0, 10.0, 2)]
+    # with a merge gap: an event is confirmed once its merged parts span the minimum duration
+    log = []
+    det = EventDetector(CLASSES, EventConfig(EventRule(on=0.5, off=0.3, min_duration_s=3.0, merge_gap_s=1.5)),
+                        hop_s=1.0, on_open=lambda e: log.append(("open", i, e.start_s, e.end_s)))
+    for i, p in enumerate(_probs(CASE_A)):
+        log += [("close", i, e.start_s, e.end_s) for e in det.push(starts[i], starts[i] + 1, p)]
+    i = 10
+    log += [("close", i, e.start_s, e.end_s) for e in det.flush()]
+    # 6 - 4 = 2 s is beyond the gap, so 6-10 s is an event of its own (7-8 s is within the gap),
+    # confirmed once it spans 3 s (at the window starting at 8: 6-9 s)
+    assert log == [("open", 3, 1.0, 4.0), ("close", 6, 1.0, 4.0), ("open", 8, 6.0, 9.0), ("close", 10, 6.0, 10.0)]
+
+
 def _reference(starts, ends, p, ood, bg, unc, score, hop, rule: EventRule, overlap=None):
     """Offline, per class and written independently: runs, then merge, then the duration filter."""
     n, k = p.shape
@@ -196,12 +222,18 @@ def test_streaming_equals_batch_equals_reference(seed):
     cfg = EventConfig(rule, overlap_s=overlap)
     sc = WindowScores(p, ood, score, bg, unc)
     batch = detect_events(starts, ends, p, CLASSES, cfg, scores=sc, hop_s=hop)
-    det = EventDetector(CLASSES, cfg, hop_s=hop)
+    opened: list[tuple] = []
+    det = EventDetector(CLASSES, cfg, hop_s=hop, on_open=lambda e: opened.append((e.index, e.start_s, len(stream))))
     stream = []
     for i in range(n):
         got = det.push(starts[i], ends[i], p[i], **sc.flags(i))
         stream += got
-    stream = sorted(stream + det.flush(), key=lambda e: (e.start_s, e.index))
+    stream += det.flush()
+    # every event is confirmed once, with its final start, before it closes; nothing else is
+    closed_at = {(e.index, e.start_s): j for j, e in enumerate(stream)}
+    assert sorted(o[:2] for o in opened) == sorted(closed_at)
+    assert all(at <= closed_at[(k, start)] for k, start, at in opened)
+    stream = sorted(stream, key=lambda e: (e.start_s, e.index))
     assert [e.model_dump() for e in stream] == [e.model_dump() for e in batch]
     ref = _reference(starts, ends, p, ood, bg, unc, score, hop, rule, overlap)
     assert len(ref) > 5

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from test_live_listen import recording  # noqa: F401 - the shared fixture
+from test_live_listen import _closed, recording  # noqa: F401 - the shared fixture
 from tympan.cli import main
 from tympan.contracts.events import Alert, Event
 from tympan.errors import DataError
-from tympan.live.alerts import AlertRule, ClipFolder, WebhookSink, load_alerts
+from tympan.live.alerts import AlertManager, AlertRule, ClipFolder, WebhookSink, load_alerts
 
 
 def _event(label="siren", start=0.0, p=0.9, dur=3.0, ood=0, when=None) -> Event:
@@ -51,6 +51,7 @@ def test_bad_rule_files(tmp_path: Path):
                       ('[[rules]]\nclasses = ["zebra"]\n', "unknown classes zebra"),
                       ('[[rules]]\nquiet_hours = "late"\n', "quiet_hours must read like"),
                       ('[[rules]]\ncolor = 1\n', "unknown keys color"),
+                      ('[[rules]]\non = "soon"\n', 'on must be "open" or "close"'),
                       ('[sinks.h]\ntype = "webhook"\n[[rules]]\n', "sink 'h' needs 'url'"),
                       ('[sinks.h]\ntype = "pager"\n[[rules]]\n', "unknown type 'pager'"),
                       ("", "no [[rules]]"), ("[[rules", "cannot read alert rules")]:
@@ -110,24 +111,68 @@ def test_listen_posts_alerts_to_a_local_webhook_with_clips(fitted_bundle: Path, 
                    f'backoff_s = 0.1\n[sinks.cmd]\ntype = "command"\nargv = {json.dumps(cmd)}\n'
                    '[[rules]]\nname = "everything"\nsinks = ["hook", "cmd"]\n'
                    '[[rules]]\nname = "confident, once per class"\nmin_probability = 0.99\ncooldown_s = 1e9\n'
-                   'sinks = ["hook"]\n')
+                   'sinks = ["hook"]\n[[rules]]\nname = "at the close"\non = "close"\nsinks = ["hook"]\n')
     try:
         capsys.readouterr()
         assert main(["listen", str(recording), "--bundle", str(fitted_bundle), "--json", "--alerts", str(cfg),
                      "--clips-dir", str(tmp_path / "clips")]) == 0
     finally:
         srv.shutdown()
-    events = [Event(**json.loads(line)) for line in capsys.readouterr().out.splitlines()]
+    events = [Event(**e) for e in _closed(capsys.readouterr().out.splitlines())]
     alerts = [Alert(**a) for a in got]
     assert len(events) >= 3 and codes[0] == 500
+    keys = sorted((e.start_s, e.label) for e in events)
     everything = [a for a in alerts if a.rule == "everything"]
-    assert sorted((a.event.start_s, a.event.label) for a in everything) == sorted((e.start_s, e.label) for e in events)
-    once = [a.event.label for a in alerts if a.rule != "everything"]
-    assert len(once) == len(set(once)) and all(a.event.peak_probability >= 0.99 for a in alerts if a.rule != "everything")
+    # on = "open" (the default): an open alert when the event is confirmed, then a close update
+    opens = [a for a in everything if a.phase == "open"]
+    updates = [a for a in everything if a.phase == "close"]
+    assert sorted((a.event.start_s, a.event.label) for a in opens) == keys and all(a.clip is None for a in opens)
+    assert sorted((a.event.start_s, a.event.label) for a in updates) == keys and all(a.update for a in updates)
+    final = {(e.start_s, e.label): e for e in events}
+    assert all(a.event == final[(a.event.start_s, a.event.label)] for a in updates)
+    assert all(a.event.end_s <= final[(a.event.start_s, a.event.label)].end_s for a in opens)
+    at_close = [a for a in alerts if a.rule == "at the close"]
+    assert sorted((a.event.start_s, a.event.label) for a in at_close) == keys
+    assert all(a.phase == "close" and not a.update for a in at_close)
+    once = [a.event.label for a in alerts if a.rule == "confident, once per class" and not a.update]
+    assert len(once) == len(set(once))
+    assert all(a.event.peak_probability >= 0.99 for a in alerts if a.rule == "confident, once per class")
     assert len(codes) == len(alerts) + 1
     by_cmd = [Alert(**json.loads(line)) for line in out.read_text().splitlines()]
-    assert sorted(a.event.start_s for a in by_cmd) == sorted(a.event.start_s for a in everything)
-    for a in everything:
+    assert sorted((a.phase, a.event.start_s) for a in by_cmd) == sorted((a.phase, a.event.start_s) for a in everything)
+    for a in updates:
         y, sr = sf.read(tmp_path / "clips" / a.clip)
         assert sr == 16_000 and 0 < len(y) / sr <= a.event.duration_s + 2.0 + 1e-6
         assert a.trusted == a.event.trusted
+
+
+def test_open_alerts_then_a_close_update_with_the_clip_written_after_a_bounded_wait(tmp_path: Path) -> None:
+    sr = 1000
+    clips = ClipFolder(tmp_path / "clips", 10**7)
+    audio = np.linspace(-1, 1, 200 * sr).astype(np.float32)  # 200 s kept
+    manager = AlertManager([AlertRule("long", min_duration_s=2.0), AlertRule("closed", on="close")], {}, clips)
+    manager.clip_wait_s = 30.0
+
+    def between(a: float, b: float) -> np.ndarray:
+        return audio[int(a * sr) : int(b * sr)]
+
+    so_far = _event(start=10.0, dur=1.0)
+    assert manager.handle_open(so_far) == []  # 1 s: "long" does not match yet; judged again at the close
+    manager.tick(100.0, between, sr)  # nothing is waiting for a clip
+    assert not list((tmp_path / "clips").iterdir())
+    final = _event(start=10.0, dur=5.0)
+    got = manager.handle(final, between, sr)
+    assert [(a.rule, a.phase, a.update) for a in got] == [("long", "close", False), ("closed", "close", False)]
+    # an event that goes on: its open alert, then its clip once 30 s of stream have passed
+    e = _event(start=50.0, dur=2.5)
+    [a] = manager.handle_open(e)
+    assert (a.rule, a.phase, a.clip) == ("long", "open", None)
+    manager.tick(79.0, between, sr)
+    assert len(list((tmp_path / "clips").iterdir())) == 1  # only the first event's
+    manager.tick(80.0, between, sr)
+    wav = sorted((tmp_path / "clips").glob("*00050.00*.wav"))
+    assert len(wav) == 1 and sf.info(wav[0]).duration == pytest.approx(80.0 - 50.0 + manager.pad_s)
+    got = manager.handle(_event(start=50.0, dur=300.0), between, sr)  # closes much later
+    assert [(a.rule, a.phase, a.update, a.clip) for a in got] == [("long", "close", True, wav[0].name),
+                                                                   ("closed", "close", False, wav[0].name)]
+    assert sf.info(wav[0]).duration == pytest.approx(31.0)  # bounded: not rewritten with 300 s

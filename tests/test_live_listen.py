@@ -47,6 +47,20 @@ def _batch_events(bundle: Path, recording: Path, tmp: Path) -> list[tuple]:
     return [(r["label"], r["start_s"], r["end_s"], r["windows"], r["peak_probability"]) for r in read_event_table(out)]
 
 
+def _closed(lines: list[str]) -> list[dict]:
+    """The closed events of ``tympan listen --json``'s lines (an event_open line precedes each)."""
+    out, opened = [], []
+    for line in lines:
+        m = json.loads(line)
+        if m.get("type") == "event_open":
+            opened.append((m["event"]["label"], m["event"]["start_s"]))
+        else:
+            assert (m["label"], m["start_s"]) in opened  # confirmed before it closed
+            out.append(m)
+    assert len(opened) == len(out)
+    return out
+
+
 def _key(e) -> tuple:
     return (e.label, e.start_s, e.end_s, e.windows, e.peak_probability)
 
@@ -75,7 +89,7 @@ def test_listen_to_a_file_through_ffmpeg_equals_batch_events(fitted_bundle: Path
     assert main(["listen", str(recording), "--bundle", str(fitted_bundle), "--store", str(db), "--json",
                  "--store-windows", "--verbose"]) == 0
     cap = capsys.readouterr()
-    printed = [json.loads(line) for line in cap.out.splitlines()]
+    printed = _closed(cap.out.splitlines())
     assert [(e["label"], e["start_s"], e["end_s"], e["windows"], e["peak_probability"]) for e in printed] == want
     assert "dropped 0 windows" in cap.err and "s  " in cap.err  # the per-window lines
     with EventStore(db, readonly=True) as s:
@@ -102,7 +116,8 @@ def test_stdin_pcm_closed_mid_frame_keeps_every_event(fitted_bundle: Path, recor
         got = [_key(e) for e in s.events()]
         assert all(e.start_time is not None for e in s.events())
     assert got == want
-    assert len(r.stdout.decode().splitlines()) == len(want)
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == 2 * len(want) and sum(line.startswith("open  ") for line in lines) == len(want)
     # stereo 48 kHz: resampled and downmixed on the way in; the same sounds are found
     y = sf.read(recording, dtype="float32")[0]
     import soxr
@@ -112,7 +127,7 @@ def test_stdin_pcm_closed_mid_frame_keeps_every_event(fitted_bundle: Path, recor
     r = _tympan("listen", "-", "--rate", "48000", "--channels", "2", "--pcm-format", "f32le", "--bundle",
                 str(fitted_bundle), "--json", "--no-drop", stdin=stereo)
     assert r.returncode == 0, r.stderr.decode()
-    labels = [json.loads(line)["label"] for line in r.stdout.decode().splitlines()]
+    labels = [e["label"] for e in _closed(r.stdout.decode().splitlines())]
     assert labels == [w[0] for w in want]
 
 

@@ -69,11 +69,17 @@ def test_events_over_the_socket_equal_batch_events(server, fitted_bundle: Path, 
     got = [(m["event"]["label"], m["event"]["start_s"], m["event"]["end_s"], m["event"]["windows"],
             m["event"]["peak_probability"]) for m in msgs if m["type"] == "event"]
     assert got == want
+    # each event is confirmed (event_open) before it closes, with the same label and start
+    opens = [i for i, m in enumerate(msgs) if m["type"] == "event_open"]
+    closes = [i for i, m in enumerate(msgs) if m["type"] == "event"]
+    assert [(msgs[i]["event"]["label"], msgs[i]["event"]["start_s"]) for i in opens] == [w[:2] for w in want]
+    assert all(o < c for o, c in zip(opens, closes, strict=True))
+    assert all(msgs[o]["event"]["end_s"] <= w[2] for o, w in zip(opens, want, strict=True))
     windows = [m for m in msgs if m["type"] == "window"]
     assert msgs[-1]["type"] == "end" and msgs[-1]["windows"] == len(windows) and msgs[-1]["events"] == len(want)
     # events come as they close, interleaved with the windows, not all at the end
     first_event = next(i for i, m in enumerate(msgs) if m["type"] == "event")
-    assert first_event < len(msgs) - 2 - len(want)
+    assert first_event < len(msgs) - 2 - 2 * len(want)
     text = httpx.get(server.url + "/metrics", headers=AUTH).text
     assert "tympan_streams_total" in text and "tympan_stream_windows_total" in text
     assert f"tympan_stream_events_total {float(len(want))}" in text

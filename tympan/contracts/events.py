@@ -80,6 +80,12 @@ class Alert(BaseModel):
     rule: str = Field(examples=["sirens at night"])
     event: Event | None = Field(None, description="the event (kind event)")
     drift: DriftStatus | None = Field(None, description="the check (kind model_affected)")
+    phase: Literal["open", "close"] = Field("close", description="open: the event was confirmed (it opened and "
+                                            "lasted its minimum duration; figures so far); close: it ended (final "
+                                            "figures)")
+    update: bool = Field(False, description="this close follows an open alert of the same rule and event (same "
+                                            "source, label and start_s): its final figures and clip")
     trusted: bool = Field(description="no window inside the event was out of distribution or background only")
-    clip: str | None = Field(None, description="file name of the saved audio around the event, in the clips folder")
+    clip: str | None = Field(None, description="file name of the saved audio around the event, in the clips folder "
+                                               "(an open alert has none yet: its close update carries it)")
     raised_at: str = Field(description="ISO 8601 wall-clock time the alert was raised")

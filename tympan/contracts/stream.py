@@ -3,7 +3,9 @@
 Client -> server: binary frames of raw interleaved PCM; text frames :class:`StreamStart` (the
 format, unless the query string gives it) and :class:`StreamEnd` (flush: the last windows and
 open events come back, then the server closes with 1000). Server -> client: text frames
-:class:`StreamReady`, :class:`StreamWindow`, :class:`StreamEventMessage`, :class:`StreamWarning`
+:class:`StreamReady`, :class:`StreamWindow`, :class:`StreamEventOpen` (an event confirmed: opened
+and lasted its minimum duration; figures so far), :class:`StreamEventMessage` (an event closed:
+final figures; the same ``label`` and ``start_s`` as its open), :class:`StreamWarning`
 and, last, :class:`StreamSummary`. Anything wrong closes the socket with a code and a reason.
 """
 
@@ -15,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tympan.contracts.events import Event, Window
 
-__all__ = ["StreamEnd", "StreamEventMessage", "StreamReady", "StreamStart", "StreamSummary", "StreamWarning",
+__all__ = ["StreamEnd", "StreamEventMessage", "StreamEventOpen", "StreamReady", "StreamStart", "StreamSummary", "StreamWarning",
            "StreamWindow"]
 
 
@@ -51,6 +53,13 @@ class StreamWindow(Window):
 
 class StreamEventMessage(BaseModel):
     type: Literal["event"] = "event"
+    event: Event
+
+
+class StreamEventOpen(BaseModel):
+    """An event confirmed, about a window hop after its sound (its close follows)."""
+
+    type: Literal["event_open"] = "event_open"
     event: Event
 
 

@@ -19,13 +19,22 @@ own start, and an event still open when the stream ends lasts to the end of its 
 :class:`EventDetector` is the streaming form (windows fed one by one, events returned as they
 close: at the window that falls below ``off``, or once ``merge_gap_s`` has passed); the batch
 form :func:`detect_events` feeds every window and flushes, so the two give identical events.
+
+Closing waits for the sound to end (and the merge gap to pass), seconds after it could be
+known. So the streaming form also says when an event is *confirmed* (``on_open``): at the first
+window where it has opened and lasted ``min_duration_s`` (counting the earlier part it will be
+merged into). From then on it is certain to be emitted: its start is final and it only grows.
+The confirmed event carries what is known so far (``end_s``, ``duration_s``, ``windows``, peak
+and trust counts up to that window); its close gives the final figures. Every emitted event is
+confirmed exactly once, before its close (an event that only reaches its minimum duration by a
+lone window's one-hop span is confirmed just before it closes).
 """
 
 from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -129,6 +138,7 @@ class _Segment:
     bg: int
     unc: int
     max_ood: float
+    confirmed: bool = False
 
     def absorb(self, other: _Segment) -> None:
         """Merge a later segment of the same class into this one."""
@@ -141,17 +151,20 @@ class _Segment:
         self.bg += other.bg
         self.unc += other.unc
         self.max_ood = max(self.max_ood, other.max_ood)
+        self.confirmed = self.confirmed or other.confirmed
 
 
 class EventDetector:
     """Streaming events: :meth:`push` one window at a time, :meth:`flush` at the end of the stream.
 
     ``hop_s`` is the stream's window step. Cost per window is a few NumPy operations over the
-    classes, whatever the number of open events.
+    classes, whatever the number of open events. ``on_open`` is called with each event when it
+    is confirmed (see the module's docstring), during the :meth:`push` that confirms it.
     """
 
     def __init__(self, classes: Sequence[str], config: EventConfig | None = None, *, hop_s: float,
-                 source: str | None = None, start_time: datetime | None = None) -> None:
+                 source: str | None = None, start_time: datetime | None = None,
+                 on_open: Callable[[Event], None] | None = None) -> None:
         if not hop_s > 0:
             raise DataError("the window step (hop) must be positive")
         self.classes = list(classes)
@@ -179,6 +192,8 @@ class EventDetector:
         self.n_bg = np.zeros(k, np.int64)
         self.n_unc = np.zeros(k, np.int64)
         self.max_ood = np.full(k, -np.inf)
+        self.confirmed = np.zeros(k, bool)
+        self.on_open = on_open
         self.pending: dict[int, _Segment] = {}
         self.windows_seen = 0
         self.last_end = 0.0
@@ -211,6 +226,7 @@ class EventDetector:
             for arr in (self.n, self.n_ood, self.n_bg, self.n_unc):
                 arr[opens] = 0
             self.max_ood[opens] = -np.inf
+            self.confirmed[opens] = False
         self.active = opens | cont
         m = self.active
         if m.any():
@@ -224,6 +240,8 @@ class EventDetector:
             self.n_unc[m] += int(uncertain)
             self.max_ood[m] = np.maximum(self.max_ood[m], float(ood_score))
             self.seg_end[m] = b
+            if self.on_open is not None:
+                self._confirm(m & ~self.confirmed)
         out += self._finalize_due(now)
         self.windows_seen += 1
         self.last_end = end_s
@@ -250,14 +268,40 @@ class EventDetector:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _confirm(self, candidates: np.ndarray) -> None:
+        """Confirm open events that have lasted their minimum duration (with the pending part
+        they will merge into). Judged on the unadjusted span: once ``end >= start`` the close
+        keeps this start, so the merge decision and the duration can only stand or grow."""
+        for k in np.flatnonzero(candidates):
+            start, end = float(self.seg_start[k]), float(self.seg_end[k])
+            if end < start:
+                continue
+            prev = self.pending.get(int(k))
+            merges = prev is not None and start - prev.end < self.gap[k]
+            first = prev.start if merges else start
+            if end - first + 1e-9 < self.min_duration[k]:
+                continue
+            self.confirmed[k] = True
+            if merges and prev.confirmed:
+                continue  # the event was confirmed before this part
+            seg = self._segment(int(k), start, end)
+            if merges:
+                whole = replace(prev)
+                whole.absorb(seg)
+                seg = whole
+            self.on_open(self._event(int(k), seg))
+
+    def _segment(self, k: int, start: float, end: float) -> _Segment:
+        return _Segment(start, float(end), float(self.peak[k]), float(self.peak_s[k]), float(self.psum[k]),
+                        int(self.n[k]), int(self.n_ood[k]), int(self.n_bg[k]), int(self.n_unc[k]),
+                        float(self.max_ood[k]), bool(self.confirmed[k]))
+
     def _close(self, k: int, end: float) -> list[Event]:
         start = float(self.seg_start[k])
         if end < start:  # a lone window with a small overlap_s: one hop around the midpoint
             mid = (start + end) / 2
             start, end = mid - self.hop_s / 2, mid + self.hop_s / 2
-        seg = _Segment(start, float(end), float(self.peak[k]), float(self.peak_s[k]),
-                       float(self.psum[k]), int(self.n[k]), int(self.n_ood[k]), int(self.n_bg[k]),
-                       int(self.n_unc[k]), float(self.max_ood[k]))
+        seg = self._segment(k, start, end)
         prev = self.pending.get(k)
         if prev is not None and seg.start - prev.end < self.gap[k]:
             prev.absorb(seg)
@@ -276,18 +320,24 @@ class EventDetector:
         return out
 
     def _emit(self, k: int, seg: _Segment) -> list[Event]:
-        duration = seg.end - seg.start
-        if duration + 1e-9 < self.min_duration[k]:
+        if seg.end - seg.start + 1e-9 < self.min_duration[k]:
             return []
+        e = self._event(k, seg)
+        if not seg.confirmed and self.on_open is not None:
+            self.on_open(e)  # reached its minimum duration only through a lone window's span
+        return [e]
+
+    def _event(self, k: int, seg: _Segment) -> Event:
+        duration = seg.end - seg.start
         when = None
         if self.start_time is not None:
             when = (self.start_time + timedelta(seconds=seg.start)).isoformat()
-        return [Event(label=self.classes[k], index=k, start_s=round(seg.start, 3), end_s=round(seg.end, 3),
-                      duration_s=round(duration, 3), peak_s=round(seg.peak_s, 3),
-                      peak_probability=round(seg.peak, 4), mean_probability=round(seg.psum / seg.n, 4),
-                      windows=seg.n, ood_windows=seg.ood, background_windows=seg.bg, uncertain_windows=seg.unc,
-                      max_ood_score=round(seg.max_ood, 4) if math.isfinite(seg.max_ood) else 0.0,
-                      source=self.source, start_time=when)]
+        return Event(label=self.classes[k], index=k, start_s=round(seg.start, 3), end_s=round(seg.end, 3),
+                     duration_s=round(duration, 3), peak_s=round(seg.peak_s, 3),
+                     peak_probability=round(seg.peak, 4), mean_probability=round(seg.psum / seg.n, 4),
+                     windows=seg.n, ood_windows=seg.ood, background_windows=seg.bg, uncertain_windows=seg.unc,
+                     max_ood_score=round(seg.max_ood, 4) if math.isfinite(seg.max_ood) else 0.0,
+                     source=self.source, start_time=when)
 
 
 # ---------------------------------------------------------------------- batch form

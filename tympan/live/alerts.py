@@ -1,4 +1,4 @@
-"""Alerts: rules over closed events, and sinks that deliver them without blocking the listener.
+"""Alerts: rules over events, and sinks that deliver them without blocking the listener.
 
 Rules come from a TOML file (stdlib ``tomllib``)::
 
@@ -10,6 +10,7 @@ Rules come from a TOML file (stdlib ``tomllib``)::
     cooldown_s = 300             # per rule and class
     quiet_hours = "22:00-06:00"  # no alert whose event starts in this span (UTC, or the event's offset)
     require_trusted = true       # no OOD or background window inside the event
+    on = "open"                  # "open" (default): when the event is confirmed; "close": when it ends
     sinks = ["hook"]
 
     [sinks.hook]
@@ -22,6 +23,16 @@ Rules come from a TOML file (stdlib ``tomllib``)::
     check_every_s = 60
     min_windows = 100            # non-overlapping windows before anything is concluded
     sinks = ["hook"]             # omitted: every sink; alerts of kind "model_affected"
+
+A rule with ``on = "open"`` fires as soon as the event is confirmed (it opened and lasted its
+minimum duration: :mod:`tympan.inference.events`), about one window hop after the sound, instead
+of when it closes (the sound's end plus the hysteresis and merge gap). The rule is judged on the
+event so far; if it does not match yet (say its ``min_duration_s`` is longer than the events'),
+it is judged again on the closed event. An open alert has no clip yet: when the event closes the
+same sinks get a close update (``phase = "close"``, ``update = true``: the final figures and the
+clip). The clip is written when the event closes, or once ``clip_wait_s`` (default 30 s) of
+stream has passed since its start, whichever comes first, so a sound that lasts for hours
+still leaves its clip. ``on = "close"`` alerts once, on the closed event.
 
 Each sink runs on its own background thread with a bounded queue: a slow or failing endpoint
 never holds up classification (a full queue drops the alert and counts it). The webhook POSTs
@@ -55,6 +66,9 @@ from tympan.io import atomic_path
 
 __all__ = ["AlertManager", "AlertRule", "ClipFolder", "load_alerts"]
 
+#: stream seconds after an open alert's event start at which its clip is written, if not closed
+CLIP_WAIT_S = 30.0
+
 
 def _minutes(hhmm: str) -> int:
     h, _, m = hhmm.strip().partition(":")
@@ -74,6 +88,7 @@ class AlertRule:
     quiet_hours: tuple[int, int] | None = None  # minutes of the day [from, to)
     require_trusted: bool = False
     sinks: tuple[str, ...] = ()
+    on: str = "open"  # "open": when the event is confirmed; "close": when it closes
     _last: dict[str, float] = field(default_factory=dict, repr=False)  # class -> stream time of the last alert
 
     def in_quiet_hours(self, when: datetime) -> bool:
@@ -232,25 +247,64 @@ class AlertManager:
         #: settings (``window_s``, ``check_every_s``, ``min_windows``); None without the table
         self.drift_sinks: list[str] | None = None
         self.drift: dict[str, float] | None = None
+        self.clip_wait_s = CLIP_WAIT_S
+        #: events with open alerts: (source, label, start_s) -> [the rules that fired, the clip]
+        self._open: dict[tuple[str | None, str, float], list[Any]] = {}
+
+    def _clip(self, key: tuple[str | None, str, float], end_s: float,
+              audio: Callable[[float, float], np.ndarray | None] | None, sr: int) -> str | None:
+        """The audio of the event ``key`` = (source, label, start_s) up to ``end_s``, saved."""
+        source, label, start_s = key
+        if self.clips is None or audio is None:
+            return None
+        y = audio(max(0.0, start_s - self.pad_s), end_s)
+        if y is None or not len(y):
+            return None
+        stem = "".join(c if c.isalnum() else "_" for c in (source or "stream"))[-40:]
+        return self.clips.save(f"{stem}_{start_s:010.2f}_{label}.wav", y, sr)
+
+    def _send(self, rule: AlertRule, alert: Alert, out: list[Alert]) -> None:
+        for s in rule.sinks:
+            self.sinks[s].submit(alert)
+        self.raised += 1
+        out.append(alert)
+
+    def handle_open(self, e: Event) -> list[Alert]:
+        """A confirmed event (figures so far): the alerts of the ``on = "open"`` rules it matches."""
+        now = datetime.now(timezone.utc)
+        out: list[Alert] = []
+        fired = [r for r in self.rules if r.on == "open" and r.matches(e, now)]
+        for rule in fired:
+            self._send(rule, Alert(rule=rule.name, event=e, phase="open", trusted=e.trusted,
+                                   raised_at=now.isoformat()), out)
+        if fired:
+            self._open[(e.source, e.label, e.start_s)] = [fired, None]
+        return out
+
+    def tick(self, now_s: float, audio: Callable[[float, float], np.ndarray | None] | None = None,
+             sr: int = 16000) -> None:
+        """Stream time ``now_s``: write the clips of open-alerted events started ``clip_wait_s`` ago."""
+        for key, entry in self._open.items():
+            if entry[1] is None and now_s - key[2] >= self.clip_wait_s:
+                entry[1] = self._clip(key, now_s, audio, sr) or ""  # "": tried, no audio kept
 
     def handle(self, e: Event, audio: Callable[[float, float], np.ndarray | None] | None = None,
                sr: int = 16000) -> list[Alert]:
+        """A closed event: close updates of its open alerts, and the rules judged at the close."""
         now = datetime.now(timezone.utc)
-        out = []
-        clip = None
+        out: list[Alert] = []
+        key = (e.source, e.label, e.start_s)
+        fired, clip = self._open.pop(key, [[], None])
+        tried = clip is not None
+        clip = clip or None
         for rule in self.rules:
-            if not rule.matches(e, now):
+            update = any(rule is f for f in fired)
+            if not update and not rule.matches(e, now):
                 continue
-            if clip is None and self.clips is not None and audio is not None:
-                y = audio(max(0.0, e.start_s - self.pad_s), e.end_s + self.pad_s)
-                if y is not None and len(y):
-                    stem = "".join(c if c.isalnum() else "_" for c in (e.source or "stream"))[-40:]
-                    clip = self.clips.save(f"{stem}_{e.start_s:010.2f}_{e.label}.wav", y, sr)
-            alert = Alert(rule=rule.name, event=e, trusted=e.trusted, clip=clip, raised_at=now.isoformat())
-            for s in rule.sinks:
-                self.sinks[s].submit(alert)
-            self.raised += 1
-            out.append(alert)
+            if not tried:
+                clip, tried = self._clip(key, e.end_s + self.pad_s, audio, sr), True
+            self._send(rule, Alert(rule=rule.name, event=e, phase="close", update=update, trusted=e.trusted,
+                                   clip=clip, raised_at=now.isoformat()), out)
         return out
 
     def model_affected(self, status: DriftStatus, source: str | None = None) -> Alert:
@@ -296,7 +350,7 @@ def load_alerts(path: str | Path, classes: Sequence[str], *, clips_dir: Path | N
     for i, r in enumerate(data.get("rules") or []):
         name = str(r.get("name", f"rule {i + 1}"))
         bad = set(r) - {"name", "classes", "min_probability", "min_duration_s", "cooldown_s", "quiet_hours",
-                        "require_trusted", "sinks"}
+                        "require_trusted", "sinks", "on"}
         if bad:
             raise DataError(f"{path}: rule {name!r}: unknown keys {', '.join(sorted(bad))}")
         cls = r.get("classes")
@@ -312,9 +366,12 @@ def load_alerts(path: str | Path, classes: Sequence[str], *, clips_dir: Path | N
                 quiet = (_minutes(a), _minutes(b))
             except ValueError:
                 raise DataError(f"{path}: rule {name!r}: quiet_hours must read like \"22:00-06:00\"") from None
+        on = r.get("on", "open")
+        if on not in ("open", "close"):
+            raise DataError(f"{path}: rule {name!r}: on must be \"open\" or \"close\" (got {on!r})")
         rules.append(AlertRule(name, tuple(cls) if cls is not None else None, float(r.get("min_probability", 0.0)),
                                float(r.get("min_duration_s", 0.0)), float(r.get("cooldown_s", 0.0)), quiet,
-                               bool(r.get("require_trusted", False)), tuple(r.get("sinks", []))))
+                               bool(r.get("require_trusted", False)), tuple(r.get("sinks", [])), on))
     drift = data.get("drift")
     if not rules and drift is None:
         raise DataError(f"{path}: no [[rules]] and no [drift]")

@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 
-LISTEN_HELP = """Listen to live audio and print sound events as they close.
+LISTEN_HELP = """Listen to live audio and print sound events as they are confirmed and as they close.
 
 SOURCE is a file or stream URL ffmpeg reads (rtsp://, http://, a file), `-` for raw PCM on stdin
 (--rate, --channels, --pcm-format), a folder with --watch (new finished recordings, each its own
-source), or `device` / `device:NAME` for a sound card (the sounddevice package). Events go to
-stdout (one line, or JSON with --json) and to --store; --verbose adds a line per window on stderr.
+source), or `device` / `device:NAME` for a sound card (the sounddevice package). Each event is
+printed when it is confirmed (it opened and lasted its minimum duration: a line starting `open`,
+or with --json {"type": "event_open", "event": {...}}) and when it closes (its final figures: a
+line, or with --json the event's JSON); closed events go to --store; --verbose adds a line per
+window on stderr.
 A URL that drops or stalls is reopened with backoff; when the CPU cannot keep up with a live
 source the oldest audio is dropped and counted (never silently).
 """
@@ -114,6 +117,12 @@ def event_line(e: Any) -> str:
             f"mean {e.mean_probability:.3f}  {e.windows} windows{trust}")
 
 
+def open_line(e: Any) -> str:
+    """A confirmed event: ``open`` and what is known so far."""
+    when = f" ({e.start_time})" if e.start_time else ""
+    return f"open  {e.source or '-'}  {e.start_s:9.2f} s{when}  {e.label}  peak {e.peak_probability:.3f} so far"
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     from tympan.batch.event_tables import event_row, write_event_table
 
@@ -168,6 +177,11 @@ def cmd_listen(args: argparse.Namespace) -> int:
     def on_event(e) -> None:
         print(e.model_dump_json() if args.json else event_line(e), flush=True)
 
+    def on_open(e) -> None:
+        from tympan.contracts.stream import StreamEventOpen
+
+        print(StreamEventOpen(event=e).model_dump_json() if args.json else open_line(e), flush=True)
+
     def on_window(w, st) -> None:
         flags = [f for f, on in (("OOD", w.out_of_distribution), ("background", w.background),
                                  ("uncertain", w.uncertain)) if on]
@@ -195,7 +209,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     def listener(name: str, live: bool) -> Listener:
         return Listener(predictor, cfg, hop_s=args.hop, source=name, store=store, store_windows=args.store_windows,
                         drift=drift_monitor(), on_drift=on_drift,
-                        on_event=on_event, on_window=on_window if args.verbose else None,
+                        on_event=on_event, on_open=on_open, on_window=on_window if args.verbose else None,
                         start_time=datetime.now(timezone.utc) if live else None,
                         max_lag_s=args.max_lag, drop=live and not args.no_drop, alerts=alerts,
                         keep_audio_s=60.0 if args.clips_dir is not None else 0.0)

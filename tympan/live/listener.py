@@ -1,5 +1,7 @@
 """The live listener: blocks of a source -> model windows as they fill -> the one prediction
-path -> the one event definition; events go to the store and the callers as they close.
+path -> the one event definition; events go to the callers and the alert rules when they are
+confirmed (``on_open``: opened and lasted their minimum duration) and, with their final figures,
+to the store, the callers and the alerts again when they close.
 
 A reader thread pulls the source into a queue; the classifying loop takes every window that
 has filled and runs them through :meth:`tympan.inference.Predictor.forward` in one pass (so a
@@ -105,7 +107,8 @@ class Listener:
                  start_time: datetime | None = None, max_lag_s: float = 30.0, drop: bool = True,
                  max_batch: int = 32, alerts: Any = None, keep_audio_s: float = 0.0,
                  keep_events: bool = True, drift: Any = None,
-                 on_drift: Callable[[Any], None] | None = None) -> None:
+                 on_drift: Callable[[Any], None] | None = None,
+                 on_open: Callable[[Event], None] | None = None) -> None:
         self.predictor = predictor
         self.sr = int(predictor.config.sample_rate)
         self.n = int(predictor.config.clip_samples)
@@ -113,9 +116,9 @@ class Listener:
         self.source = source
         self.start_time = start_time
         self.detector = EventDetector(predictor.classes, config, hop_s=self.hop / self.sr, source=source,
-                                      start_time=start_time)
+                                      start_time=start_time, on_open=self._opened)
         self.store, self.store_windows = store, store_windows
-        self.on_event, self.on_window = on_event, on_window
+        self.on_event, self.on_window, self.on_open = on_event, on_window, on_open
         self.max_lag_s, self.drop, self.max_batch = float(max_lag_s), bool(drop), int(max_batch)
         self.stats = ListenStats()
         #: the events so far (``keep_events=False``: not kept, for streams that never end)
@@ -145,6 +148,13 @@ class Listener:
                 self.on_event(e)
             if self.alerts is not None:
                 self.alerts.handle(e, self.audio_between, self.sr)
+
+    def _opened(self, e: Event) -> None:
+        """A confirmed event (the detector's ``on_open``, during the push of its window)."""
+        if self.on_open is not None:
+            self.on_open(e)
+        if self.alerts is not None:
+            self.alerts.handle_open(e)
 
     def _drift(self, status: Any) -> None:
         if status is None:
@@ -198,6 +208,8 @@ class Listener:
                              int(w.out_of_distribution), int(w.background), int(w.uncertain), w.start_time))
         if rows and self.store is not None and self.store_windows:
             self.store.add_windows(rows)
+        if self.alerts is not None:
+            self.alerts.tick(self.stats.audio_s, self.audio_between, self.sr)
 
     # ------------------------------------------------------------------ run
     def run(self, blocks: Iterable[Block], *, stop: threading.Event | None = None) -> ListenStats:

@@ -36,6 +36,7 @@ from tympan.contracts.events import Event
 from tympan.contracts.stream import (
     StreamEnd,
     StreamEventMessage,
+    StreamEventOpen,
     StreamReady,
     StreamStart,
     StreamSummary,
@@ -105,7 +106,7 @@ class _Session:
         self.out: list[str] = []
         on_window = self._window if start.windows else None
         self.listener = Listener(predictor, source="stream", drop=False, on_event=self._event, on_window=on_window,
-                                 keep_events=False)  # a stream may last for days: events go out, not into a list
+                                 on_open=self._open, keep_events=False)  # a stream may last for days: events go out, not into a list
         self.decoder = PcmDecoder(start.sample_rate, start.channels, self.listener.sr, start.format)
         self.listener.begin()
         self.pos = 0
@@ -116,6 +117,9 @@ class _Session:
     def _event(self, e: Event) -> None:
         self.metrics.stream_events.inc()
         self.out.append(StreamEventMessage(event=e).model_dump_json())
+
+    def _open(self, e: Event) -> None:
+        self.out.append(StreamEventOpen(event=e).model_dump_json())
 
     def _window(self, w: WindowInfo, _stats: Any) -> None:
         self.out.append(StreamWindow(**w.model_dump()).model_dump_json())
