@@ -122,7 +122,7 @@ def _estimated_windows(info: StreamInfo, cfg: _Config) -> int | None:
 def _stream_file(cfg: _Config, path: str, quota: int):
     """Generator: yields ``(starts, windows, levels)`` batches; returns the file's summary dict."""
     from tympan.recording_meta import read_recording_metadata
-    from tympan.stats.background import level_features
+    from tympan.stats.scorers import level_features
     from tympan.stats.acoustic import FEATURE_NAMES, acoustic_features
 
     blocks = iter_audio_blocks(path, cfg.sample_rate, cfg.block_seconds)

@@ -33,9 +33,8 @@ from typing import Any
 import numpy as np
 
 from tympan.contracts.prediction import BackgroundInfo, ClassScore, OODInfo, Prediction, WindowPrediction
-from tympan.stats.background import BackgroundDetector
-from tympan.stats.ood import CombinedOOD, EnergyOOD, ProbeOOD
 from tympan.stats.probabilities import logits_to_probabilities
+from tympan.stats.scorers import BackgroundScorer, CombinedScorer, ProbeScorer, energy_score
 
 __all__ = [
     "AGGREGATE",
@@ -82,9 +81,9 @@ class TrustParams:
     policy: UncertaintyPolicy = field(default_factory=UncertaintyPolicy)
     #: a score on the embedding (energy + k-NN, or the outlier probe); when set, it decides OOD
     #: with its own threshold
-    embedding_ood: CombinedOOD | ProbeOOD | None = None
+    embedding_ood: CombinedScorer | ProbeScorer | None = None
     #: background detector on [embedding, level features]
-    background: BackgroundDetector | None = None
+    background: BackgroundScorer | None = None
 
     @property
     def score_name(self) -> str:
@@ -104,7 +103,8 @@ class TrustParams:
         """Read a :class:`~tympan.bundle.Bundle`'s temperature, OOD and background blocks.
 
         A threshold fitted for another score than energy means nothing on the energy scale, so
-        it is dropped (the prediction then carries :data:`NO_THRESHOLD_NOTE`).
+        it is dropped (the prediction then carries :data:`NO_THRESHOLD_NOTE`). The fitted blocks
+        are read into NumPy scorers (:mod:`tympan.stats.scorers`): no scikit-learn import.
         """
         ood: Mapping[str, Any] = getattr(bundle, "ood", None) or {}
         thr = ood.get("threshold")
@@ -112,14 +112,14 @@ class TrustParams:
             thr = None
         thr = None if thr is None or not math.isfinite(float(thr)) else float(thr)
         arrays = getattr(bundle, "arrays", None) or {}
-        emb_ood: CombinedOOD | ProbeOOD | None = None
+        emb_ood: CombinedScorer | ProbeScorer | None = None
         block = ood.get("embedding") or {}
         if block.get("score") == "probe":
-            emb_ood = ProbeOOD.from_dict(block)
+            emb_ood = ProbeScorer.from_dict(block)
         elif block.get("score") == "energy+knn" and "ood_bank" in arrays:
-            emb_ood = CombinedOOD.from_dict(block, arrays["ood_bank"])
+            emb_ood = CombinedScorer.from_dict(block, arrays["ood_bank"])
         bg_block = getattr(bundle, "background", None) or {}
-        bg = BackgroundDetector.from_dict(bg_block) if bg_block.get("coef") else None
+        bg = BackgroundScorer.from_dict(bg_block) if bg_block.get("coef") else None
         return cls(temperature=float(getattr(bundle, "temperature", None) or 1.0),
                    ood_temperature=float(ood.get("temperature") or 1.0),
                    ood_threshold=thr, policy=policy or UncertaintyPolicy(), embedding_ood=emb_ood, background=bg)
@@ -196,7 +196,7 @@ def aggregate(
     idx = np.zeros(len(z), np.int64) if recording_index is None else np.asarray(recording_index, np.int64)
     n = int(n_recordings if n_recordings is not None else (idx.max() + 1 if len(idx) else 0))
     p = logits_to_probabilities(z, params.temperature) if len(z) else np.zeros((0, z.shape[1]))
-    e = EnergyOOD.score(z, params.ood_temperature) if len(z) else np.zeros(0)
+    e = energy_score(z, params.ood_temperature) if len(z) else np.zeros(0)
     counts = np.bincount(idx, minlength=n)
     denom = np.maximum(counts, 1).astype(np.float64)
     probs = np.zeros((n, z.shape[1]))

@@ -38,7 +38,7 @@ from tympan.inference.backends import BackendChoice, select_backend
 from tympan.inference.prediction import TrustParams, UncertaintyPolicy, predict_recording
 from tympan.inference.runtime_cache import RuntimeCache, cache_folder
 from tympan.inference.saliency import explain_window
-from tympan.stats.background import level_features
+from tympan.stats.scorers import level_features
 
 #: most decoded samples (frames x channels) one upload may hold: 600 s of 48 kHz stereo fits
 DEFAULT_MAX_SAMPLES = 64_000_000

@@ -31,7 +31,7 @@ from tympan.batch.stream import default_hop
 from tympan.contracts.events import Event, Window
 from tympan.inference.events import EventConfig, EventDetector, window_scores
 from tympan.live.sources import Block
-from tympan.stats.background import level_features
+from tympan.stats.scorers import level_features
 
 __all__ = ["ListenStats", "Listener", "WindowInfo"]
 

@@ -236,6 +236,8 @@ class MN04(nn.Module):
 
     def _init_weights(self) -> None:
         """MobileNetV3's initialisation, for training without pretrained weights."""
+        if next(self.parameters()).is_meta:
+            return  # a shape-only skeleton (a bundle's check): normal_ on meta imports torch._dynamo (2 s)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

@@ -65,7 +65,8 @@ class ResNet18(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(512, n_classes)
         self.stages = ["layer1", "layer2", "layer3", "layer4"]
-        for m in self.modules():
+        # a shape-only skeleton (a bundle's check) is not initialised: normal_ on meta imports torch._dynamo
+        for m in () if self.fc.weight.is_meta else self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):

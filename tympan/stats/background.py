@@ -21,33 +21,9 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from tympan.stats.probe import LinearProbe
+from tympan.stats.scorers import LEVEL_FEATURES, background_probability, level_features
 
 __all__ = ["LEVEL_FEATURES", "BackgroundDetector", "level_features"]
-
-#: what :func:`level_features` returns per window, in this order
-LEVEL_FEATURES = ("rms_dbfs", "loud_frames_dbfs", "dynamic_range_db")
-FLOOR_DB = -120.0
-
-
-def level_features(windows: np.ndarray, sample_rate: int, frame_seconds: float = 0.05) -> np.ndarray:
-    """``(n, 3)`` level descriptors of waveform windows ``(n, samples)`` (dB re full scale).
-
-    RMS level; the 95th percentile of 50-ms frame levels (the loud part); that minus the 10th
-    percentile (dynamic range: events rise above their floor, hiss and hum do not).
-    """
-    x = np.asarray(windows, np.float32)  # squares in float32, sums in float64: a serving hot path
-    if x.ndim != 2:
-        raise ValueError(f"expected windows of shape (n, samples), got {x.shape}")
-    floor = 10 ** (FLOOR_DB / 10)
-    sq = np.square(x)
-    rms = 10 * np.log10(np.mean(sq, axis=1, dtype=np.float64) + floor)
-    hop = max(1, int(frame_seconds * sample_rate))
-    n = max(1, x.shape[1] // hop)
-    frames = sq[:, : n * hop].reshape(len(x), n, hop) if x.shape[1] >= hop else sq[:, None, :]
-    db = 10 * np.log10(np.mean(frames, axis=2, dtype=np.float64) + floor)
-    loud, quiet = np.percentile(db, [95, 10], axis=1)
-    return np.stack([rms, loud, loud - quiet], axis=1)
-
 
 class BackgroundDetector(BaseEstimator):
     """Logistic regression: background (1) versus foreground (0) windows.
@@ -79,8 +55,7 @@ class BackgroundDetector(BaseEstimator):
     def decision_function(self, X: Any) -> np.ndarray:
         """Probability of background per row."""
         check_is_fitted(self, "probe_")
-        z = self.probe_.log_odds(X)
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+        return background_probability(self.probe_, X)
 
     def predict(self, X: Any) -> np.ndarray:
         """True where a window holds background only."""

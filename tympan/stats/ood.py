@@ -19,12 +19,14 @@ from __future__ import annotations
 from typing import Any, Self
 
 import numpy as np
-from scipy.special import logsumexp, softmax
+from scipy.special import softmax
 from sklearn.base import BaseEstimator
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from sklearn.utils.validation import check_is_fitted
 
 from tympan.io import json_float
+from tympan.stats.scorers import as_embeddings as _as_embeddings
+from tympan.stats.scorers import energy_score, knn_distance, unit_bank
 
 __all__ = ["EnergyOOD", "MaxSoftmaxOOD", "fpr_at_tpr", "ood_metrics"]
 
@@ -118,8 +120,7 @@ class EnergyOOD(_ThresholdOOD):
 
     @staticmethod
     def score(logits: Any, temperature: float = 1.0) -> np.ndarray:
-        z = _as_logits(logits)
-        return -temperature * logsumexp(z / temperature, axis=1)
+        return energy_score(logits, temperature)
 
 
 class MaxSoftmaxOOD(_ThresholdOOD):
@@ -176,17 +177,6 @@ def ood_metrics(scores_in: Any, scores_out: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- #
 # scores on the embedding
 # --------------------------------------------------------------------------- #
-def _as_embeddings(x: Any) -> np.ndarray:
-    e = np.asarray(x, dtype=np.float64)
-    if e.ndim != 2:
-        raise ValueError(f"expected embeddings of shape (n_samples, dim), got {e.shape}")
-    return e
-
-
-def _unit(e: np.ndarray) -> np.ndarray:
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-
 class KNNOOD(BaseEstimator):
     """Distance to the k-th nearest training embedding (Sun, Ming, Zhu, Li, "Out-of-Distribution
     Detection with Deep Nearest Neighbors", ICML 2022): ``1 - cos`` to the k-th closest of the
@@ -201,10 +191,10 @@ class KNNOOD(BaseEstimator):
         self.tpr = tpr
 
     def fit(self, X: Any, y: Any = None, *, heldout: Any | None = None) -> Self:
-        bank = _unit(_as_embeddings(X))
+        bank = unit_bank(X)
         if len(bank) < self.k:
             raise ValueError(f"need at least k={self.k} reference embeddings, got {len(bank)}")
-        self.bank_ = bank.astype(np.float32)
+        self.bank_ = bank
         self.n_features_in_ = bank.shape[1]
         self.threshold_ = None
         if heldout is not None:
@@ -213,12 +203,7 @@ class KNNOOD(BaseEstimator):
 
     def decision_function(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "bank_")
-        e = _unit(_as_embeddings(X)).astype(np.float32)
-        out = np.empty(len(e))
-        for lo in range(0, len(e), 512):  # (512 x n_bank) similarities at a time: bounded memory
-            sim = e[lo : lo + 512] @ self.bank_.T
-            out[lo : lo + 512] = 1.0 - np.partition(sim, -self.k, axis=1)[:, -self.k]
-        return out
+        return knn_distance(self.bank_, self.k, X)
 
     def predict(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "threshold_")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
+
+from tympan.stats.scorers import softmax
 
 __all__ = ["as_probabilities", "logits_to_probabilities"]
 
@@ -25,7 +26,7 @@ def as_probabilities(probs: Any) -> np.ndarray:
 
 
 def logits_to_probabilities(logits: Any, temperature: float = 1.0) -> np.ndarray:
-    """``softmax(logits / T)`` in float64 (SciPy's numerically stable softmax)."""
+    """``softmax(logits / T)`` in float64 (shifted by the row maximum; NumPy only: no SciPy import on the prediction path)."""
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:
         raise ValueError(f"expected logits of shape (n_samples, n_classes), got {z.shape}")
