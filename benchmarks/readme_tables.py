@@ -117,6 +117,23 @@ def render_robustness(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_candidates(doc: dict[str, Any]) -> str:
+    """Fold-5 candidates beside the shipped model (``results/candidates.json``, by ``benchmarks/candidates.py``)."""
+    if not doc["candidates"]:
+        return "(no candidates recorded)"
+    shifts = list(doc["candidates"][0]["rows"])
+    lines = ["| model | " + " | ".join(shifts) + " | beats the shipped model everywhere |",
+             "|---|" + "---:|" * len(shifts) + "---|"]
+    first = doc["candidates"][0]["rows"]
+    lines.append(f"| shipped (weights {doc['shipped']['weights_sha256'][:12]}) | "
+                 + " | ".join(_pct(first[s]["shipped"]) for s in shifts) + " | – |")
+    for c in doc["candidates"]:
+        verdict = "yes" if c["beats_shipped"] else "no: not better on " + ", ".join(c["not_better_on"])
+        lines.append(f"| {c['label']} (weights {c['weights_sha256'][:12]}) | "
+                     + " | ".join(_pct(c["rows"][s]["candidate"]) for s in shifts) + f" | {verdict} |")
+    return "\n".join(lines)
+
+
 def render_trust_ood(r: dict[str, Any]) -> str:
     """OOD flagged per kind and background per kind (``results/trust_ood.json``)."""
     lines = [f"Out-of-distribution audio flagged at {r.get('tpr', 0.95):.0%} TPR ({r['ood_set']['eval_windows']} evaluation clips "
@@ -274,7 +291,7 @@ def render_live(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"folds": render_folds, "live": render_live, "events": render_events, "esc50_cv": render_esc50_cv, "adaptation_ood": render_adaptation_ood, "robustness": render_robustness, "trust_ood": render_trust_ood,
+RENDERERS = {"candidates": render_candidates, "folds": render_folds, "live": render_live, "events": render_events, "esc50_cv": render_esc50_cv, "adaptation_ood": render_adaptation_ood, "robustness": render_robustness, "trust_ood": render_trust_ood,
              "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
              "trust_performance_cv_baseline": render_trust_performance_cv, "startup": render_startup}
 
