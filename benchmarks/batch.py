@@ -258,7 +258,8 @@ def render_side_by_side(results: dict) -> str:
     """The README's side-by-side table: tympan predict against BirdNET, best of the interleaved rounds."""
     rows = results.get("side_by_side") or []
     if not rows:
-        return "BirdNET side by side: not measured (no `.venv-birdnet`; `scripts/setup_birdnet.sh`)."
+        return ("BirdNET side by side: not in this results file (run `benchmarks/batch.py` with `.venv-birdnet` present; "
+                "`scripts/setup_birdnet.sh`).")
     lines = ["| input | tool | wall s | × real time (after start-up) | start-up s | CPU s | peak RSS MB | tympan's advantage (wall / CPU / RSS) |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for label in dict.fromkeys(r["input"] for r in rows):
@@ -280,6 +281,11 @@ def render_side_by_side(results: dict) -> str:
                  "(10-minute chunks), folder files through `Recording`. Start-up: wall time less each tool's own "
                  "work time; BirdNET's includes imports and model load, its first window also pays numba's JIT of resampy. "
                  "Peak RSS: the process tree, sampled every 0.1 s.")
+    m = sb.get("machine")
+    if m:
+        lines.append("")
+        lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_start']} at the start, "
+                     f"{m['load_end']} at the end; {sb['generated']}{' (--quick inputs)' if sb.get('quick') else ''}.")
     return "\n".join(lines)
 
 
@@ -398,8 +404,11 @@ def main() -> None:
         "accuracy_2h": accuracy,
         "reference": reference,
         "side_by_side": sbs,
-        "side_by_side_setup": _peer_setup(args.birdnet_python, args.rounds) if sbs else None,
+        "side_by_side_setup": None,
     }
+    if sbs:
+        results["side_by_side_setup"] = {**_peer_setup(args.birdnet_python, args.rounds), "machine": results["machine"],
+                                         "generated": results["generated"], "quick": bool(args.quick)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(render_table(results) + "\n\n" + render_side_by_side(results))
