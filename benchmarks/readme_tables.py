@@ -12,7 +12,8 @@ bias pooled over the five held-out folds of a five-fold run, with interval cover
 (``results/events.json``, ``benchmarks/events.py``: event precision / recall / F1 on long recordings),
 ``startup`` (``benchmarks/startup.py``: start-up of ``tympan --help``, ``predict`` and ``serve`` over
 ``import torch``), ``live`` (``results/live.json``, ``benchmarks/live.py``: the listener's real-time factor,
-latency, memory).
+latency, memory), ``batch_side_by_side`` (``results/batch.json``, ``benchmarks/batch.py``: ``tympan
+predict`` against BirdNET-Analyzer's model).
 """
 
 from __future__ import annotations
@@ -265,6 +266,14 @@ def render_adaptation_ood(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_batch_side_by_side(doc: dict[str, Any]) -> str:
+    """tympan predict against BirdNET-Analyzer's model (``results/batch.json``, ``benchmarks/batch.py``)."""
+    sys.path.insert(0, str(HERE))
+    from batch import render_side_by_side
+
+    return render_side_by_side(doc)
+
+
 def render_live(r: dict[str, Any]) -> str:
     """The listener's speed, latency and memory (``results/live.json``, ``benchmarks/live.py``)."""
     m, rtf, mem = r["machine"], r["rtf"], r["memory"]
@@ -293,11 +302,15 @@ def render_live(r: dict[str, Any]) -> str:
 
 RENDERERS = {"candidates": render_candidates, "folds": render_folds, "live": render_live, "events": render_events, "esc50_cv": render_esc50_cv, "adaptation_ood": render_adaptation_ood, "robustness": render_robustness, "trust_ood": render_trust_ood,
              "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
-             "trust_performance_cv_baseline": render_trust_performance_cv, "startup": render_startup}
+             "trust_performance_cv_baseline": render_trust_performance_cv, "startup": render_startup,
+             "batch_side_by_side": render_batch_side_by_side}
+#: tables whose results file is not named after the table
+SOURCES = {"batch_side_by_side": "batch"}
 
 
 def render_all(results: Path = RESULTS) -> dict[str, str]:
-    return {name: fn(json.loads((results / f"{name}.json").read_text())) for name, fn in RENDERERS.items()}
+    return {name: fn(json.loads((results / f"{SOURCES.get(name, name)}.json").read_text()))
+            for name, fn in RENDERERS.items()}
 
 
 def update(text: str, tables: dict[str, str]) -> str:
