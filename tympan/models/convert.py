@@ -266,8 +266,9 @@ def resolve_init(
             raise ValueError(f"{text}: unknown URL; pass its sha256 so the download can be verified")
         return _from_url(text, pinned, cache, arch, n_classes, progress)
     path = Path(init).expanduser()
-    if path.is_dir() and (path / "bundle.json").is_file() and (path / "model.safetensors").is_file():
-        return path / "model.safetensors"  # a bundle: continue training its model
+    weights = bundle_weights(path)
+    if weights is not None:
+        return weights  # a bundle: continue training its model
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no such checkpoint (expected a .pt, a .safetensors, a URL or one of "
@@ -278,6 +279,18 @@ def resolve_init(
     if path.suffix in (".pt", ".pth"):
         return _converted(path, sha256_file(path), cache, arch, n_classes)
     raise ValueError(f"{path}: unsupported checkpoint type {path.suffix!r}; use .pt or .safetensors")
+
+
+def bundle_weights(init: str | Path) -> Path | None:
+    """The weights file of ``init`` if it names a bundle folder (``bundle.json`` + ``model.safetensors``), else None.
+
+    Why one predicate: loading, provenance and the training CLI's class/front-end check must
+    agree on what counts as a bundle given to ``--init``.
+    """
+    path = Path(init).expanduser()
+    if path.is_dir() and (path / "bundle.json").is_file() and (path / "model.safetensors").is_file():
+        return path / "model.safetensors"
+    return None
 
 
 def _from_url(url: str, sha: str, cache: Path, arch: str, n_classes: int, progress: bool) -> Path:

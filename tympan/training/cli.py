@@ -89,15 +89,18 @@ def check_bundle_init(init: str, frontend: FrontendConfig, classes: list[str]) -
     would train every class towards another's weights, and a different front end would feed it
     features it never saw.
     """
-    path = Path(init).expanduser()
-    if not (path.is_dir() and (path / "bundle.json").is_file()):
+    from tympan.bundle import read_metadata
+    from tympan.errors import BundleError
+    from tympan.models.convert import bundle_weights
+
+    if bundle_weights(init) is None:
         return
-    try:
-        meta = json.loads((path / "bundle.json").read_text())
-        theirs = FrontendConfig.from_dict(meta["frontend"])
-        their_classes = list(meta["classes"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TrainingConfigError(f"--init {init}: not a readable bundle ({exc})") from None
+    try:  # the bundle reader's checks: strict JSON, size cap, no links, the BundleMeta contract
+        meta = read_metadata(Path(init).expanduser())
+    except BundleError as exc:
+        raise TrainingConfigError(f"--init {init}: {exc}") from None
+    theirs = FrontendConfig.from_dict(meta["frontend"])
+    their_classes = list(meta["classes"])
     if their_classes != classes:
         raise TrainingConfigError(f"--init {init}: the bundle's {len(their_classes)} classes differ from the "
                                   f"data's {len(classes)} (or their order); fine-tune from pretrained weights instead")

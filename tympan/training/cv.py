@@ -332,8 +332,9 @@ def _init_provenance(init: str) -> dict[str, Any]:
         info.update(url=url, sha256=sha)
     else:
         p = Path(init)
-        if p.is_dir() and (p / "model.safetensors").is_file():  # a bundle: its weights' sha
-            p = p / "model.safetensors"
+        weights = convert.bundle_weights(p)
+        if weights is not None:  # a bundle: its weights' sha
+            p = weights
             info["bundle"] = True
         if p.is_file():
             sha = sha256_file(p)
