@@ -197,3 +197,13 @@ def test_readme_tables_are_generated_from_the_results():
     assert rt.update(readme, rt.render_all()) == readme
     shipped = json.loads((REPO / "benchmarks/results/robustness.json").read_text())
     assert f"| clean | {100 * shipped['rows'][0]['accuracy']:.1f} |" in readme
+
+
+def test_candidates_file_is_derived_from_the_sweeps():
+    """``results/candidates.json`` (and its README table) must follow the sweeps it is built from."""
+    cands = _bench("candidates")
+    committed = json.loads((REPO / "benchmarks/results/candidates.json").read_text())
+    assert committed == json.loads(json.dumps(cands.build())), "stale: python benchmarks/candidates.py"
+    for c in committed["candidates"]:  # the rule: better on clean and every target shift, else not
+        better = all(r["candidate"] > r["shipped"] for r in c["rows"].values())
+        assert c["beats_shipped"] == better
