@@ -19,14 +19,13 @@ from __future__ import annotations
 from typing import Any, Self
 
 import numpy as np
-from scipy.special import softmax
 from sklearn.base import BaseEstimator
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from sklearn.utils.validation import check_is_fitted
 
 from tympan.io import json_float
 from tympan.stats.scorers import as_embeddings as _as_embeddings
-from tympan.stats.scorers import energy_score, knn_distance, unit_bank
+from tympan.stats.scorers import combined_score, energy_score, knn_distance, softmax, unit_bank
 
 __all__ = ["EnergyOOD", "MaxSoftmaxOOD", "fpr_at_tpr", "ood_metrics"]
 
@@ -279,8 +278,8 @@ class CombinedOOD(BaseEstimator):
 
     def combine(self, energy: np.ndarray, knn_distance: np.ndarray) -> np.ndarray:
         """Window scores from the two raw scores (what the prediction path calls)."""
-        return np.maximum((np.asarray(energy) - self.energy_loc_) / self.energy_scale_,
-                          (np.asarray(knn_distance) - self.knn_loc_) / self.knn_scale_)
+        return combined_score(energy, knn_distance, self.energy_loc_, self.energy_scale_, self.knn_loc_,
+                              self.knn_scale_)
 
     def decision_function(self, embeddings: Any, logits: Any) -> np.ndarray:
         check_is_fitted(self, "knn_")

@@ -17,7 +17,8 @@ import numpy as np
 
 from tympan.stats.probe import LinearProbe
 
-__all__ = ["LEVEL_FEATURES", "BackgroundScorer", "CombinedScorer", "ProbeScorer", "background_probability", "energy_score",
+__all__ = ["LEVEL_FEATURES", "BackgroundScorer", "CombinedScorer", "ProbeScorer", "background_probability", "combined_score",
+           "energy_score",
            "knn_distance", "level_features", "logsumexp", "softmax"]
 
 
@@ -99,6 +100,12 @@ def background_probability(probe: LinearProbe, X: Any) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
+def combined_score(energy: Any, knn: Any, energy_loc: float, energy_scale: float, knn_loc: float,
+                   knn_scale: float) -> np.ndarray:
+    """The larger of the standardised energy and k-NN distance per row (the ``energy+knn`` score)."""
+    return np.maximum((np.asarray(energy) - energy_loc) / energy_scale, (np.asarray(knn) - knn_loc) / knn_scale)
+
+
 @dataclass(frozen=True)
 class BackgroundScorer:
     """A fitted background detector's arrays and threshold (see ``BackgroundDetector``)."""
@@ -151,8 +158,7 @@ class CombinedScorer:
                    float(data["knn_loc"]), float(data["knn_scale"]), float(data["threshold"]))
 
     def combine(self, energy: np.ndarray, knn: np.ndarray) -> np.ndarray:
-        return np.maximum((np.asarray(energy) - self.energy_loc) / self.energy_scale,
-                          (np.asarray(knn) - self.knn_loc) / self.knn_scale)
+        return combined_score(energy, knn, self.energy_loc, self.energy_scale, self.knn_loc, self.knn_scale)
 
     def window_scores(self, energy: np.ndarray, embeddings: Any) -> np.ndarray:
         return self.combine(energy, knn_distance(self.bank, self.k, embeddings))
