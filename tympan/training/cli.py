@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from tympan.features import FrontendConfig
 from tympan.training.augment import AugmentConfig
+from tympan.training.field_augment import MelFieldConfig
 from tympan.training.loop import TrainConfig, TrainingConfigError, pretrained_spec
 
 
@@ -24,6 +26,23 @@ def parse_arch_params(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             params[key.strip()] = value
     return params
+
+
+def field_mel_with(base: MelFieldConfig, items: list[str]) -> MelFieldConfig:
+    """The recipe's log-mel field augmentation with ``--field-mel K=V`` overrides (``p_noise=0.7``,
+    ``snr_db=[-5,20]``): a stronger or narrower setting is an experiment, not a new recipe, and
+    it lands in the config hash like any other training field."""
+    known = {f.name for f in dataclasses.fields(MelFieldConfig)}
+    params = parse_arch_params(items)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise TrainingConfigError(f"--field-mel: unknown {unknown}; known {sorted(known)}")
+    out = MelFieldConfig.from_dict({**base.to_dict(), **params})
+    try:
+        out.validate()
+    except (TypeError, ValueError) as exc:
+        raise TrainingConfigError(f"--field-mel: {exc}") from None
+    return out
 
 
 def resolve_frontend(spec: str | None, arch: str, init: str | None) -> FrontendConfig:
@@ -167,6 +186,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for name in ("batch_size", "lr"):  # explicit values win over the recipe's
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
+        if args.field_mel:
+            config.field_mel = field_mel_with(config.field_mel, args.field_mel)
         config.checkpoint_every = args.checkpoint_every
         config.precision = args.precision
         config.validate()
@@ -309,6 +330,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="mix N field-like corrupted copies of each training clip into training "
                         "(noise, gain, EQ/band-limiting, codecs, reverb; see tympan.corruptions)")
     p.add_argument("--field-augment-p", type=float, default=0.5, help="probability of each corruption")
+    p.add_argument("--field-mel", action="append", metavar="K=V",
+                   help="override the recipe's log-mel field augmentation (repeatable), e.g. p_noise=0.7 "
+                        "snr_db=[-5,20]; fields of tympan.training.field_augment.MelFieldConfig")
     p.add_argument("--recipe", default="robust", choices=["baseline", "robust", "efficientat", "efficientat-robust"],
                    help="robust (default): + on-the-fly log-mel field augmentation; baseline: the recipe "
                         "without it (the earlier shipped model's); efficientat: EfficientAT's published "
