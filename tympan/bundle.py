@@ -414,6 +414,11 @@ def _weights_header(weights: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's values as NumPy (bfloat16, which NumPy lacks, widened to float32)."""
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle, checking format version, every number that decides a prediction, the
     architecture and every weight's shape, dtype and finiteness, in bounded memory and time.
@@ -452,7 +457,8 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
         state = load_file(str(weights), device="cpu")
     except Exception as exc:  # safetensors raises its own error types
         raise BundleError(f"{weights}: cannot read weights ({exc})") from None
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    # NumPy's check: torch's costs a thread-pool dispatch per tensor (hundreds of small ones)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not np.isfinite(_as_numpy(v)).all()]
     if bad:
         raise BundleError(f"{weights}: weights hold NaN or infinite values ({', '.join(bad[:5])})")
     model.load_state_dict(state, strict=True)

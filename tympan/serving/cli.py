@@ -83,9 +83,9 @@ def _log_to_stderr(level: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from tympan.ports import check_port_free
 
+    _passive_openmp()  # first: reading the bundle imports torch, and after that it would cost a re-exec
     _bundle_dir(args.bundle)  # a bad --bundle fails before anything else happens
     check_port_free(args.host, args.port, "--port")  # one line, before the model loads
-    _passive_openmp()
     device = args.device or os.environ.get("TYMPAN_DEVICE") or "cpu"
     if device.startswith("cuda"):
         import torch
