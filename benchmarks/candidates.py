@@ -2,9 +2,11 @@
 
 Each candidate is a robustness sweep of its bundle (``benchmarks/robustness.py --bundle B --only
 targets --out benchmarks/results/candidates/NAME.json``, with ``label``/``train_command`` keys added);
-this script puts them beside the shipped model's sweep (``results/robustness.json``) and decides,
-per the model issue's rule, whether a candidate may replace the shipped bundle: better on clean
-accuracy AND on every target shift (a tie or a loss on any shift keeps the shipped model).
+this script puts them beside the sweep of the model that was shipped when they were proposed
+(``results/candidates_reference.json``, a copy of that day's ``results/robustness.json``) and decides,
+per the model issue's rule, whether a candidate may replace it: better on clean accuracy AND on
+every target shift (a tie or a loss on any shift keeps the shipped model). A candidate whose
+weights are those of today's ``results/robustness.json`` is marked as the one shipped now.
 
     python benchmarks/candidates.py        # writes benchmarks/results/candidates.json
 """
@@ -34,12 +36,18 @@ def compare(shipped: dict[str, Any], cand: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(results: Path = RESULTS) -> dict[str, Any]:
-    shipped = json.loads((results / "robustness.json").read_text())
+    reference = json.loads((results / "candidates_reference.json").read_text())
+    now = json.loads((results / "robustness.json").read_text())["model"]["weights_sha256"]
     cands = [json.loads(p.read_text()) for p in sorted((results / "candidates").glob("*.json"))]
-    return {"schema": "tympan.benchmarks.candidates/1",
-            "shipped": {"bundle": shipped["model"]["bundle"], "weights_sha256": shipped["model"]["weights_sha256"]},
+    rows = [compare(reference, c) for c in cands]
+    for r in rows:
+        r["shipped_now"] = r["weights_sha256"] == now
+    return {"schema": "tympan.benchmarks.candidates/2",
+            "shipped": {"bundle": reference["model"]["bundle"], "weights_sha256": reference["model"]["weights_sha256"],
+                        "swept": reference["generated"]},
+            "shipped_now": now,
             "rule": "replace the shipped bundle only when a candidate beats it on clean accuracy and on every target shift",
-            "candidates": [compare(shipped, c) for c in cands]}
+            "candidates": rows}
 
 
 def main() -> int:
@@ -49,7 +57,8 @@ def main() -> int:
     doc = build()
     write_json_atomic(RESULTS / "candidates.json", doc)
     for c in doc["candidates"]:
-        print(f"{c['label']}: beats shipped: {c['beats_shipped']} (not better on: {', '.join(c['not_better_on']) or '-'})")
+        print(f"{c['label']}: beats shipped: {c['beats_shipped']} (not better on: {', '.join(c['not_better_on']) or '-'})"
+              + (" [shipped now]" if c["shipped_now"] else ""))
     return 0
 
 

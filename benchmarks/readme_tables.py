@@ -123,13 +123,15 @@ def render_candidates(doc: dict[str, Any]) -> str:
     if not doc["candidates"]:
         return "(no candidates recorded)"
     shifts = list(doc["candidates"][0]["rows"])
-    lines = ["| model | " + " | ".join(shifts) + " | beats the shipped model everywhere |",
+    lines = ["| model | " + " | ".join(shifts) + " | beats the model shipped then, everywhere |",
              "|---|" + "---:|" * len(shifts) + "---|"]
     first = doc["candidates"][0]["rows"]
-    lines.append(f"| shipped (weights {doc['shipped']['weights_sha256'][:12]}) | "
+    then = "shipped then" if doc.get("shipped_now") not in (None, doc["shipped"]["weights_sha256"]) else "shipped"
+    lines.append(f"| {then} (weights {doc['shipped']['weights_sha256'][:12]}) | "
                  + " | ".join(_pct(first[s]["shipped"]) for s in shifts) + " | – |")
     for c in doc["candidates"]:
         verdict = "yes" if c["beats_shipped"] else "no: not better on " + ", ".join(c["not_better_on"])
+        verdict += " (**shipped now**)" if c.get("shipped_now") else ""
         lines.append(f"| {c['label']} (weights {c['weights_sha256'][:12]}) | "
                      + " | ".join(_pct(c["rows"][s]["candidate"]) for s in shifts) + f" | {verdict} |")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tuned", type=Path, required=True)
     p.add_argument("--alpha", type=float, required=True, help="0 = base, 1 = tuned")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--name", help="the new bundle's name (default: the tuned bundle's)")
     args = p.parse_args(argv)
     try:
         base, tuned = load_bundle(args.base), load_bundle(args.tuned)
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             "method": "WiSE-FT: (1 - alpha) * base + alpha * tuned", "alpha": args.alpha,
             "base": {"bundle": str(args.base), "sha256": weights_fingerprint(base.model)},
             "tuned": {"bundle": str(args.tuned), "sha256": weights_fingerprint(tuned.model)}}}
-        out = tuned.replace(model=tuned.model, provenance=prov, metrics={}, extra={})
+        out = tuned.replace(model=tuned.model, provenance=prov, metrics={}, extra={}, name=args.name or tuned.name)
         out.save(args.out)
         for name in (HELDOUT_TENSORS, HELDOUT_META):  # the clip list; the logits are stamped with the
             if (args.tuned / name).is_file():         # tuned weights, so calibrate sees them stale and recomputes
