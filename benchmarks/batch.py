@@ -231,6 +231,7 @@ def side_by_side(inputs: list, birdnet_python: Path, env: dict, rounds: int, thr
     runner = REPO / "benchmarks" / "_birdnet_run.py"
     benv = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     rows = []
+    load_start = os.getloadavg()[0]
     for label, path, audio_s, files in inputs:
         out = Path(tempfile.mkdtemp(prefix="sbs-")) / "t.csv"
         tools = [("tympan predict", [sys.executable, "-m", "tympan", "predict", str(path), "--out", str(out)], env),
@@ -246,7 +247,26 @@ def side_by_side(inputs: list, birdnet_python: Path, env: dict, rounds: int, thr
                     r["engine_rtf"] = round(audio_s / max(m["engine_wall_s"], 1e-9), 1)
                 rows.append(r)
                 print(json.dumps(r), file=sys.stderr)
+    print(json.dumps({"side_by_side_load": [round(load_start, 2), round(os.getloadavg()[0], 2)]}), file=sys.stderr)
     return rows
+
+
+def side_by_side_from_log(log: Path) -> tuple[list[dict], list[float] | None]:
+    """The side-by-side rows (and load) an earlier run printed, one JSON object a line on stderr: a run
+    stopped after that section (or one whose later runs are not wanted) still gives its figures."""
+    rows, load = [], None
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "tool" in obj:
+            rows.append(obj)
+        elif "side_by_side_load" in obj:
+            load = obj["side_by_side_load"]
+    return rows, load
 
 
 def _best(rows: list[dict], tool: str, label: str) -> dict:
@@ -332,10 +352,30 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per tool in the side-by-side run")
     ap.add_argument("--skip-runs", action="store_true", help="only the reference and the side-by-side run")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--side-by-side-log", type=Path, metavar="LOG",
+                    help="take the side-by-side rows from what an earlier run printed on stderr (nothing is run); "
+                         "the other sections of --out are kept")
+    ap.add_argument("--log-load", help="START,END load averages of that run, when its log predates the load line")
     args = ap.parse_args()
     if args.table:
         doc = json.loads(args.out.read_text())
         print(render_table(doc) + "\n\n" + render_side_by_side(doc))
+        return
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.side_by_side_log:
+        rows, load = side_by_side_from_log(args.side_by_side_log)
+        if not rows:
+            raise SystemExit(f"{args.side_by_side_log}: no side-by-side rows")
+        if load is None and args.log_load:
+            load = [float(v) for v in args.log_load.split(",")]
+        machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+                   "load_start": load[0] if load else "?", "load_end": load[1] if load else "?"}
+        rounds = max(r["round"] for r in rows)
+        write_results(args.out, {**previous, "side_by_side": rows, "side_by_side_setup": {
+            **_peer_setup(args.birdnet_python, rounds), "machine": machine, "quick": False,
+            "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(args.side_by_side_log.stat().st_mtime)),
+            "from_log": args.side_by_side_log.name}})
+        print(render_side_by_side(json.loads(args.out.read_text())))
         return
     load = os.getloadavg()[0]
     held = _clips(args.data_dir, {5})
@@ -365,6 +405,10 @@ def main() -> None:
         sbs: list[dict] = []
         if args.birdnet_python.exists():
             sbs = side_by_side([inputs[0], inputs[2]], args.birdnet_python, env, args.rounds, os.cpu_count() or 1)
+            # saved at once: the runs below take as long again, and a stopped run keeps this section
+            write_results(args.out, {**previous, "side_by_side": sbs, "side_by_side_setup": {
+                **_peer_setup(args.birdnet_python, args.rounds), "machine": _machine(load),
+                "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": bool(args.quick)}})
         else:
             print(f"BirdNET peer skipped: no {args.birdnet_python} (scripts/setup_birdnet.sh)", file=sys.stderr)
         for label, path, audio_s, files in ([] if args.skip_runs else inputs):
@@ -394,8 +438,7 @@ def main() -> None:
                         print(json.dumps(accuracy), file=sys.stderr)
     results = {
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "load_start": round(load, 2), "load_end": round(os.getloadavg()[0], 2)},
+        "machine": _machine(load),
         "bundle": "tympan/assets/default (mn04, 32 kHz front end), default hop (50 % overlap)",
         "targets": {"predict_rtf": TARGET_RTF, "peak_rss_mb": TARGET_RSS_MB, "diagnose": "at least half of predict"},
         "schema": "tympan.benchmarks.batch/2",  # /1 plus cpu_s, startup_s, reference, side_by_side
@@ -409,9 +452,27 @@ def main() -> None:
     if sbs:
         results["side_by_side_setup"] = {**_peer_setup(args.birdnet_python, args.rounds), "machine": results["machine"],
                                          "generated": results["generated"], "quick": bool(args.quick)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    elif previous.get("side_by_side"):  # no peer this time: keep the earlier side-by-side section
+        results["side_by_side"], results["side_by_side_setup"] = previous["side_by_side"], previous["side_by_side_setup"]
+    if args.skip_runs and previous:  # --skip-runs measures the side by side only: keep the earlier runs
+        for key in ("generated", "machine", "quick", "runs", "accuracy_2h", "reference"):
+            if key in previous:
+                results[key] = previous[key]
+    write_results(args.out, results)
     print(render_table(results) + "\n\n" + render_side_by_side(results))
+
+
+def _machine(load_start: float) -> dict:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "load_start": round(load_start, 2), "load_end": round(os.getloadavg()[0], 2)}
+
+
+def write_results(path: Path, results: dict) -> None:
+    """Atomically: a run stopped while writing leaves the previous file."""
+    from tympan.io import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, results)
 
 
 def _peer_setup(python: Path, rounds: int) -> dict:
