@@ -43,7 +43,7 @@ from tympan import __version__
 from tympan.audio import Header
 from tympan.bundle import META_FILE, Bundle, default_bundle_dir, read_metadata
 from tympan.errors import AudioError, AudioTooLongError, BundleError, NotAudioError
-from tympan.inference import Predictor, Prepared, UncertaintyPolicy
+from tympan.inference import Predictor, Prepared
 from tympan.recording_meta import audio_payload_size
 from tympan.serving.batching import MicroBatcher
 from tympan.serving.docs import ASSETS_URL, add_docs
@@ -57,6 +57,7 @@ from tympan.serving.schemas import (
     PredictResponse,
     Status,
 )
+from tympan.serving.preload import Preloaded, build_predictor, warmup_sizes
 from tympan.serving.settings import Settings
 from tympan.serving.stream import router as stream_router
 
@@ -392,8 +393,10 @@ class ExplainGateMiddleware:
 class Service:
     """Model, batcher and thread pools of one app; loaded in the lifespan."""
 
-    def __init__(self, source: Bundle | str | Path, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, source: Bundle | str | Path, settings: Settings, metrics: Metrics,
+                 preload: Future[Preloaded] | None = None) -> None:
         self.source, self.settings, self.metrics = source, settings, metrics
+        self.preload = preload
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
         self.decode_pool: ThreadPoolExecutor | None = None
@@ -420,23 +423,19 @@ class Service:
         try:
             torch.set_num_threads(s.threads)
             loop = asyncio.get_running_loop()
-            policy = UncertaintyPolicy(s.min_confidence, s.min_margin)
-
-            def build() -> Predictor:  # the backends are timed with the threads they will have
-                torch.set_num_threads(s.threads)
-                return Predictor(self.source, s.device, max_seconds=s.max_audio_seconds,
-                                 max_samples=s.max_audio_samples, policy=policy,
-                                 max_chunk=max(s.max_batch_size, 1), optimize=s.optimize,
-                                 backend=s.backend, threads=s.threads)
-
-            self.predictor = await loop.run_in_executor(None, build)
+            if self.preload is not None:  # built and warmed while the web stack imported
+                pre = await asyncio.wrap_future(self.preload)
+                self.predictor, warmup_s = pre.predictor, pre.warmup_s
+            else:  # the backends are timed with the threads they will have
+                self.predictor, warmup_s = await loop.run_in_executor(None, build_predictor, self.source, s), None
             self.batcher = MicroBatcher(self.predictor, max_batch_size=s.max_batch_size,
                                         max_wait_ms=s.max_wait_ms, metrics=self.metrics,
                                         torch_threads=s.threads, incoming=lambda: self.decoding,
                                         passes=s.concurrent_passes)
             await self.batcher.start()
-            sizes = sorted({b for b in (*s.warmup_batch_sizes, s.max_batch_size) if 1 <= b <= s.max_batch_size})
-            self.warmup_s = await loop.run_in_executor(self.batcher.executor, self.predictor.warmup, sizes)
+            if warmup_s is None:
+                warmup_s = await loop.run_in_executor(self.batcher.executor, self.predictor.warmup, warmup_sizes(s))
+            self.warmup_s = warmup_s
             self.ready = True
             self.metrics.ready.set(1)
             log.info("tympan: model %s (%s) ready; %s; warm-up %.2f s", self.predictor.version,
@@ -749,11 +748,14 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 
 # ------------------------------------------------------------------------------------- app
-def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Settings | None = None) -> FastAPI:
+def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Settings | None = None,
+               preload: Future[Preloaded] | None = None) -> FastAPI:
     """The tympan HTTP API for one model bundle (a :class:`Bundle` or its directory).
 
     ``None`` serves the shipped default bundle. A path is checked at once (a missing or
-    foreign folder fails here, with one line); the weights load in the lifespan.
+    foreign folder fails here, with one line); the weights load in the lifespan, or come from
+    ``preload`` (:func:`tympan.serving.preload.start_preload` of the same bundle and settings,
+    started before the web stack was imported).
     """
     settings = settings or Settings.from_env()
     if bundle_or_path is None:
@@ -761,7 +763,7 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
     if not isinstance(bundle_or_path, Bundle):
         read_metadata(bundle_or_path)  # fail fast: raises BundleError naming the problem
     metrics = Metrics()
-    service = Service(bundle_or_path, settings, metrics)
+    service = Service(bundle_or_path, settings, metrics, preload)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

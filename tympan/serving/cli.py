@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tympan.ports import check_port_free
 
     _passive_openmp()  # first: reading the bundle imports torch, and after that it would cost a re-exec
-    _bundle_dir(args.bundle)  # a bad --bundle fails before anything else happens
+    bundle = _bundle_dir(args.bundle)  # a bad --bundle fails before anything else happens
     check_port_free(args.host, args.port, "--port")  # one line, before the model loads
     device = args.device or os.environ.get("TYMPAN_DEVICE") or "cpu"
     if device.startswith("cuda"):
@@ -92,15 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise BundleError(f"--device {device}: this machine has no usable CUDA device (torch {torch.__version__})")
-    try:
-        import uvicorn
-    except ModuleNotFoundError:
-        raise BundleError("serving needs the 'serve' extra: pip install 'tympan[serve]'") from None
-    from tympan.serving.app import create_app
-    from tympan.serving.server import uvicorn_config
     from tympan.serving.settings import Settings
 
-    bundle = _bundle_dir(args.bundle)
     overrides = {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
                  "torch_threads": args.torch_threads, "device": args.device, "backend": args.backend,
                  "passes": args.passes,
@@ -109,6 +102,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "read_timeout_s": args.read_timeout_s, "body_timeout_s": args.body_timeout_s,
                  "keep_alive_timeout_s": args.keep_alive_timeout_s}
     settings = Settings.from_env(**overrides)
+    preload = None
+    if args.workers == 1:  # the model builds and warms while FastAPI and uvicorn import
+        from tympan.serving.preload import start_preload
+
+        preload = start_preload(bundle, settings)
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        raise BundleError("serving needs the 'serve' extra: pip install 'tympan[serve]'") from None
+    from tympan.serving.app import create_app
+    from tympan.serving.server import uvicorn_config
+
     _log_to_stderr(settings.log_level)
     common = {"host": args.host, "port": args.port, "log_level": settings.log_level,
               "timeout_graceful_shutdown": 5}
@@ -121,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     http="tympan.serving.server:TimedH11Protocol",  # reads TYMPAN_READ_TIMEOUT_S
                     timeout_keep_alive=settings.keep_alive_timeout_s, **common)
     else:
-        config = uvicorn_config(create_app(bundle, settings), settings, args.host, args.port,
+        config = uvicorn_config(create_app(bundle, settings, preload), settings, args.host, args.port,
                                 timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         server.run()
