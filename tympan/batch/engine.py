@@ -20,7 +20,7 @@ import multiprocessing as mp
 import queue
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -173,7 +173,9 @@ def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _local_messages(cfg: _Config, jobs: Sequence[tuple[int, str, int]]) -> Iterator[tuple]:
+def _local_messages(cfg: _Config, jobs: Sequence[tuple[int, str, int]],
+                    frontend: Callable[[np.ndarray], Any] | None = None) -> Iterator[tuple]:
+    """Decode (and with ``frontend``, featurise) the files in this process, in order."""
     for idx, path, quota in jobs:
         gen = _stream_file(cfg, path, quota)
         t0 = time.perf_counter()
@@ -184,7 +186,7 @@ def _local_messages(cfg: _Config, jobs: Sequence[tuple[int, str, int]]) -> Itera
                 except StopIteration as stop:
                     yield ("done", idx, {**stop.value, "wall_s": time.perf_counter() - t0})
                     break
-                yield ("batch", idx, starts, wins, levels)
+                yield ("batch", idx, starts, wins if frontend is None else frontend(wins), levels)
         except Exception as exc:  # noqa: BLE001 - an unreadable file never stops the run
             yield ("error", idx, _failure(exc))
 
@@ -353,8 +355,17 @@ def run_batch(
     if not jobs:
         return
     workers = max(1, int(options.jobs)) > 1 and len(jobs) > 0
-    messages = (_worker_messages(cfg, jobs, min(int(options.jobs), len(jobs))) if workers
-                else _prefetched(_local_messages(cfg, jobs)))
+    # on a CPU the decode thread also computes the log-mels, so the front end of the next batch
+    # overlaps the network's pass on this one (both release the GIL); a GPU keeps them together
+    featurise = workers or str(getattr(predictor, "device", "cpu")).startswith("cpu")
+    if workers:
+        messages = _worker_messages(cfg, jobs, min(int(options.jobs), len(jobs)))
+    else:
+        def frontend(wins: np.ndarray) -> Any:
+            with torch.inference_mode():
+                return predictor.features(wins)
+
+        messages = _prefetched(_local_messages(cfg, jobs, frontend if featurise else None))
     acc: dict[int, _Acc] = {}
     pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     keep_embeddings = bool(options.with_embeddings or getattr(predictor.params, "needs_embeddings", False))
@@ -363,11 +374,11 @@ def run_batch(
     def flush() -> None:
         if not pending:
             return
-        x = np.concatenate([p[2] for p in pending])
-        if workers:
-            e, z = predictor.forward_features(torch.from_numpy(x))
+        parts = [p[2] for p in pending]
+        if featurise:
+            e, z = predictor.forward_features(torch.cat([torch.as_tensor(f) for f in parts]))
         else:
-            e, z = predictor.forward(x)
+            e, z = predictor.forward(np.concatenate(parts))
         lo = 0
         for idx, starts, part, levels in pending:
             a = acc.setdefault(idx, _Acc())
