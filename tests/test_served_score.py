@@ -1,6 +1,6 @@
 """One name for the score that decides OOD, everywhere (issues #23 item 4, #24 item 11).
 
-The shipped bundle decides OOD with the outlier probe (threshold -3.105); its ``ood`` block
+The shipped bundle decides OOD with the outlier probe (threshold -3.160); its ``ood`` block
 also holds the energy threshold (-3.295). ``tympan predict``'s line, its JSON, the ``/predict``
 ``aggregate`` text, ``diagnose --bundle`` and report.html must name the probe and its threshold.
 """
@@ -19,7 +19,7 @@ from tympan.contracts.ood import served_ood
 
 SHIPPED = default_bundle_dir()
 OOD = read_metadata(SHIPPED)["ood"]
-PROBE_THR = f"{OOD['embedding']['threshold']:.3f}"  # -3.105
+PROBE_THR = f"{OOD['embedding']['threshold']:.3f}"  # -3.160
 ENERGY_THR = f"{OOD['threshold']:.3f}"  # -3.295
 
 

@@ -41,7 +41,7 @@ class ServedOOD(BaseModel):
         return self.score_name == "energy"
 
     def headline(self) -> str:
-        """``outlier probe score (probe), threshold -3.105``: the served score and its threshold."""
+        """``outlier probe score (probe), threshold -3.160``: the served score and its threshold."""
         thr = "no threshold fitted" if self.threshold is None else f"threshold {self.threshold:.3f}"
         name = f"{self.label} score" + ("" if self.label == self.score_name else f" ({self.score_name})")
         return f"{name}, {thr}"

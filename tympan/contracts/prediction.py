@@ -27,7 +27,7 @@ class OODInfo(BaseModel):
     score: float = Field(description="the `score_name` score (probe: its log-odds of \"out\"; energy: "
                                      "-T*logsumexp(logits/T)); higher = more out-of-distribution", examples=[-7.2])
     threshold: float | None = Field(description="the `score_name` score's threshold, fitted on held-out clips; "
-                                    "null when none was fitted", examples=[-3.105])
+                                    "null when none was fitted", examples=[-3.160])
     out_of_distribution: bool = Field(examples=[False])
 
 
