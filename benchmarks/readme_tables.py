@@ -302,10 +302,48 @@ def render_live(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_diagnostics(r: dict[str, Any]) -> str:
+    """Calibration, energy OOD and drift power of the shipped model (``results/diagnostics.json``,
+    ``benchmarks/diagnostics.py --reps 200 --json``)."""
+    c, ro, os_ = r["calibration"], r["real_ood"], r["open_set"]
+    b, a, floor = c["before"], c["after"], c["ece_noise_floor"]
+    e, m = ro["pooled"]["energy"], ro["pooled"]["max_softmax"]
+    kinds = ", ".join(f"{k} {v['energy']['auroc']:.3f} / {v['energy']['fpr_at_95_tpr']:.2f}"
+                      for k, v in sorted(ro["per_kind"].items()))
+    drift = r["drift"]
+    clean = drift.get("clean (false alarm)", {}).get("flagged")
+    shifted = {k: v["flagged"] for k, v in drift.items() if k != "clean (false alarm)"}
+    power = min(shifted.values()) if shifted else None
+    floor_mean = floor["mean"] if isinstance(floor, dict) else floor
+    ece_ok = "met" if a["ece"] <= 0.02 else f"not met (noise floor on {b['n_samples']} clips is {floor_mean:.3f})"
+    ood_ok = "met" if e["auroc"] >= 0.95 and e["fpr_at_95_tpr"] <= 0.20 else "not met"
+    lines = ["| what | measured | target |", "|---|---|---|",
+             f"| ECE before → after temperature scaling (T = {c['temperature']:.3f}, cross-fitted) | "
+             f"{b['ece']:.3f} → {a['ece']:.3f} (adaptive ECE {a['adaptive_ece']:.3f}) | ≤ 0.02: {ece_ok} |",
+             f"| NLL before → after | {b['nll']:.3f} → {a['nll']:.3f} | |",
+             f"| real OOD set ({e['n_out']} clips), energy: AUROC / AUPR-out / FPR95 | "
+             f"{e['auroc']:.3f} / {e['aupr_out']:.3f} / {e['fpr_at_95_tpr']:.3f} | ≥ 0.95 / – / ≤ 0.20: {ood_ok} |",
+             f"| real OOD set, max-softmax baseline | {m['auroc']:.3f} / {m['aupr_out']:.3f} / {m['fpr_at_95_tpr']:.3f} | |",
+             f"| energy by OOD kind (AUROC / FPR95) | {kinds} | |",
+             f"| open set (10 ESC-50 classes unseen), energy vs max-softmax AUROC | "
+             f"{os_['energy']['auroc']:.3f} vs {os_['max_softmax']['auroc']:.3f} | |"]
+    if "knn_embedding_k10" in r:
+        k = r["knn_embedding_k10"]
+        lines.append(f"| real OOD set, k-NN (k = 10) on the embedding: AUROC / FPR95 | {k['auroc']:.3f} / {k['fpr_at_95_tpr']:.3f} | |")
+    if power is not None:
+        lines.append(f"| drift power: {', '.join(shifted)} | {power:.2f} at least (100-clip samples) | "
+                     f"≥ 0.95: {'met' if power >= 0.95 else 'not met'} |")
+    if clean is not None:
+        lines.append(f"| drift false alarms on clean 100-clip samples | {clean:.2f} | ≤ 0.05: {'met' if clean <= 0.05 else 'not met'} |")
+    lines.append("")
+    lines.append(f"Bundle {r.get('bundle_name', '?')}; machine: {r['machine']}.")
+    return "\n".join(lines)
+
+
 RENDERERS = {"candidates": render_candidates, "folds": render_folds, "live": render_live, "events": render_events, "esc50_cv": render_esc50_cv, "adaptation_ood": render_adaptation_ood, "robustness": render_robustness, "trust_ood": render_trust_ood,
              "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
              "trust_performance_cv_baseline": render_trust_performance_cv, "startup": render_startup,
-             "batch_side_by_side": render_batch_side_by_side}
+             "batch_side_by_side": render_batch_side_by_side, "diagnostics": render_diagnostics}
 #: tables whose results file is not named after the table
 SOURCES = {"batch_side_by_side": "batch"}
 
