@@ -343,7 +343,8 @@ def render_diagnostics(r: dict[str, Any]) -> str:
 RENDERERS = {"candidates": render_candidates, "folds": render_folds, "live": render_live, "events": render_events, "esc50_cv": render_esc50_cv, "adaptation_ood": render_adaptation_ood, "robustness": render_robustness, "trust_ood": render_trust_ood,
              "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
              "trust_performance_cv_baseline": render_trust_performance_cv, "startup": render_startup,
-             "batch_side_by_side": render_batch_side_by_side, "diagnostics": render_diagnostics}
+             "batch_side_by_side": render_batch_side_by_side, "diagnostics": render_diagnostics,
+             "train_speed": render_train_speed}
 #: tables whose results file is not named after the table
 SOURCES = {"batch_side_by_side": "batch"}
 
