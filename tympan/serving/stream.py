@@ -142,7 +142,7 @@ class _Session:
         #: whether the listener's store or alerts want the open events closed when the stream just stops
         self.flush_on_stop = store is not None or alerts is not None
         self.ended = self.gone = False
-        self.lock = threading.Lock()  # a feed still running when its task was cancelled, and the flush
+        self.lock = threading.RLock()  # a feed still running when its task was cancelled, and the flush
         self.decoder = PcmDecoder(start.sample_rate, start.channels, self.listener.sr, start.format)
         self.listener.begin()
         self.pos = 0
@@ -199,8 +199,8 @@ class _Session:
         the alerts (on a worker thread, after any feed still running)."""
         with self.lock:
             if not self.ended:
-                self.ended = self.gone = True
-                self.listener.end()
+                self.gone = True
+                self.feed(b"", last=True)  # the resampler's tail too, as an end message would
 
 
 @router.websocket("/stream")
