@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "docs/api.md", "docs/batch.md", "docs/design.md", "docs/diagnostics.md"]
+DOCS = ["README.md", "docs/api.md", "docs/batch.md", "docs/design.md", "docs/diagnostics.md", "docs/live.md"]
 SHIPPED = "tympan/assets/default"
 ESC50 = "../shared/data/esc50"
 #: placeholders of the docs and what stands in for them (``sub``)
@@ -66,7 +66,7 @@ POLICIES: list[tuple[str, str, str]] = [
     (r"^tympan predict\b", "run", ""),
     (r"\| tympan listen\b", "skip", "needs a sound card (arecord)"),
     (r"^tympan listen\b", "help", "a stream, sound card or watched folder runs until stopped"),
-    (r"^tympan events\b", "help", "reads the store a listener wrote"),
+    (r"^tympan events\b", "help", "reads the store a listener or the server wrote"),
     (r"^curl\b", "run", "against the server started above"),
     (r"^python -c .*\| curl\b", "run", "against the server started above"),
     (r"^tympan dashboard\b", "server", "on a free port"),

@@ -25,9 +25,9 @@ from tympan.errors import DataError
 from tympan.live.alerts import AlertManager, AlertRule, ClipFolder, WebhookSink, load_alerts
 
 
-def _event(label="siren", start=0.0, p=0.9, dur=3.0, ood=0, when=None) -> Event:
+def _event(label="siren", start=0.0, p=0.9, dur=3.0, ood=0, when=None, source=None) -> Event:
     return Event(label=label, index=0, start_s=start, end_s=start + dur, duration_s=dur, peak_s=start, peak_probability=p,
-                 mean_probability=p, windows=2, ood_windows=ood, max_ood_score=0.0, start_time=when)
+                 mean_probability=p, windows=2, ood_windows=ood, max_ood_score=0.0, start_time=when, source=source)
 
 
 def test_rules():
@@ -43,6 +43,15 @@ def test_rules():
     assert r.matches(_event(start=100, when="2026-05-01T06:00:00+00:00"), now)
     assert not r.matches(_event(start=150), now)  # cooldown: 50 s after the last
     assert r.matches(_event(start=161), now)
+
+
+def test_cooldowns_are_per_stream_and_a_clock_that_goes_back_is_a_new_stream():
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+    r = AlertRule("r", cooldown_s=60)
+    assert r.matches(_event(start=500, source="cam-a"), now)
+    assert r.matches(_event(start=10, source="cam-b"), now)  # its own clock: not in cam-a's cooldown
+    assert not r.matches(_event(start=530, source="cam-a"), now) and not r.matches(_event(start=40, source="cam-b"), now)
+    assert r.matches(_event(start=5, source="cam-a"), now)  # cam-a reconnected: its clock restarted
 
 
 def test_bad_rule_files(tmp_path: Path):

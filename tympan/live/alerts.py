@@ -7,7 +7,7 @@ Rules come from a TOML file (stdlib ``tomllib``)::
     classes = ["siren"]          # omitted: every class
     min_probability = 0.8        # the event's peak probability
     min_duration_s = 2.0
-    cooldown_s = 300             # per rule and class
+    cooldown_s = 300             # per rule, source (stream) and class
     quiet_hours = "22:00-06:00"  # no alert whose event starts in this span (UTC, or the event's offset)
     require_trusted = true       # no OOD or background window inside the event
     on = "open"                  # "open" (default): when the event is confirmed; "close": when it ends
@@ -89,7 +89,8 @@ class AlertRule:
     require_trusted: bool = False
     sinks: tuple[str, ...] = ()
     on: str = "open"  # "open": when the event is confirmed; "close": when it closes
-    _last: dict[str, float] = field(default_factory=dict, repr=False)  # class -> stream time of the last alert
+    #: (source, class) -> stream time of the last alert: streams have clocks of their own
+    _last: dict[tuple[str | None, str], float] = field(default_factory=dict, repr=False)
 
     def in_quiet_hours(self, when: datetime) -> bool:
         if self.quiet_hours is None:
@@ -109,10 +110,12 @@ class AlertRule:
         when = datetime.fromisoformat(e.start_time) if e.start_time else now
         if self.in_quiet_hours(when):
             return False
-        last = self._last.get(e.label)
-        if last is not None and e.start_s - last < self.cooldown_s:
+        key = (e.source, e.label)
+        last = self._last.get(key)
+        # a clock that went back is a new stream of that name (a camera that reconnected)
+        if last is not None and 0 <= e.start_s - last < self.cooldown_s:
             return False
-        self._last[e.label] = e.start_s
+        self._last[key] = e.start_s
         return True
 
 
@@ -250,6 +253,8 @@ class AlertManager:
         self.clip_wait_s = CLIP_WAIT_S
         #: events with open alerts: (source, label, start_s) -> [the rules that fired, the clip]
         self._open: dict[tuple[str | None, str, float], list[Any]] = {}
+        #: the server's /stream sessions call in from several threads (rules' cooldowns, ``_open``)
+        self._lock = threading.RLock()
 
     def _clip(self, key: tuple[str | None, str, float], end_s: float,
               audio: Callable[[float, float], np.ndarray | None] | None, sr: int) -> str | None:
@@ -271,6 +276,10 @@ class AlertManager:
 
     def handle_open(self, e: Event) -> list[Alert]:
         """A confirmed event (figures so far): the alerts of the ``on = "open"`` rules it matches."""
+        with self._lock:
+            return self._handle_open(e)
+
+    def _handle_open(self, e: Event) -> list[Alert]:
         now = datetime.now(timezone.utc)
         out: list[Alert] = []
         fired = [r for r in self.rules if r.on == "open" and r.matches(e, now)]
@@ -282,15 +291,24 @@ class AlertManager:
         return out
 
     def tick(self, now_s: float, audio: Callable[[float, float], np.ndarray | None] | None = None,
-             sr: int = 16000) -> None:
-        """Stream time ``now_s``: write the clips of open-alerted events started ``clip_wait_s`` ago."""
-        for key, entry in self._open.items():
-            if entry[1] is None and now_s - key[2] >= self.clip_wait_s:
-                entry[1] = self._clip(key, now_s, audio, sr) or ""  # "": tried, no audio kept
+             sr: int = 16000, source: str | None = None) -> None:
+        """Stream time ``now_s`` of ``source`` (None: the only one): write the clips of its
+        open-alerted events started ``clip_wait_s`` ago."""
+        with self._lock:
+            for key, entry in self._open.items():
+                if source is not None and key[0] != source:
+                    continue
+                if entry[1] is None and now_s - key[2] >= self.clip_wait_s:
+                    entry[1] = self._clip(key, now_s, audio, sr) or ""  # "": tried, no audio kept
 
     def handle(self, e: Event, audio: Callable[[float, float], np.ndarray | None] | None = None,
                sr: int = 16000) -> list[Alert]:
         """A closed event: close updates of its open alerts, and the rules judged at the close."""
+        with self._lock:
+            return self._handle(e, audio, sr)
+
+    def _handle(self, e: Event, audio: Callable[[float, float], np.ndarray | None] | None,
+                sr: int) -> list[Alert]:
         now = datetime.now(timezone.utc)
         out: list[Alert] = []
         key = (e.source, e.label, e.start_s)
@@ -312,9 +330,10 @@ class AlertManager:
         ``[drift]`` table's sinks (every sink when it names none)."""
         alert = Alert(kind="model_affected", rule=f"drift ({source})" if source else "drift", drift=status,
                       trusted=False, raised_at=datetime.now(timezone.utc).isoformat())
-        for name in self.drift_sinks if self.drift_sinks is not None else self.sinks:
-            self.sinks[name].submit(alert)
-        self.raised += 1
+        with self._lock:
+            for name in self.drift_sinks if self.drift_sinks is not None else self.sinks:
+                self.sinks[name].submit(alert)
+            self.raised += 1
         return alert
 
     def close(self) -> None:

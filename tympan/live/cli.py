@@ -197,10 +197,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         from tympan.live.drift import DriftMonitor
 
         n = int(predictor.config.clip_samples)
-        d = dict(alerts.drift)
-        if "min_windows" in d:
-            d["min_windows"] = int(d["min_windows"])
-        return DriftMonitor(predictor.bundle, hop_s=args.hop or default_hop(n) / sr, clip_s=n / sr, **d)
+        return DriftMonitor.from_table(predictor.bundle, alerts.drift, hop_s=args.hop or default_hop(n) / sr, clip_s=n / sr)
 
     def on_drift(status) -> None:
         _log(("the model is affected: " + "; ".join(status.reasons)) if status.affected

@@ -73,6 +73,14 @@ class DriftMonitor:
         self.affected = False
         self.last: DriftStatus | None = None
 
+    @classmethod
+    def from_table(cls, bundle: Any, table: Mapping[str, float], *, hop_s: float, clip_s: float) -> DriftMonitor:
+        """A monitor with the settings of an alert file's ``[drift]`` table (``AlertManager.drift``)."""
+        d: dict[str, Any] = dict(table)
+        if "min_windows" in d:
+            d["min_windows"] = int(d["min_windows"])
+        return cls(bundle, hop_s=hop_s, clip_s=clip_s, **d)
+
     def add(self, start_s: float, probabilities: np.ndarray, ood: bool, background: bool) -> DriftStatus | None:
         """One window; a status when a check ran and the verdict changed (else None)."""
         self._items.append((float(start_s), np.asarray(probabilities, np.float32), bool(ood), bool(background)))

@@ -209,7 +209,7 @@ class Listener:
         if rows and self.store is not None and self.store_windows:
             self.store.add_windows(rows)
         if self.alerts is not None:
-            self.alerts.tick(self.stats.audio_s, self.audio_between, self.sr)
+            self.alerts.tick(self.stats.audio_s, self.audio_between, self.sr, source=self.source)
 
     # ------------------------------------------------------------------ run
     def run(self, blocks: Iterable[Block], *, stop: threading.Event | None = None) -> ListenStats:

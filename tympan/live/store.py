@@ -5,12 +5,15 @@ at any moment leaves a database that reopens with every event committed before t
 recovery on open rolls back an unfinished transaction; ``synchronous=NORMAL`` is durable against
 a killed process, ``durable=True`` uses ``FULL`` for power loss too). Window rows (optional)
 are committed in batches. Readers (``tympan events``, the dashboard) open the same file while a
-listener writes: WAL lets them read without blocking it.
+listener writes: WAL lets them read without blocking it. ``shared=True`` opens one connection
+for several threads (the server's ``/stream`` sessions): every statement runs under a lock, so
+transactions of two threads never interleave on it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -43,16 +46,24 @@ WINDOW_COLS = ["source", "start_s", "end_s", "label", "probability", "ood_score"
 class EventStore:
     """Open (or create) a store; ``add_event`` commits at once, ``add_windows`` in batches."""
 
-    def __init__(self, path: str | Path, *, durable: bool = False, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, durable: bool = False, readonly: bool = False,
+                 shared: bool = False) -> None:
         self.path = Path(path)
+        self._lock = threading.Lock()
         if readonly and not self.path.is_file():
             raise DataError(f"{self.path}: no event store there")
+        if self.path.is_dir():
+            raise DataError(f"{self.path}: is a folder, not an event store")
         try:
             if readonly:
-                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10,
+                                          check_same_thread=not shared)
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.db = sqlite3.connect(self.path, timeout=10)
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise DataError(f"{self.path}: cannot create the event store's folder ({exc.strerror or exc})") from None
+                self.db = sqlite3.connect(self.path, timeout=10, check_same_thread=not shared)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 with self.db:
@@ -61,6 +72,8 @@ class EventStore:
                     if self.db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
                         self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             row = self.db.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.OperationalError as exc:  # a folder it may not write, a read-only file, locked
+            raise DataError(f"{self.path}: cannot open or write the event store ({exc})") from exc
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.path}: not a tympan event store ({exc})") from exc
         if row is None or int(row[0]) != SCHEMA_VERSION:
@@ -68,7 +81,8 @@ class EventStore:
             raise DataError(f"{self.path}: event store schema version {found}, this tympan reads {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            self.db.close()
 
     def __enter__(self) -> EventStore:
         return self
@@ -79,7 +93,7 @@ class EventStore:
     # ------------------------------------------------------------------ writing
     def add_event(self, event: Event) -> int:
         d = event.model_dump()
-        with self.db:
+        with self._lock, self.db:
             cur = self.db.execute(
                 f"INSERT INTO events (stored_at, {_COLS_SQL}) VALUES (?{', ?' * len(_EVENT_COLS)})",
                 [time.time(), *(d[c] for c in _EVENT_COLS)])
@@ -87,7 +101,7 @@ class EventStore:
 
     def add_windows(self, rows: Iterable[Sequence[Any]]) -> None:
         """Window rows in :data:`WINDOW_COLS` order, committed together."""
-        with self.db:
+        with self._lock, self.db:
             self.db.executemany(f"INSERT INTO windows ({', '.join(WINDOW_COLS)}) VALUES "
                                 f"({', '.join('?' * len(WINDOW_COLS))})", rows)
 
@@ -120,12 +134,16 @@ class EventStore:
         sql += " ORDER BY id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [Event(**dict(zip(_EVENT_COLS, r, strict=True))) for r in self.db.execute(sql, args)]
+        with self._lock:
+            rows = self.db.execute(sql, args).fetchall()
+        return [Event(**dict(zip(_EVENT_COLS, r, strict=True))) for r in rows]
 
     def count(self, table: str = "events") -> int:
         if table not in ("events", "windows"):
             raise ValueError(table)
-        return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        with self._lock:
+            return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def integrity(self) -> str:
-        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
+        with self._lock:
+            return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])

@@ -60,6 +60,7 @@ from tympan.serving.schemas import (
 from tympan.serving.preload import Preloaded, build_predictor, warmup_sizes
 from tympan.serving.settings import Settings
 from tympan.serving.stream import router as stream_router
+from tympan.serving.stream_outputs import StreamOutputs
 
 log = logging.getLogger("tympan.serving")
 
@@ -749,19 +750,25 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 # ------------------------------------------------------------------------------------- app
 def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Settings | None = None,
-               preload: Future[Preloaded] | None = None) -> FastAPI:
+               preload: Future[Preloaded] | None = None, outputs: StreamOutputs | None = None) -> FastAPI:
     """The tympan HTTP API for one model bundle (a :class:`Bundle` or its directory).
 
     ``None`` serves the shipped default bundle. A path is checked at once (a missing or
     foreign folder fails here, with one line); the weights load in the lifespan, or come from
     ``preload`` (:func:`tympan.serving.preload.start_preload` of the same bundle and settings,
-    started before the web stack was imported).
+    started before the web stack was imported). ``outputs``: the event store and alerts of
+    ``settings.store`` / ``settings.alerts`` already opened (else they are opened here, with
+    a one-line error); the app closes them when it stops.
     """
     settings = settings or Settings.from_env()
     if bundle_or_path is None:
         bundle_or_path = default_bundle_path()
-    if not isinstance(bundle_or_path, Bundle):
-        read_metadata(bundle_or_path)  # fail fast: raises BundleError naming the problem
+    if isinstance(bundle_or_path, Bundle):
+        classes = list(bundle_or_path.classes)
+    else:
+        classes = read_metadata(bundle_or_path)["classes"]  # fail fast: raises BundleError naming the problem
+    if outputs is None:
+        outputs = StreamOutputs.open(settings.store, settings.alerts, classes)
     metrics = Metrics()
     service = Service(bundle_or_path, settings, metrics, preload)
 
@@ -781,6 +788,8 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await service.stop()
+            if outputs is not None:  # after the streams: their last events are stored and alerted
+                await asyncio.get_running_loop().run_in_executor(None, outputs.close)
 
     app = FastAPI(
         title="tympan",
@@ -798,6 +807,7 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, settings: Sett
     app.state.service = service
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.outputs = outputs  # read by /stream (tympan/serving/stream.py)
 
     # ------------------------------------------------------------------ error handlers
     @app.exception_handler(RequestError)

@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds a whole request body may take to arrive (120)")
     p.add_argument("--keep-alive-timeout", type=float, default=None, dest="keep_alive_timeout_s",
                    help="seconds an idle keep-alive connection stays open (5)")
+    p.add_argument("--store", default=None, metavar="DB",
+                   help="SQLite event store for the events of every /stream (created if missing; "
+                        "`tympan events list DB` reads it)")
+    p.add_argument("--alerts", default=None, metavar="TOML",
+                   help="alert rules and sinks for /stream events, as `tympan listen --alerts` (a [drift] table: "
+                        "a drift check per stream); see docs/live.md")
     p.set_defaults(func=cmd_serve)
 
 
@@ -100,8 +106,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "workers": args.workers, "log_level": args.log_level,
                  "max_body_bytes": args.max_body_bytes, "max_inflight_body_bytes": args.max_inflight_body_bytes,
                  "read_timeout_s": args.read_timeout_s, "body_timeout_s": args.body_timeout_s,
-                 "keep_alive_timeout_s": args.keep_alive_timeout_s}
+                 "keep_alive_timeout_s": args.keep_alive_timeout_s, "store": args.store, "alerts": args.alerts}
     settings = Settings.from_env(**overrides)
+    outputs = None
+    if settings.store is not None or settings.alerts is not None:
+        from tympan.bundle import read_metadata
+        from tympan.serving.stream_outputs import StreamOutputs
+
+        # before the model loads and the port is bound: a bad rules file or store is one line, exit 2
+        outputs = StreamOutputs.open(settings.store, settings.alerts, read_metadata(bundle)["classes"])
     preload = None
     if args.workers == 1:  # the model builds and warms while FastAPI and uvicorn import
         from tympan.serving.preload import start_preload
@@ -117,7 +130,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _log_to_stderr(settings.log_level)
     common = {"host": args.host, "port": args.port, "log_level": settings.log_level,
               "timeout_graceful_shutdown": 5}
-    if args.workers > 1:  # each worker builds its own app from the environment
+    if args.workers > 1:  # each worker builds its own app from the environment (and opens the store, alerts)
+        if outputs is not None:
+            outputs.close()
         os.environ["TYMPAN_BUNDLE"] = str(bundle.resolve())
         for key, value in overrides.items():
             if value is not None:
@@ -126,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     http="tympan.serving.server:TimedH11Protocol",  # reads TYMPAN_READ_TIMEOUT_S
                     timeout_keep_alive=settings.keep_alive_timeout_s, **common)
     else:
-        config = uvicorn_config(create_app(bundle, settings, preload), settings, args.host, args.port,
+        config = uvicorn_config(create_app(bundle, settings, preload, outputs), settings, args.host, args.port,
                                 timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         server.run()

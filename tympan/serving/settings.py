@@ -121,6 +121,12 @@ class Settings:
     #: time it may send beyond that (1008 ``too_fast``): a live source, not an upload
     stream_burst_s: float = 30.0
     stream_max_speed: float = 1.5
+    #: SQLite event store (``tympan/live/store.py``) every /stream session writes its closed
+    #: events to, each named by its stream; created if missing; None: no store
+    store: str | None = None
+    #: alert rules and sinks (TOML, ``tympan listen --alerts``' format) for the events of every
+    #: /stream session; its ``[drift]`` table runs the drift check per stream; None: no alerts
+    alerts: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -226,7 +232,7 @@ class Settings:
 def _parse(name: str, raw: str) -> Any:
     default = {f.name: f for f in dataclasses.fields(Settings)}[name].default
     try:
-        if name in ("api_key", "device", "log_level", "instance_token", "backend"):
+        if name in ("api_key", "device", "log_level", "instance_token", "backend", "store", "alerts"):
             return raw
         if name in ("torch_threads", "max_inflight_body_bytes", "passes", "max_connections"):
             return int(raw)

@@ -2,7 +2,12 @@
 
 Each connection gets its own :class:`tympan.live.listener.Listener` (the one windowing and event
 path of ``tympan listen`` and ``predict --format events``); its forward passes run on the
-server's decode threads, never on the event loop. The socket is read one frame at a time and
+server's decode threads, never on the event loop. With ``tympan serve --store/--alerts``
+(:mod:`tympan.serving.stream_outputs`) its closed events also go to the app's one event store and
+alert rules, named by the stream (``name`` in the start message or query, else a generated one),
+and a ``[drift]`` table gives it a drift check whose verdicts it sends (``{"type": "drift"}``). A
+stream that ends without its end message (a disconnect, a refusal) is still flushed there, so
+no event it opened is lost from the store. The socket is read one frame at a time and
 each frame is classified before the next is read, so a slow model slows the client down (TCP
 back-pressure) instead of growing a queue. Every refusal is a close with a code and a reason:
 
@@ -25,15 +30,18 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from tympan.contracts import contract_errors
-from tympan.contracts.events import Event
+from tympan.contracts.events import DriftStatus, Event
 from tympan.contracts.stream import (
+    StreamDrift,
     StreamEnd,
     StreamEventMessage,
     StreamEventOpen,
@@ -74,11 +82,27 @@ def _authorized(ws: WebSocket, key: str | None) -> bool:
 
 
 def _start_from_query(ws: WebSocket) -> StreamStart | None:
+    """The format from the query (None: a start message will say it); ``name`` alone does not start."""
     q = {k: ws.query_params[k] for k in ("sample_rate", "channels", "format", "windows") if k in ws.query_params}
     if not q:
         return None
+    if "name" in ws.query_params:
+        q["name"] = ws.query_params["name"]
     try:
         return StreamStart.model_validate(q)
+    except ValidationError as exc:
+        raise Refused("invalid", "query: " + contract_errors(exc)) from None
+
+
+def _named(start: StreamStart, ws: WebSocket) -> StreamStart:
+    """The start with its name: its own, the query's, else a generated one."""
+    if start.name is not None:
+        return start
+    name = ws.query_params.get("name")
+    if name is None:
+        return start.model_copy(update={"name": f"stream-{uuid.uuid4().hex[:12]}"})
+    try:
+        return StreamStart.model_validate({**start.model_dump(), "name": name})
     except ValidationError as exc:
         raise Refused("invalid", "query: " + contract_errors(exc)) from None
 
@@ -101,12 +125,24 @@ def _parse_text(text: str) -> StreamStart | StreamEnd:
 class _Session:
     """One stream: its decoder, listener, pacing check and the messages its last frame made."""
 
-    def __init__(self, predictor: Any, start: StreamStart, settings: Any, metrics: Any) -> None:
+    def __init__(self, predictor: Any, start: StreamStart, settings: Any, metrics: Any,
+                 outputs: Any = None) -> None:
         self.start, self.settings, self.metrics = start, settings, metrics
+        self.name = start.name or "stream"
         self.out: list[str] = []
         on_window = self._window if start.windows else None
-        self.listener = Listener(predictor, source="stream", drop=False, on_event=self._event, on_window=on_window,
-                                 on_open=self._open, keep_events=False)  # a stream may last for days: events go out, not into a list
+        store = outputs.writer if outputs is not None else None
+        alerts = outputs.alerts if outputs is not None else None
+        self.listener = Listener(predictor, source=self.name, drop=False, on_event=self._event, on_window=on_window,
+                                 on_open=self._open, keep_events=False,  # a stream may last for days: events go out
+                                 store=store, alerts=alerts, on_drift=self._drift)
+        lis = self.listener
+        if outputs is not None:
+            lis.drift = outputs.drift_monitor(predictor.bundle, hop_s=lis.hop / lis.sr, clip_s=lis.n / lis.sr)
+        #: whether the listener's store or alerts want the open events closed when the stream just stops
+        self.flush_on_stop = store is not None or alerts is not None
+        self.ended = self.gone = False
+        self.lock = threading.RLock()  # a feed still running when its task was cancelled, and the flush
         self.decoder = PcmDecoder(start.sample_rate, start.channels, self.listener.sr, start.format)
         self.listener.begin()
         self.pos = 0
@@ -115,11 +151,18 @@ class _Session:
         self.warned = 0
 
     def _event(self, e: Event) -> None:
+        if self.gone:  # flushed after the socket went: stored and alerted, not sent
+            return
         self.metrics.stream_events.inc()
         self.out.append(StreamEventMessage(event=e).model_dump_json())
 
     def _open(self, e: Event) -> None:
         self.out.append(StreamEventOpen(event=e).model_dump_json())
+
+    def _drift(self, status: DriftStatus) -> None:
+        log.warning("tympan: stream %s: %s", self.name, ("the model is affected: " + "; ".join(status.reasons))
+                    if status.affected else "the drift check no longer finds the model affected")
+        self.out.append(StreamDrift(status=status).model_dump_json())
 
     def _window(self, w: WindowInfo, _stats: Any) -> None:
         self.out.append(StreamWindow(**w.model_dump()).model_dump_json())
@@ -137,17 +180,27 @@ class _Session:
 
     def feed(self, data: bytes, last: bool = False) -> list[str]:
         """Decode and classify one frame (on a worker thread); the messages it produced."""
-        self.out = []
-        y = self.decoder.decode(data, last=last)
-        if len(y):
-            self.listener.feed(self.pos, y)
-            self.pos += len(y)
-        if self.decoder.nonfinite > self.warned:
-            self.warned = self.decoder.nonfinite
-            self.out.append(StreamWarning(detail="non-finite samples were set to zero").model_dump_json())
-        if last:
-            self.listener.end()
-        return self.out
+        with self.lock:
+            self.out = []
+            y = self.decoder.decode(data, last=last)
+            if len(y):
+                self.listener.feed(self.pos, y)
+                self.pos += len(y)
+            if self.decoder.nonfinite > self.warned:
+                self.warned = self.decoder.nonfinite
+                self.out.append(StreamWarning(detail="non-finite samples were set to zero").model_dump_json())
+            if last:
+                self.ended = True
+                self.listener.end()
+            return self.out
+
+    def stop(self) -> None:
+        """The stream stopped without its end message: its open events closed for the store and
+        the alerts (on a worker thread, after any feed still running)."""
+        with self.lock:
+            if not self.ended:
+                self.gone = True
+                self.feed(b"", last=True)  # the resampler's tail too, as an end message would
 
 
 @router.websocket("/stream")
@@ -174,10 +227,10 @@ async def stream(ws: WebSocket) -> None:
         start = _start_from_query(ws)
 
         async def begin(start: StreamStart) -> _Session:
-            s = _Session(predictor, start, settings, metrics)
+            s = _Session(predictor, _named(start, ws), settings, metrics, getattr(state, "outputs", None))
             lis = s.listener
             await ws.send_text(StreamReady(sample_rate=lis.sr, window_s=lis.n / lis.sr, hop_s=lis.hop / lis.sr,
-                                           classes=len(predictor.classes)).model_dump_json())
+                                           classes=len(predictor.classes), name=s.name).model_dump_json())
             return s
 
         if start is not None:
@@ -237,3 +290,14 @@ async def stream(ws: WebSocket) -> None:
             await ws.close(CLOSE_CODES[reason], detail.encode()[:123].decode(errors="ignore"))
         except (RuntimeError, WebSocketDisconnect):  # the client went first
             pass
+    if session is not None and not session.ended and session.flush_on_stop:
+        await _flush(service, session)
+
+
+async def _flush(service: Any, session: _Session) -> None:
+    """Close the open events of a stream that stopped without its end message (for the store and
+    the alerts: the socket may be gone, so its messages are dropped)."""
+    try:
+        await service.off_loop(session.stop)
+    except Exception:  # noqa: BLE001 - the server is shutting down (its pool is gone), or a bug: logged
+        log.exception("tympan: stream %s: its open events could not be closed", session.name)
