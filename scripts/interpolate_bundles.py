@@ -31,12 +31,17 @@ def main(argv: list[str] | None = None) -> int:
         base, tuned = load_bundle(args.base), load_bundle(args.tuned)
         if (base.arch, base.classes, base.frontend) != (tuned.arch, tuned.classes, tuned.frontend):
             raise InterpolationError("the bundles differ in architecture, classes or front end")
+        parents = {"base": {"bundle": args.base.name, "name": base.name, "sha256": weights_fingerprint(base.model)},
+                   "tuned": {"bundle": args.tuned.name, "name": tuned.name,
+                             "sha256": weights_fingerprint(tuned.model)}}  # before the weights are replaced
         state = interpolate_state(base.model.state_dict(), tuned.model.state_dict(), args.alpha)
         tuned.model.load_state_dict(state, strict=True)
         prov = {**tuned.provenance, "interpolated": {
-            "method": "WiSE-FT: (1 - alpha) * base + alpha * tuned", "alpha": args.alpha,
-            "base": {"bundle": str(args.base), "sha256": weights_fingerprint(base.model)},
-            "tuned": {"bundle": str(args.tuned), "sha256": weights_fingerprint(tuned.model)}}}
+            "method": "WiSE-FT: (1 - alpha) * base + alpha * tuned", "alpha": args.alpha, **parents}}
+        for key in ("machine", "summary"):  # what the base says of the lineage, when the fine-tune does not
+            if key in base.provenance and key not in prov:
+                prov[key] = base.provenance[key]
+        # metrics are the held-out figures of other weights: calibrate rewrites them from the new held-out logits
         out = tuned.replace(model=tuned.model, provenance=prov, metrics={}, extra={}, name=args.name or tuned.name)
         out.save(args.out)
         for name in (HELDOUT_TENSORS, HELDOUT_META):  # the clip list; the logits are stamped with the

@@ -120,13 +120,14 @@ def match_decisions(original: Any, adapted: Any, before: Any, after: Any) -> lis
     """
     done: list[str] = []
     thr_o = before.threshold
-    if thr_o is not None and before.ood_score is not None and after.ood_score is not None:
+    block = dict((adapted.ood or {}).get("embedding") or {})
+    # RecordingScores.ood_score falls back to the energy, so which threshold decides is read from
+    # the bundle: the embedding judge's when it has one, else the energy threshold
+    if thr_o is not None and "threshold" in block:
         k = int(np.sum(before.ood_score > thr_o))
-        block = dict((adapted.ood or {}).get("embedding") or {})
-        if "threshold" in block:
-            block["threshold"] = _threshold_for(after.ood_score, k, float(block["threshold"]))
-            adapted.ood = {**adapted.ood, "embedding": block}
-            done.append("ood.embedding threshold")
+        block["threshold"] = _threshold_for(after.ood_score, k, float(block["threshold"]))
+        adapted.ood = {**adapted.ood, "embedding": block}
+        done.append("ood.embedding threshold")
     elif thr_o is not None and (adapted.ood or {}).get("threshold") is not None:
         k = int(np.sum(before.energy > thr_o))
         adapted.ood = {**adapted.ood, "threshold": _threshold_for(after.energy, k, float(adapted.ood["threshold"]))}

@@ -135,6 +135,7 @@ def fit_bundle(
     bundle.extra["performance"]["weights_sha256"] = weights_fingerprint(bundle.model)
     summ = calib["summary"]
     bundle.metrics = dict(bundle.metrics or {})
+    bundle.metrics.update(heldout_metrics(ho, bundle.metrics, fold, heldout_on))
     bundle.metrics["calibration"] = {
         "temperature": t,
         "ece_before": summ["before"]["ece"], "ece_after_crossfit": summ["after"]["ece"],
@@ -164,6 +165,20 @@ def fit_bundle(
         "performance": {k: bundle.extra["performance"][k] for k in ("method", "heldout_accuracy", "systematic_error",
                                                                     "fitted_on")},
     })
+
+
+def heldout_metrics(ho: HeldoutPredictions, metrics: Mapping[str, Any], fold: Any, heldout_on: str) -> dict[str, Any]:
+    """``heldout_accuracy`` and what it was measured on, from the held-out logits of these weights.
+
+    Kept as they are when they already agree (a trained bundle's own figure and its wording); written
+    when missing or stale (an interpolated or otherwise re-weighted bundle whose logits were recomputed).
+    """
+    acc = float((np.asarray(ho.logits).argmax(axis=1) == np.asarray(ho.labels)).mean())
+    old = metrics.get("heldout_accuracy")
+    if isinstance(old, (int, float)) and abs(float(old) - acc) < 1e-9:
+        return {}
+    return {"heldout_accuracy": acc, "heldout_fold": fold, "heldout_n": int(len(ho.labels)),
+            "measured_on": f"ESC-50 {heldout_on}, never trained on; held-out logits of these weights"}
 
 
 def recompute_heldout(predictor: Predictor, clip_ids: Sequence[str], data_dir: str | Path, *,

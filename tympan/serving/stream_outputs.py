@@ -16,12 +16,14 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tympan.contracts.events import Event
 from tympan.live.alerts import AlertManager, load_alerts
-from tympan.live.drift import DriftMonitor
 from tympan.live.store import EventStore
+
+if TYPE_CHECKING:  # SciPy's stats and scikit-learn: imported by the streams that check drift only
+    from tympan.live.drift import DriftMonitor
 
 __all__ = ["StreamOutputs"]
 
@@ -72,6 +74,8 @@ class StreamOutputs:
         """A new stream's drift check, when the rules have a ``[drift]`` table."""
         if self.alerts is None or self.alerts.drift is None:
             return None
+        from tympan.live.drift import DriftMonitor
+
         return DriftMonitor.from_table(bundle, self.alerts.drift, hop_s=hop_s, clip_s=clip_s)
 
     def close(self) -> None:

@@ -333,15 +333,33 @@ def _init_provenance(init: str) -> dict[str, Any]:
     else:
         p = Path(init)
         weights = convert.bundle_weights(p)
-        if weights is not None:  # a bundle: its weights' sha
-            p = weights
+        if weights is not None:  # a bundle: its weights' sha, and where its own weights came from
             info["bundle"] = True
+            info.update(_init_lineage(p))
+            p = weights
         if p.is_file():
             sha = sha256_file(p)
             info["sha256"] = sha
             if sha == convert.MN04_AS_SHA256:
                 info.update(url=convert.MN04_AS_URL, weights="EfficientAT mn04_as (AudioSet mAP 43.2)")
     return info
+
+
+def _init_lineage(bundle_dir: Path) -> dict[str, Any]:
+    """The init bundle's name and its own ``init`` record, so a fine-tune of a fine-tune still names
+    the pretrained file (e.g. the AudioSet checkpoint) its weights descend from."""
+    from tympan.bundle import read_metadata
+    from tympan.errors import BundleError
+
+    try:
+        meta = read_metadata(bundle_dir)
+    except (BundleError, OSError):
+        return {}
+    prov = meta.get("provenance") or {}
+    out: dict[str, Any] = {"name": meta.get("name")}
+    if isinstance(prov.get("init"), dict):
+        out["from"] = prov["init"]
+    return out
 
 
 def featureset_for(data_dir: str | Path | None, frontend: FrontendConfig, progress: bool = True) -> tuple[Any, dict]:
