@@ -48,3 +48,10 @@ def test_quiet_and_not_a_terminal_show_no_bar(monkeypatch: pytest.MonkeyPatch) -
             p.done(5.0)
             assert p.bar.disable and p.files == 1 and p.eta_s() is not None
     assert "it/s" not in pipe.getvalue() and "file/s" not in pipe.getvalue()
+
+
+def test_eta_reads_in_minutes_then_hours() -> None:
+    from tympan.progress import format_eta
+
+    assert format_eta(None) == "ETA ?" and format_eta(-3) == "ETA 0:00"
+    assert format_eta(725.9) == "ETA 12:05" and format_eta(2 * 3600 + 5 * 60 + 3) == "ETA 2:05:03"

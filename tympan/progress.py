@@ -1,7 +1,8 @@
 """The progress line of long jobs: files and audio hours done, x real time, ETA, failures so far.
 
-One helper for every command that works through many recordings (``predict``, ``diagnose``;
-see the module's users), so a field user reads the same figures everywhere. It writes to
+One helper for every command that works through many recordings (``predict``, ``diagnose``,
+``calibrate``, ``adapt``; see the module's users), so a field user reads the same figures
+everywhere; ``train`` shows its epochs with the same ETA format (:func:`format_eta`). It writes to
 stderr through tqdm and is silent with ``quiet`` or when stderr is not a terminal (logs and
 pipes get the commands' one-line summaries instead).
 """
@@ -14,15 +15,26 @@ from types import TracebackType
 from typing import Self
 
 
+def format_eta(seconds: float | None) -> str:
+    """``ETA 12:05`` under an hour, ``ETA 2:05:03`` beyond (``ETA ?`` while unknown): one format
+    for every progress line, so a long run reads in hours rather than hundreds of minutes."""
+    if seconds is None:
+        return "ETA ?"
+    s = max(int(seconds), 0)
+    h, m, sec = s // 3600, s % 3600 // 60, s % 60
+    return f"ETA {h}:{m:02d}:{sec:02d}" if h else f"ETA {m}:{sec:02d}"
+
+
 class JobProgress:
     """``with JobProgress(n_files, "diagnose") as p: ... p.done(seconds, ok=...)``.
 
     ``total_audio_s``: the audio the job will read, when known (file headers), so the ETA
-    follows audio rather than file counts (one 2-hour file among 5-s clips).
+    follows audio rather than file counts (one 2-hour file among 5-s clips). ``unit``: what one
+    ``done`` counts (a ``file``; a ``corruption`` of the robustness sweep, each over every clip).
     """
 
     def __init__(self, total_files: int, desc: str = "", *, quiet: bool = False,
-                 total_audio_s: float | None = None, leave: bool = True) -> None:
+                 total_audio_s: float | None = None, leave: bool = True, unit: str = "file") -> None:
         from tqdm import tqdm
 
         self.total_files, self.total_audio_s = int(total_files), total_audio_s
@@ -31,7 +43,7 @@ class JobProgress:
         self.quiet = quiet
         self.started = time.perf_counter()
         # disable=None: tqdm stays quiet when stderr is not a TTY
-        self.bar = tqdm(total=self.total_files, desc=desc or None, unit="file", file=sys.stderr,
+        self.bar = tqdm(total=self.total_files, desc=desc or None, unit=unit, file=sys.stderr,
                         disable=True if quiet else None, dynamic_ncols=True, leave=leave)
 
     def __enter__(self) -> Self:
@@ -60,7 +72,7 @@ class JobProgress:
         eta = self.eta_s()
         parts = [f"{self.audio_s / 3600:.2f} h audio", f"{self.speed:.0f}x real time"]
         if eta is not None:
-            parts.append(f"ETA {int(eta // 60)}:{int(eta % 60):02d}")
+            parts.append(format_eta(eta))
         parts.append(f"{self.failed} failed")
         return ", ".join(parts)
 

@@ -210,12 +210,14 @@ def adapt_bundle(
     max_windows: int | None = DEFAULT_MAX_WINDOWS,
     seed: int = 0,
     name: str | None = None,
+    progress: bool = False,
 ) -> tuple[Bundle, dict[str, Any]]:
     """AdaBN-adapt ``bundle`` to a folder of field recordings (no labels).
 
     Returns the new bundle (same classes, front end, temperature and OOD threshold; new
     BatchNorm statistics; provenance and ``extra["adaptation"]`` saying what it was adapted on
-    and what the re-checks found) and that ``extra["adaptation"]`` report.
+    and what the re-checks found) and that ``extra["adaptation"]`` report. ``progress``: the
+    progress line while the field files decode (see :func:`~tympan.adaptation.field.load_field`).
     """
     if not has_batchnorm(bundle.model):
         raise NoBatchNormError(
@@ -223,7 +225,7 @@ def adapt_bundle(
             "it; fine-tune on labelled field clips instead (tympan adapt --labels labels.csv)"
         )
     ff = field if isinstance(field, FieldFeatures) else load_field(
-        field, bundle.frontend, max_windows=max_windows)
+        field, bundle.frontend, max_windows=max_windows, progress=progress)
     before = predict_field(bundle, ff)
     model = adapt_batchnorm(bundle.model, ff.features, batch_size=batch_size, seed=seed)
     adapted = bundle.replace(model=model)

@@ -29,6 +29,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             bundle, args.labels, args.field_dir, data_dir=args.data_dir, replay=not args.no_replay,
             replay_ratio=args.replay_ratio, adabn=not args.no_adabn, last_stage=args.last_stage,
             heldout_fraction=args.heldout_fraction, epochs=args.epochs, lr=args.lr, seed=args.seed, name=args.name,
+            progress=not args.quiet,
         )
     else:
         if args.last_stage or args.no_replay or args.no_adabn:
@@ -36,16 +37,17 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         from tympan.adaptation.adabn import adapt_bundle
 
         new, report = adapt_bundle(bundle, args.field_dir, batch_size=args.batch_size,
-                                   max_windows=args.max_windows, seed=args.seed, name=args.name)
+                                   max_windows=args.max_windows, seed=args.seed, name=args.name,
+                                   progress=not args.quiet)
     new.save(out)  # held-out predictions of the old weights do not belong to the new bundle
     if args.data_dir and (Path(args.bundle) / "heldout.json").is_file():
         # refit temperature, OOD threshold, drift reference and accuracy estimator: the source bundle's
         # held-out clip ids, recomputed from the ESC-50 folder with the adapted weights
         from tympan.diagnostics.calibrate import fit_bundle
 
-        print(f"refitting the trust parameters of {out} on ESC-50 held-out clips from {args.data_dir}", file=sys.stderr)
-        fit_bundle(out, heldout=args.bundle, data_dir=args.data_dir, progress=False,
-                   log=lambda *a: print(*a, file=sys.stderr))
+        log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+        log(f"refitting the trust parameters of {out} on ESC-50 held-out clips from {args.data_dir}")
+        fit_bundle(out, heldout=args.bundle, data_dir=args.data_dir, progress=not args.quiet, log=log)
         report = (load_bundle(out).extra or {}).get("adaptation", report)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -102,5 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="share of labelled clips held out for the before/after figure (default 0.3)")
     p.add_argument("--epochs", type=int, default=30, help="fine-tune epochs (default 30)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tune learning rate (default 1e-3)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines (they are also off when stderr is not a terminal)")
     p.add_argument("--json", action="store_true", help="print the full adaptation report as JSON")
     p.set_defaults(func=lambda a: run(cmd_adapt, a))

@@ -115,13 +115,22 @@ def from_waveforms(
     return FieldFeatures([Path(n) for n in names], torch.cat(feats), np.concatenate(index))
 
 
-def _expected_windows(path: Path, frontend: FrontendConfig) -> int:
-    """How many windows :func:`frame_windows` will cut ``path`` into (from its header; 1 if unknown)."""
+def _header(path: Path) -> tuple[int, int] | None:
+    """``(frames, sample_rate)`` from the recording's header (``None``: unreadable, or a format
+    soundfile lacks)."""
     try:
         info = sf.info(os.fsencode(path))
-        n = int(info.frames * frontend.sample_rate / max(1, info.samplerate))
+        return int(info.frames), max(1, int(info.samplerate))
     except Exception:  # unreadable: decoding will say why
+        return None
+
+
+def _expected_windows(path: Path, frontend: FrontendConfig, header: tuple[int, int] | None = None) -> int:
+    """How many windows :func:`frame_windows` will cut ``path`` into (from its header; 1 if unknown)."""
+    header = header or _header(path)
+    if header is None:
         return 1
+    n = int(header[0] * frontend.sample_rate / header[1])
     clip, hop = frontend.clip_samples, max(1, frontend.clip_samples // 2)
     return 1 if n <= clip else (n - clip) // hop + 1 + (1 if (n - clip) % hop else 0)
 
@@ -132,6 +141,8 @@ def load_field(
     *,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
     max_windows: int | None = DEFAULT_MAX_WINDOWS,
+    progress: bool = False,
+    desc: str = "field files",
 ) -> FieldFeatures:
     """Decode every recording of a folder (or a list of files) and featurise its windows.
 
@@ -139,7 +150,11 @@ def load_field(
     where nothing decodes, raises (one line). ``max_windows`` bounds memory on big folders:
     when the recordings hold more windows than that, every file keeps every ``k``-th window
     (evenly spaced, at least one per file) with ``k`` chosen from the files' headers.
+    ``progress``: the shared progress line (:class:`tympan.progress.JobProgress`) on a terminal,
+    since decoding hours of field audio is the long part of ``tympan adapt``; off for library callers.
     """
+    from tympan.progress import JobProgress
+
     if isinstance(source, str | Path):
         scan = scan_field_dir(source)  # DataError: missing, not a folder, no audio files
         root, files, skipped = scan.root, list(scan.files), list(scan.skipped)
@@ -149,22 +164,29 @@ def load_field(
             raise AdaptationError("no field recordings given")
         root, skipped = None, []
     stride = 1
+    headers = [_header(p) for p in files] if (progress or max_windows is not None) else []
     if max_windows is not None:
-        total = sum(_expected_windows(p, frontend) for p in files)
+        total = sum(_expected_windows(p, frontend, h) for p, h in zip(files, headers))
         stride = max(1, math.ceil(total / max(1, max_windows)))
     logmel = LogMel(frontend)
     used, feats, index = [], [], []
-    for p in files:
-        try:
-            wave = load_audio(p, frontend.sample_rate, max_seconds=max_seconds).waveform
-        except (AudioError, OSError) as exc:
-            skipped.append((p, str(exc)))
-            continue
-        windows, _ = frame_windows(wave, frontend.clip_samples)
-        windows = windows[::stride]
-        feats.append(featurize_windows(windows, logmel))
-        index.append(np.full(windows.shape[0], len(used), np.int64))
-        used.append(p)
+    known = [h[0] / h[1] for h in headers if h is not None]  # the ETA follows audio when every header gives it
+    bar = JobProgress(len(files), desc, quiet=not progress, leave=False,
+                      total_audio_s=sum(known) if known and len(known) == len(files) else None)
+    with bar:
+        for p in files:
+            try:
+                wave = load_audio(p, frontend.sample_rate, max_seconds=max_seconds).waveform
+            except (AudioError, OSError) as exc:
+                skipped.append((p, str(exc)))
+                bar.done(ok=False)  # listed with the reason in the command's summary
+                continue
+            windows, _ = frame_windows(wave, frontend.clip_samples)
+            windows = windows[::stride]
+            feats.append(featurize_windows(windows, logmel))
+            index.append(np.full(windows.shape[0], len(used), np.int64))
+            used.append(p)
+            bar.done(wave.shape[0] / frontend.sample_rate)
     where = root if root is not None else "the given files"
     if not used:
         first = skipped[0][1] if skipped else "no files"

@@ -317,11 +317,14 @@ def finetune_bundle(
     max_esc50_eval: int = 200,
     seed: int = 0,
     name: str | None = None,
+    progress: bool = False,
 ) -> tuple[Bundle, dict[str, Any]]:
-    """Fine-tune ``bundle`` on the labelled field clips of ``labels`` (see the module doc)."""
+    """Fine-tune ``bundle`` on the labelled field clips of ``labels`` (see the module doc).
+
+    ``progress``: the progress line while field files decode and replay clips featurise."""
     labelled = read_labels(labels, bundle.classes, field_dir)
     t = bundle_params(bundle).temperature
-    lf = load_field([p for p, _ in labelled], bundle.frontend)
+    lf = load_field([p for p, _ in labelled], bundle.frontend, progress=progress, desc="labelled files")
     lf.root = Path(field_dir) if field_dir is not None else Path(labels).parent
     target_of = {p: c for p, c in labelled}
     targets = np.asarray([target_of[p] for p in lf.files], np.int64)
@@ -336,7 +339,8 @@ def finetune_bundle(
     base = bundle.model
     ff_all = None
     if adabn and has_batchnorm(base):
-        ff_all = load_field(field_dir, bundle.frontend) if field_dir is not None else lf
+        ff_all = (load_field(field_dir, bundle.frontend, progress=progress)
+                  if field_dir is not None else lf)
         base = adapt_batchnorm(base, ff_all.features, seed=seed)
         notes.append(f"AdaBN ran first on {ff_all.n_files} unlabelled field files ({ff_all.n_windows} windows)")
     elif adabn:
@@ -349,7 +353,7 @@ def finetune_bundle(
     if replay:
         n_rep = int(round(replay_ratio * len(y_train)))
         try:
-            x_rep, y_rep, replay_info = replay_features(bundle, data_dir, n_rep, seed=seed)
+            x_rep, y_rep, replay_info = replay_features(bundle, data_dir, n_rep, seed=seed, progress=progress)
         except Exception as exc:  # DataError and friends: say what to do
             from tympan.errors import TympanError
 

@@ -115,19 +115,25 @@ def run_sweep(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Accuracy / ECE / NLL / OOD share per corruption; JSON-ready (``rows`` in sweep order)."""
-    from tqdm import tqdm
-
     from tympan.audio import frame_windows
+    from tympan.progress import JobProgress
 
     corruptions = _corruptions()
     items = list(items or default_sweep())
     ids, files, labels, where = heldout_clips(bundle_dir, data_dir, max_clips, seed)
     sr = int(predictor.config.sample_rate)
-    waves = [predictor.decode(p).waveform for p in tqdm(files, desc="decoding", unit="clip", disable=not progress)]
+    waves = []
+    with JobProgress(len(files), "decoding", quiet=not progress, leave=False) as bar:
+        for p in files:  # a held-out clip that does not decode is an error of the data: it raises
+            waves.append(predictor.decode(p).waveform)
+            bar.done(len(waves[-1]) / sr)
     t, thr = float(predictor.temperature), predictor.params.threshold
     rows = []
     clean_acc = None
-    for item in tqdm(items, desc="robustness", unit="corruption", disable=not progress):
+    clips_s = float(sum(len(w) for w in waves)) / sr  # each corruption runs over all of it
+    bar = JobProgress(len(items), "robustness", quiet=not progress, leave=False, unit="corruption",
+                      total_audio_s=clips_s * len(items))
+    for item in items:
         embs, logits, levels, index = [], [], [], []
         for pos, y in enumerate(waves):
             if item.corruption is not None:
@@ -152,6 +158,8 @@ def run_sweep(
             "ood_flagged": None if scores.threshold is None else float(np.mean(scores.out_of_distribution)),
             "background_flagged": None if scores.background is None else float(np.mean(scores.background)),
         })
+        bar.done(clips_s)
+    bar.close()
     return to_jsonable({
         "evaluated_on": where, "n_clips": len(ids), "sample_rate": sr, "temperature": t,
         "ood_threshold": thr, "seed": seed, "rows": rows,

@@ -174,6 +174,9 @@ def run_cv(
         except ImportError:  # tensorboard is in the [train] extra
             log("tensorboard is not installed; training without TensorBoard logs")
     trained = 0
+    to_train = [f for f in holdout_folds if not ((run_dir / f"fold{f}" / "heldout.json").is_file() and str(f) in done)]
+    if max_folds is not None:
+        to_train = to_train[:max_folds]  # the run's ETA covers what this call will train
     for fold in holdout_folds:
         fold_dir = run_dir / f"fold{fold}"
         if (fold_dir / "heldout.json").is_file() and str(fold) in done:
@@ -186,7 +189,8 @@ def run_cv(
         writer = writer_cls(log_dir=str(run_dir / "tb" / f"fold{fold}")) if writer_cls else None
         try:
             result = train_fold(features, train_idx, val_idx, config, fold_dir, fold=fold,
-                                writer=writer, progress=progress, log=log, extra=extra)
+                                writer=writer, progress=progress, log=log, extra=extra,
+                                folds_after=max(len(to_train) - trained - 1, 0))
             if writer is not None:
                 _confusion_to_writer(writer, result.labels, result.logits, list(features.classes))
                 writer.add_hparams(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -325,6 +326,43 @@ def _epoch_draws(sizes: list[int], n_mels: int, frames: int, cfg: AugmentConfig,
     return out
 
 
+class _FoldClock:
+    """Training clips per wall second and the ETAs of the fold and of the run.
+
+    The folds still to train after this one are taken to cost what this one does (same data,
+    same recipe); the rate counts wall time since training began, validation included, so the
+    ETA is what a user waits, not what the optimizer alone takes.
+    """
+
+    def __init__(self, n_train: int, epochs: int, start_epoch: int, folds_after: int) -> None:
+        self.fold_clips = epochs * n_train
+        self.left_at_start = (epochs - start_epoch) * n_train  # a resumed fold has less to do
+        self.folds_after = folds_after
+        self.clips = 0
+        self.started = time.perf_counter()
+
+    def add(self, n: int) -> None:
+        self.clips += n
+
+    def rate(self) -> float:
+        return self.clips / max(time.perf_counter() - self.started, 1e-9)
+
+    def status(self) -> str:
+        """``412 clips/s, fold ETA 1:02, run ETA 5:10 (2 more folds)``."""
+        from tympan.progress import format_eta
+
+        if not self.clips:
+            return "fold ETA ?"
+        rate = self.rate()
+        fold_left = max(self.left_at_start - self.clips, 0) / rate
+        text = f"{rate:.0f} clips/s, fold {format_eta(fold_left)}"
+        if self.folds_after:
+            run_left = fold_left + self.folds_after * self.fold_clips / rate
+            more = f"{self.folds_after} more fold{'s' if self.folds_after > 1 else ''}"
+            text += f", run {format_eta(run_left)} ({more})"
+        return text
+
+
 def train_fold(
     features: Any,
     train_idx: np.ndarray,
@@ -337,11 +375,15 @@ def train_fold(
     progress: bool = True,
     log: Callable[[str], None] = print,
     extra: Any = None,
+    folds_after: int = 0,
 ) -> FoldResult:
     """Train on ``train_idx`` of a :class:`~tympan.cache.FeatureSet`, evaluate on ``val_idx``.
 
     ``extra`` is an optional second FeatureSet of training-only rows (e.g. field-augmented copies);
     its rows from the held-out folds are never used, so nothing of the held-out clips leaks in.
+    ``progress``: a bar per epoch on a terminal (clips per second, the fold's and the run's ETA;
+    ``folds_after`` more folds of the same run follow this one); off with ``False`` or when
+    stderr is not a terminal. The per-epoch log line says the same.
     """
     from tqdm import tqdm
 
@@ -436,6 +478,7 @@ def train_fold(
     log(f"fold {fold}: training on {device} in {precision}"
         + (" (bfloat16 autocast)" if use_amp and amp_dtype == torch.bfloat16 else ""))
 
+    clock = _FoldClock(sum(sizes), config.epochs, start_epoch, folds_after)
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
@@ -448,9 +491,11 @@ def train_fold(
             total_loss = torch.zeros((), device=device)
             total_correct = torch.zeros((), device=device)
             seen = 0
-            bar = tqdm(range(steps), desc=f"fold {fold} epoch {epoch + 1}/{config.epochs}", unit="batch",
-                       disable=not progress, leave=False)
-            for step in bar:
+            # disable=None: no bar when stderr is not a terminal (the epoch's log line stays)
+            bar = tqdm(total=sum(sizes), desc=f"fold {fold} epoch {epoch + 1}/{config.epochs}",
+                       file=sys.stderr, disable=None if progress else True, leave=False, dynamic_ncols=True,
+                       bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} clips{postfix}")
+            for step in range(steps):
                 idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
                 x = x_train[idx].float()
                 y = F.one_hot(y_train[idx], n_classes).float()
@@ -468,6 +513,10 @@ def train_fold(
                 total_loss += loss.detach() * b  # summed on the device: no host sync per step
                 total_correct += (logits.detach().argmax(1) == y_soft.argmax(1)).sum()
                 seen += b
+                clock.add(b)
+                if not bar.disable:  # host-side figures only: no device synchronisation
+                    bar.set_postfix_str(clock.status(), refresh=False)
+                    bar.update(b)
             bar.close()
             train_seconds = time.perf_counter() - t0  # steps queued (on CUDA: not yet all run)
             val_logits_dev = predict_logits(model, x_val, batch_size=config.eval_batch_size, device=device,
@@ -492,7 +541,7 @@ def train_fold(
             history.append(row)
             log(
                 f"fold {fold} epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} "
-                f"val loss {val_loss:.3f} val acc {val_acc:.3f} ({epoch_seconds:.1f} s)"
+                f"val loss {val_loss:.3f} val acc {val_acc:.3f} ({epoch_seconds:.1f} s); {clock.status()}"
             )
             if writer is not None:
                 writer.add_scalar("loss/train", row["train_loss"], epoch + 1)
