@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from tympan.audio import load_audio
-from tympan.datasets.ood import build_ood_set
+from tympan.datasets.ood import _ui_sounds, build_ood_set
 
 
 def test_builds_decodable_clips_with_manifest(tmp_path: Path) -> None:
@@ -63,3 +64,30 @@ def test_set_up_installs_every_source_and_data_ood_names_the_missing(tmp_path: P
     for what, _, pkg in missing:  # each missing source is named with the package that brings it
         assert f"{what}" in out.err and pkg in out.err
     assert "dev: " in out.out and "eval: " in out.out
+
+
+#: packages the project's evaluators hold out (issue #20 item 6): never installed, never read
+RESERVED_PACKAGES = {
+    "freecol", "frozen-bubble-data", "hedgewars-data", "lincity-ng-data", "lomiri-sounds", "megaglest-data",
+    "scorched3d-data", "simutrans-pak64", "tuxpaint-data", "tuxpaint-stamps-default", "ufoai-sound",
+    "wesnoth-1.16-data", "asterisk-core-sounds-en-wav", "deepin-sound-theme", "extremetuxracer-data",
+    "ktuberling-data", "pocketsphinx-testdata", "psi-plus-sounds", "warzone2100-data", "xmoto-data"}
+
+
+def test_reserved_evaluation_packages_are_neither_installed_nor_read(tmp_path: Path) -> None:
+    """A theme of a reserved package is skipped even where some other tool installed it."""
+    from tympan.datasets.ood import RESERVED_THEMES, SOURCES
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = " ".join((root / "scripts" / name).read_text() for name in ("ood-packages.txt", "setup.sh",
+                                                                          "build_ood_set.sh"))
+    assert not {p for p in RESERVED_PACKAGES if p in scripts.split()}
+    assert not RESERVED_PACKAGES & {pkg for _, _, pkg, _ in SOURCES}
+    themes = tmp_path / "sounds"
+    for theme in (*RESERVED_THEMES, "open"):
+        (themes / theme / "stereo").mkdir(parents=True)
+        sf.write(themes / theme / "stereo" / f"{theme}-bell.wav",
+                 0.3 * np.sin(np.linspace(0, 2000, 16_000)).astype(np.float32), 16_000)
+    (tmp_path / "out" / "notification").mkdir(parents=True)
+    rows = _ui_sounds(tmp_path / "out", 16_000, 5.0, sound_dirs=[str(themes)])
+    assert [Path(r["source"]).parts[-3] for r in rows] == ["open"]
