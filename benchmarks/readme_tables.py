@@ -344,7 +344,7 @@ RENDERERS = {"candidates": render_candidates, "folds": render_folds, "live": ren
              "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
              "trust_performance_cv_baseline": render_trust_performance_cv, "startup": render_startup,
              "batch_side_by_side": render_batch_side_by_side, "diagnostics": render_diagnostics,
-             "train_speed": render_train_speed}
+             "train_speed": render_train_speed, "train_speed_amx": render_train_speed}
 #: tables whose results file is not named after the table
 SOURCES = {"batch_side_by_side": "batch"}
 

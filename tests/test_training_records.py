@@ -60,6 +60,16 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it():
         resolve_precision("fp16", CPU)
 
 
+def test_auto_precision_keeps_fp32_where_bf16_was_measured_slower():
+    """mn04's depthwise convolutions ran slower under bf16 at batch 32 on both bf16 CPUs measured."""
+    assert resolve_precision("auto", CPU, cpu_bf16=True, arch="mn04", batch_size=32) == "fp32"
+    assert resolve_precision("auto", CPU, cpu_bf16=True, arch="mn04", batch_size=128) == "bf16"
+    assert resolve_precision("auto", CPU, cpu_bf16=True, arch="cnn", batch_size=32) == "bf16"
+    assert resolve_precision("auto", CPU, cpu_bf16=False, arch="cnn", batch_size=32) == "fp32"
+    assert resolve_precision("bf16", CPU, cpu_bf16=True, arch="mn04", batch_size=32) == "bf16"  # asked for
+    assert resolve_precision("auto", torch.device("cuda"), arch="mn04", batch_size=32) == "bf16"
+
+
 def test_bf16_and_fp32_give_the_same_predictions_on_a_tiny_model(features, tmp_path):
     """One trained tiny model: its held-out predictions in fp32 and under bf16 autocast agree, and a
     bf16-trained copy learns as well as the fp32 one (emulated on CPUs without native bf16)."""

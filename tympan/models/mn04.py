@@ -193,6 +193,7 @@ def load_audioset(model: nn.Module, init: str, skip_prefixes: tuple[str, ...] = 
     head_modules=("classifier",),
     param_groups=training_param_groups,
     pretrained=load_audioset,
+    cpu_bf16_min_batch=128,
 )
 class MN04(nn.Module):
     """EfficientAT MobileNetV3 (``mn04_as`` at the defaults) with an MLP head.

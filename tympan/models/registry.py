@@ -101,6 +101,10 @@ class ArchSpec:
     param_groups: ParamGroupsFn = uniform_param_groups
     #: loads ``--init`` weights; ``None``: the architecture trains from scratch only
     pretrained: PretrainedLoader | None = None
+    #: smallest batch from which ``--precision auto`` trains under bfloat16 on a CPU that has it
+    #: natively: depthwise convolutions (mn04) ran slower under bf16 than in fp32 at batch 32 on
+    #: both bf16 CPUs measured (``benchmarks/results/train_speed*.json``), faster at batch 128
+    cpu_bf16_min_batch: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_defaults", _frozen(self.train_defaults))
@@ -139,6 +143,7 @@ def register_model(
     head_modules: tuple[str, ...] = (),
     param_groups: ParamGroupsFn = uniform_param_groups,
     pretrained: PretrainedLoader | None = None,
+    cpu_bf16_min_batch: int = 1,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Class decorator: make ``name`` buildable by :func:`build_model`, with its :class:`ArchSpec`.
 
@@ -156,6 +161,7 @@ def register_model(
             head_modules=head_modules,
             param_groups=param_groups,
             pretrained=pretrained,
+            cpu_bf16_min_batch=cpu_bf16_min_batch,
         ))
         return factory
 

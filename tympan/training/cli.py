@@ -231,7 +231,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"recipe {config.recipe}, arch {config.arch}{params}, front end {frontend.name}, "
           f"held-out folds {holdout}, "
           f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr}, device {device_text}, "
-          f"precision {resolve_precision(config.precision, device)}")
+          f"precision {resolve_precision(config.precision, device, arch=config.arch, batch_size=config.batch_size)}")
     results = run_cv(features, config, holdout, run_dir, data_info=info, progress=not args.quiet,
                      max_folds=args.max_folds, extra=extra, on_fold_end=on_fold_end)
     acc = results["accuracy"]
@@ -254,7 +254,8 @@ def _with_records(path: Path, config: TrainConfig, frontend: FrontendConfig, inf
     from tympan.training.loop import resolve_device, resolve_precision
     from tympan.training.records import append_record, config_hash, hashed_config, load_records, missing_folds, record_of
 
-    precision = resolve_precision(config.precision, resolve_device(config.device))
+    precision = resolve_precision(config.precision, resolve_device(config.device), arch=config.arch,
+                                  batch_size=config.batch_size)
     hashed = hashed_config(config, frontend, info.get("fingerprint"), precision)
     chash = config_hash(hashed)
     todo = missing_folds(load_records(path), chash, holdout)

@@ -152,8 +152,11 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool | None = None) -> str:
-    """``fp32`` or ``bf16`` for ``device``: ``auto`` takes bf16 only where it is native.
+def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool | None = None, *,
+                      arch: str | None = None, batch_size: int | None = None) -> str:
+    """``fp32`` or ``bf16`` for ``device``: ``auto`` takes bf16 only where it is native, and on a
+    CPU only where it was measured faster for ``arch`` at ``batch_size`` (the spec's
+    ``cpu_bf16_min_batch``).
 
     CUDA keeps its bfloat16 autocast (float16 with a loss scaler where bf16 is missing);
     ``cpu_bf16`` overrides the CPU check (tests).
@@ -165,7 +168,11 @@ def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool | Non
     if device.type == "cuda":
         return "bf16"
     if device.type == "cpu":
-        return "bf16" if (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16) else "fp32"
+        if not (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16):
+            return "fp32"
+        if arch is not None and batch_size is not None:
+            return "bf16" if batch_size >= get_spec(arch).cpu_bf16_min_batch else "fp32"
+        return "bf16"
     return "fp32"
 
 
@@ -424,7 +431,7 @@ def train_fold(
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_linear_factor(step // steps, config))
     gen = torch.Generator().manual_seed(config.seed * 1000 + fold)
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device, arch=config.arch, batch_size=config.batch_size)
     use_amp = precision == "bf16" and device.type in ("cuda", "cpu")
     amp_dtype = torch.bfloat16
     if use_amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
