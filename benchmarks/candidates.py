@@ -2,8 +2,9 @@
 
 Each candidate is a robustness sweep of its bundle (``benchmarks/robustness.py --bundle B --only
 targets --out benchmarks/results/candidates/NAME.json``, with ``label``/``train_command`` keys added);
-this script puts them beside the sweep of the model that was shipped when they were proposed
-(``results/candidates_reference.json``, a copy of that day's ``results/robustness.json``) and decides,
+this script puts them beside the sweep of the model that was shipped when they were proposed (the
+candidate's ``reference`` key names that file in ``results/``: a copy of that day's
+``results/robustness.json``; default ``candidates_reference.json``, the first round's) and decides,
 per the model issue's rule, whether a candidate may replace it: better on clean accuracy AND on
 every target shift (a tie or a loss on any shift keeps the shipped model). A candidate whose
 weights are those of today's ``results/robustness.json`` is marked as the one shipped now.
@@ -35,16 +36,30 @@ def compare(shipped: dict[str, Any], cand: dict[str, Any]) -> dict[str, Any]:
             "target_met": bool(cand["target"]["met"]), "beats_shipped": not worse, "not_better_on": worse}
 
 
+DEFAULT_REFERENCE = "candidates_reference.json"
+
+
+def _shipped(reference: dict[str, Any]) -> dict[str, Any]:
+    return {"bundle": reference["model"]["bundle"], "weights_sha256": reference["model"]["weights_sha256"],
+            "swept": reference["generated"]}
+
+
 def build(results: Path = RESULTS) -> dict[str, Any]:
-    reference = json.loads((results / "candidates_reference.json").read_text())
     now = json.loads((results / "robustness.json").read_text())["model"]["weights_sha256"]
     cands = [json.loads(p.read_text()) for p in sorted((results / "candidates").glob("*.json"))]
-    rows = [compare(reference, c) for c in cands]
-    for r in rows:
-        r["shipped_now"] = r["weights_sha256"] == now
-    return {"schema": "tympan.benchmarks.candidates/2",
-            "shipped": {"bundle": reference["model"]["bundle"], "weights_sha256": reference["model"]["weights_sha256"],
-                        "swept": reference["generated"]},
+    refs = {name: json.loads((results / name).read_text())
+            for name in sorted({c.get("reference", DEFAULT_REFERENCE) for c in cands} | {DEFAULT_REFERENCE})}
+    rows = []
+    for c in cands:
+        ref = c.get("reference", DEFAULT_REFERENCE)
+        row = compare(refs[ref], c)
+        row["shipped_now"] = row["weights_sha256"] == now
+        row["reference"] = {"file": ref, **_shipped(refs[ref])}
+        rows.append(row)
+    # one table block per model shipped at the time, in the order the rounds happened
+    rows.sort(key=lambda r: r["reference"]["swept"])  # stable: file order within a round
+    return {"schema": "tympan.benchmarks.candidates/3",
+            "shipped": _shipped(refs[DEFAULT_REFERENCE]),
             "shipped_now": now,
             "rule": "replace the shipped bundle only when a candidate beats it on clean accuracy and on every target shift",
             "candidates": rows}

@@ -125,11 +125,14 @@ def render_candidates(doc: dict[str, Any]) -> str:
     shifts = list(doc["candidates"][0]["rows"])
     lines = ["| model | " + " | ".join(shifts) + " | beats the model shipped then, everywhere |",
              "|---|" + "---:|" * len(shifts) + "---|"]
-    first = doc["candidates"][0]["rows"]
-    then = "shipped then" if doc.get("shipped_now") not in (None, doc["shipped"]["weights_sha256"]) else "shipped"
-    lines.append(f"| {then} (weights {doc['shipped']['weights_sha256'][:12]}) | "
-                 + " | ".join(_pct(first[s]["shipped"]) for s in shifts) + " | – |")
+    shown = None
     for c in doc["candidates"]:
+        ref = c.get("reference") or doc["shipped"]
+        if ref["weights_sha256"] != shown:
+            shown = ref["weights_sha256"]
+            then = "shipped now" if shown == doc.get("shipped_now") else "shipped then"
+            lines.append(f"| {then} (weights {shown[:12]}) | "
+                         + " | ".join(_pct(c["rows"][s]["shipped"]) for s in shifts) + " | – |")
         verdict = "yes" if c["beats_shipped"] else "no: not better on " + ", ".join(c["not_better_on"])
         verdict += " (**shipped now**)" if c.get("shipped_now") else ""
         lines.append(f"| {c['label']} (weights {c['weights_sha256'][:12]}) | "
