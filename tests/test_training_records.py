@@ -25,7 +25,7 @@ from tympan.training import AugmentConfig, TrainConfig, train_fold
 from tympan.training.augment import draw_batch, wave_mix
 from tympan.training.loop import TrainingConfigError, resolve_precision, warmup_linear_factor
 from tympan.training.recipes import apply_recipe
-from tympan.training.records import RecordMismatchError, assemble, load_records
+from tympan.training.records import RecordMismatchError, assemble, load_records, records_from_run
 
 FRONTEND = FrontendConfig(clip_seconds=2.0)
 CPU = torch.device("cpu")
@@ -170,6 +170,14 @@ def test_records_skip_recorded_folds_and_merge_only_on_equal_config_hashes(synth
     assert _train(synthetic_dir, frontend_file, tmp_path, "--cv", "--folds", "1,2", "--records", str(records),
                   "--run-dir", str(tmp_path / "d")) == 0
     assert "nothing to train" in capsys.readouterr().out
+    # a run dir recorded later (records_from_run) hashes like the training did, and its init by the
+    # sha the run stored, never by resolving a relative --init against the reader's cwd
+    assert [r.config_hash for r in records_from_run(tmp_path / "a")] == [same.config_hash]
+    meta = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert "init_sha256" in meta and meta["init_sha256"] is None
+    meta["train"]["init"], meta["init_sha256"] = "weights/not-here-from-this-cwd.pt", "ab" * 32
+    (tmp_path / "a" / "config.json").write_text(json.dumps(meta))
+    assert records_from_run(tmp_path / "a")[0].config["init"] == "ab" * 32
 
 
 def test_a_killed_training_process_resumes_exactly(synthetic_dir, frontend_file, tmp_path):

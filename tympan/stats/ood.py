@@ -276,9 +276,10 @@ class CombinedOOD(BaseEstimator):
         """The prediction path's window score from the window energies and embeddings."""
         return self.combine(energy, self.knn_.decision_function(embeddings))
 
-    def combine(self, energy: np.ndarray, knn_distance: np.ndarray) -> np.ndarray:
-        """Window scores from the two raw scores (what the prediction path calls)."""
-        return combined_score(energy, knn_distance, self.energy_loc_, self.energy_scale_, self.knn_loc_,
+    def combine(self, energy: np.ndarray, distance: np.ndarray) -> np.ndarray:
+        """Window scores from the two raw scores, window energies and k-NN distances (what the
+        prediction path calls)."""
+        return combined_score(energy, distance, self.energy_loc_, self.energy_scale_, self.knn_loc_,
                               self.knn_scale_)
 
     def decision_function(self, embeddings: Any, logits: Any) -> np.ndarray:

@@ -152,6 +152,8 @@ def run_cv(
         "classes": list(features.classes),
         "data": dict(data_info or {}),
         "code_version": code_version(),
+        # what identifies the init weights wherever the run dir is read later (the path may be relative)
+        "init_sha256": _init_provenance(config.init).get("sha256") if config.init else None,
     }
     cfg_path = run_dir / CONFIG
     if cfg_path.is_file():

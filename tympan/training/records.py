@@ -97,7 +97,9 @@ def records_from_run(run_dir: str | Path, machine: str | None = None) -> list[Fo
     out = []
     for fold, r in sorted(results["folds"].items(), key=lambda kv: int(kv[0])):
         precision = r.get("precision") or ("fp32" if r["device"] == "cpu" else "bf16")
-        hashed = hashed_config(config, frontend, meta.get("data", {}).get("fingerprint"), precision)
+        # the init's sha as the run recorded it: a relative --init must not resolve against today's cwd
+        hashed = hashed_config(config, frontend, meta.get("data", {}).get("fingerprint"), precision,
+                               init_sha=meta.get("init_sha256"))
         out.append(_record(config, hashed, fold=int(fold), accuracy=float(r["accuracy"]), n=int(r["n"]),
                            device=r["device"], precision=precision, seconds_per_epoch=float(r["seconds_per_epoch"]),
                            seconds=float(r["seconds"]), code_version=meta.get("code_version", "unknown"),
