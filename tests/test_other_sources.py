@@ -46,6 +46,8 @@ def test_reserved_packages_are_refused(tmp_path: Path) -> None:
     assert ISSUE_RESERVED <= RESERVED
     assert not set(PACKAGES) & RESERVED and not any(is_reserved(p) for p in PACKAGES)
     assert not set(PACKAGES) & OOD_SET_PACKAGES
+    listed = (Path(__file__).resolve().parents[1] / "scripts" / "ood-packages.txt").read_text().splitlines()
+    assert OOD_SET_PACKAGES == {line.strip() for line in listed if line.strip() and not line.startswith("#")}
     for pkg in sorted(ISSUE_RESERVED) + ["asterisk-core-sounds-en-gsm"]:
         with pytest.raises(ValueError, match="reserved"):
             check_packages(["lugaru-data", pkg])
