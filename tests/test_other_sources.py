@@ -54,6 +54,8 @@ def test_reserved_packages_are_refused(tmp_path: Path) -> None:
         (tmp_path / pkg).mkdir(exist_ok=True)
         with pytest.raises(ValueError, match="reserved"):  # refused before anything is read or written
             build_other_sources(tmp_path / "out", tmp_path, packages=[pkg], log=lambda _: None)
+    with pytest.raises(ValueError, match="Freesound"):
+        check_packages(["openttd-opensfx"])
     with pytest.raises(ValueError, match="OOD set"):
         check_packages(["espeak-ng"])
     assert not (tmp_path / "out").exists()

@@ -48,6 +48,25 @@ OOD_SET_PACKAGES: frozenset[str] = frozenset({
     "espeak-ng", "fluidsynth", "timgm6mb-soundfont", "fluidr3mono-gm-soundfont", "musescore-general-soundfont-small",
     "sound-theme-freedesktop", "gnome-audio", "oxygen-sounds", "yaru-theme-sound"})
 
+#: Freesound material that never says "freesound": refused like the reserved packages
+FREESOUND_DERIVED: dict[str, str] = {
+    "openttd-opensfx": "its opensfx.cat names each sound's original upload and Freesound user (dobroide, InspectorJ, ...)",
+    "sonic-pi-samples": "its copyright credits Freesound",
+}
+#: looked at and not used, and why (the build script never downloads them)
+NOT_USED: dict[str, str] = {
+    **FREESOUND_DERIVED,
+    "openclonk-data": "its sounds are inside .ocg containers (112 MB for 8 music files)",
+    "teeworlds-data": "WavPack (.wv) sounds, which libsndfile does not read",
+    "neverball-data": "no audio (it is in neverball-common)",
+    "planetblupi-common": "numbered sound files (sound000.wav ...): no name to label or to rule out an ESC-50 class",
+    "kobodeluxe-data": "no audio files (generated at run time)",
+    "0ad-data-common": "no audio", "berusky-data": "no audio",
+    "knights": "chess-piece knocks: too close to door_wood_knock to be outliers, too unclear to be labelled",
+    "supertux-data": "size (162 MB)", "supertuxkart-data": "size (628 MB)", "widelands-data": "size (381 MB)",
+    "freedroidrpg-data": "size (228 MB)",
+}
+
 #: package -> kind of its files that no rule names (None: only the files a rule names are used)
 PACKAGES: dict[str, str | None] = {
     "lugaru-data": "sfx", "minetest-data": "sfx", "bucklespring-data": None, "heroes-sound-effects": "sfx",
@@ -159,6 +178,9 @@ def check_packages(packages: Sequence[str]) -> None:
     reserved = sorted(p for p in packages if is_reserved(p))
     if reserved:
         raise ValueError(f"reserved for evaluation, never read: {', '.join(reserved)}")
+    derived = sorted(set(packages) & set(FREESOUND_DERIVED))
+    if derived:
+        raise ValueError(f"Freesound material: {', '.join(f'{p} ({FREESOUND_DERIVED[p]})' for p in derived)}")
     seen = sorted(set(packages) & OOD_SET_PACKAGES)
     if seen:
         raise ValueError(f"already a source of the OOD set (this set is for unseen sources): {', '.join(seen)}")
