@@ -81,6 +81,8 @@ def test_freesound_credit_skips_the_package(tmp_path: Path) -> None:
     assert {r["package"] for r in rows} == {"lugaru-data"}
     assert any("tuxmath-data skipped" in m and "Freesound" in m for m in said)
     assert any("bzflag-data skipped" in m for m in said)
+    skipped = {r["package"]: r["reason"] for r in csv.DictReader(open(root / "skipped.csv", encoding="utf-8"))}
+    assert set(skipped) == {"tuxmath-data", "bzflag-data"} and "Freesound" in skipped["tuxmath-data"]
 
 
 def test_builds_decodable_5s_16k_clips_with_manifest(tmp_path: Path) -> None:

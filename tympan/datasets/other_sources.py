@@ -15,7 +15,8 @@ package whose copyright / credits / readme mentions Freesound is skipped (:func:
 ``scripts/build_other_sources.sh DEST`` downloads the packages (``apt-get download``, no root),
 unpacks each with ``dpkg -x`` into ``ROOT/PACKAGE/`` and calls :func:`build_other_sources`. Every
 clip is 5 s of 16 kHz mono FLAC, listed in ``manifest.csv`` (file, kind, label, package,
-original_path, split); split is always ``dev``: this is development material only.
+original_path, split; split is always ``dev``: this is development material only), the packages
+skipped and why in ``skipped.csv``.
 """
 
 from __future__ import annotations
@@ -278,15 +279,18 @@ def build_other_sources(
     rng = np.random.default_rng(seed)
     n = int(seconds * sample_rate)
     rows: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []
     with atomic_dir(dest) as tmp:
         for pkg in packages:
             root = Path(extracted) / pkg
             if not root.is_dir():
                 log(f"other sources: {pkg} not unpacked at {root}, skipped")
+                skipped.append({"package": pkg, "reason": "not unpacked"})
                 continue
             credit = freesound_credit(root)
             if credit is not None:
                 log(f"other sources: {pkg} skipped: {credit.relative_to(root)} credits Freesound")
+                skipped.append({"package": pkg, "reason": f"/{credit.relative_to(root)} mentions Freesound"})
                 continue
             files: dict[str, list[tuple[Path, str]]] = {}
             groups: dict[tuple[Rule, str], list[Path]] = {}
@@ -336,6 +340,10 @@ def build_other_sources(
             w = csv.DictWriter(f, fieldnames=["file", "kind", "label", "package", "original_path", "split"])
             w.writeheader()
             w.writerows(rows)
+        with open(tmp / "skipped.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["package", "reason"])
+            w.writeheader()
+            w.writerows(skipped)
     counts = {k: sum(r["kind"] == k for r in rows) for k in KINDS}
     log(f"other sources: {len(rows)} clips in {dest} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
     return Path(dest)
