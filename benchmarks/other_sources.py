@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     set_dir = Path(args.set_dir)
     with open(set_dir / "manifest.csv", encoding="utf-8", newline="") as f:
         rows = _cap(list(csv.DictReader(f)), args.max_per_source)
+    skipped = []
+    if (set_dir / "skipped.csv").is_file():
+        with open(set_dir / "skipped.csv", encoding="utf-8", newline="") as f:
+            skipped = list(csv.DictReader(f))
     ood_dir = Path(args.ood_dir) if args.ood_dir else cache_root() / "bench-trust" / "ood"
     if not (ood_dir / "manifest.csv").is_file():
         build_ood_set(ood_dir)
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "by_class": {c: {"n": int((esc & (label == c)).sum()), "accuracy": _rate(ok, esc & (label == c)),
                          "predicted": dict(sorted({q: int(((label == c) & esc & (pred_lbl == q)).sum())
                                                    for q in set(pred_lbl[esc & (label == c)])}.items(),
-                                                  key=lambda kv: -kv[1]))}
+                                                  key=lambda kv: (-kv[1], kv[0])))}
                      for c in sorted(set(label[esc]))},
     }
     by_kind = {k: {"n": int((kind == k).sum()), "ood": _rate(flag_ood, kind == k), "background": _rate(flag_bg, kind == k),
@@ -241,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                                                          for v in by_package.values()
                                                          if v["non_esc_ood_or_background"] is not None)),
         "esc50_heldout_flagged_le_5": bool(heldout["ood_or_background"] <= 0.05),
+        # the probe refitted with every other package's non-ESC clips, on the package it never saw
+        "leave_one_source_out_probe_ge_90_every_kind": bool(all(v >= 0.90 for v in loso_summary["by_kind_with"].values())),
+        "leave_one_source_out_esc50_false_alarm_le_5": bool(loso_summary["esc50_heldout_false_alarm_with"]["max"] <= 0.05),
     }
     result = {
         "schema": SCHEMA,
@@ -251,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         "bundle": bundle.name, "weights_sha256": bundle.weights_fingerprint,
         "set": {"dir": repo_relative(set_dir), "clips": len(rows), "max_per_source": args.max_per_source,
                 "by_kind": {k: int((kind == k).sum()) for k in ("esc-class", *NON_ESC)},
-                "packages": sorted(set(pkg)), "built_by": "scripts/build_other_sources.sh"},
+                "packages": sorted(set(pkg)), "skipped_by_builder": skipped, "built_by": "scripts/build_other_sources.sh",
+                "builder_caps": "at most 40 files of each kind per package (ESC-class files never capped), at most 3 "
+                                "5-s clips per file"},
         "heldout_esc50": {"fold": fold, **heldout},
         "esc_class": esc_block,
         "by_kind": by_kind,

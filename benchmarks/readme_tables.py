@@ -170,7 +170,9 @@ def render_other_sources(r: dict[str, Any]) -> str:
     cap = f", at most {r['set']['max_per_source']} non-ESC clips per package" if r["set"].get("max_per_source") else ""
     lines = [f"`{r['bundle']}` (weights {r['weights_sha256'][:12]}); {r['set']['clips']} clips from "
              f"{len(r['set']['packages'])} Debian packages{cap}; held-out ESC-50 fold {h['fold']} from the same run "
-             "(its thresholds were fitted on it):", "",
+             "(its thresholds were fitted on it)"
+             + ("; skipped by the builder: " + "; ".join(f"{x['package']} ({x['reason']})" for x in r["set"]["skipped_by_builder"])
+                if r["set"].get("skipped_by_builder") else "") + ":", "",
              "| audio | clips | top-1 accuracy (%) | mean confidence | estimated accuracy (%) (95 % interval) "
              "| OOD | background | OOD or background |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
              f"| held-out ESC-50 fold {h['fold']} | {h['clips']} | {_pct(h['accuracy'])} | {h['mean_confidence']:.2f} | "
@@ -218,6 +220,12 @@ def render_other_sources(r: dict[str, Any]) -> str:
               + ", ".join(f"{k} {pct0(r['by_kind'][k]['ood_or_background'])}" for k in ("music", "sfx", "speech")
                           if k in r["by_kind"]) + f": {yes[t['ood_or_background_ge_90_every_kind']]} |",
               f"| held-out ESC-50 flagged <= 5 % | {h['ood_or_background']:.1%}: {yes[t['esc50_heldout_flagged_le_5']]} |"]
+    if "leave_one_source_out_probe_ge_90_every_kind" in t:
+        lines += ["| the same two with the probe refitted on the other packages (leave one out; probe alone) | "
+                  + ", ".join(f"{k} {pct0(v)}" for k, v in sm["by_kind_with"].items())
+                  + f": {yes[t['leave_one_source_out_probe_ge_90_every_kind']]}; held-out ESC-50 at most "
+                  f"{sm['esc50_heldout_false_alarm_with']['max']:.1%}: "
+                  f"{yes[t['leave_one_source_out_esc50_false_alarm_le_5']]} |"]
     return "\n".join(lines)
 
 

@@ -74,6 +74,13 @@ def test_freesound_credit_skips_the_package(tmp_path: Path) -> None:
     with gzip.open(other / "usr/share/games/bzflag/CREDITS.gz", "wt") as f:
         f.write("boom.wav from freesound user x")
     assert freesound_credit(other) is not None
+    tagged = _package(tmp_path / "tags", "caveexpress-data", {})
+    wav = tagged / "usr/share/games/caveexpress/click.wav"
+    wav.parent.mkdir(parents=True)
+    with sf.SoundFile(wav, "w", SR, 1, format="WAV") as f:
+        f.comment = "from https://freesound.org/s/123/"  # a RIFF INFO tag
+        f.write(_tone(0.5))
+    assert freesound_credit(tagged) == wav
     said: list[str] = []
     root = build_other_sources(tmp_path / "out", tmp_path, packages=["lugaru-data", "tuxmath-data", "bzflag-data"],
                                log=said.append)

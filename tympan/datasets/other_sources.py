@@ -198,22 +198,21 @@ def _text(path: Path) -> str:
 def freesound_credit(package_root: str | Path) -> Path | None:
     """The first file of an unpacked package that mentions Freesound, else None: every file under
     ``usr/share/doc``, credits-like files (copyright, credits, readme, artists, ...) and small text
-    files anywhere, and the tags of every audio file (the first 64 KiB, where Vorbis comments and
+    files anywhere, then the tags of every audio file (the first 64 KiB, where Vorbis comments and
     RIFF INFO lie)."""
     root = Path(package_root)
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.is_symlink():
-            continue
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()]
+    for p in files:
+        if p.suffix.lower() not in AUDIO_SUFFIXES and (
+                "doc" in p.relative_to(root).parts[:3] or CREDIT_NAMES.search(p.name)
+                or (p.suffix.lower() in TEXT_SUFFIXES and p.stat().st_size < 1_000_000)):
+            if "freesound" in _text(p).lower():
+                return p
+    for p in files:
         if p.suffix.lower() in AUDIO_SUFFIXES:
             with open(p, "rb") as f:
-                text = f.read(65_536).decode("latin-1")
-        elif ("doc" in p.relative_to(root).parts[:3] or CREDIT_NAMES.search(p.name)
-              or (p.suffix.lower() in TEXT_SUFFIXES and p.stat().st_size < 1_000_000)):
-            text = _text(p)
-        else:
-            continue
-        if "freesound" in text.lower():
-            return p
+                if b"freesound" in f.read(65_536).lower():
+                    return p
     return None
 
 
