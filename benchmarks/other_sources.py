@@ -155,8 +155,15 @@ def main(argv: list[str] | None = None) -> int:
                "background": float(h_bg.mean()), "ood_or_background": float((h_ood | h_bg).mean()),
                "note": "in-sample: the bundle's thresholds were fitted on these clips' windows"}
     ok = pred_lbl == label
+    assembled = np.asarray([r["original_path"].startswith("assembled") for r in rows])
     esc_block = {
         "clips": int(esc.sum()), "accuracy": _rate(ok, esc), "mean_confidence": _rate(conf, esc),
+        # clips the builder laid out from single recorded events (steps, key strokes) vs recordings as shipped
+        "by_origin": {name: {"n": int((esc & m).sum()), "accuracy": _rate(ok, esc & m),
+                             "mean_confidence": _rate(conf, esc & m), "ood_or_background": _rate(either, esc & m),
+                             "estimated_accuracy": estimate(other.probabilities[esc & m]),
+                             "classes": sorted(set(label[esc & m]))}
+                      for name, m in (("as recorded", ~assembled), ("assembled", assembled)) if (esc & m).any()},
         "estimated_accuracy": estimate(other.probabilities[esc]) if esc.any() else None,
         "ood_or_background": _rate(either, esc),
         "by_package": {k: {"n": int((esc & (pkg == k)).sum()), "accuracy": _rate(ok, esc & (pkg == k)),

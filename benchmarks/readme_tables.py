@@ -182,6 +182,9 @@ def render_other_sources(r: dict[str, Any]) -> str:
         lines.append(f"| other sources: {k} | {v['n']} | {acc} | {v['mean_confidence']:.2f} | "
                      f"{est(e['estimated_accuracy']) if k == 'esc-class' else '-'} | {pct0(v['ood'])} | "
                      f"{pct0(v['background'])} | {pct0(v['ood_or_background'])} |")
+    for name, v in (e.get("by_origin") or {}).items():
+        lines.append(f"| other sources: esc-class, {name} ({', '.join(v['classes'])}) | {v['n']} | {_pct(v['accuracy'])} | "
+                     f"{v['mean_confidence']:.2f} | {est(v.get('estimated_accuracy'))} | - | - | {pct0(v['ood_or_background'])} |")
     lines += ["", "ESC-class recordings per class (predicted classes with counts):", "",
               "| class | clips | top-1 accuracy (%) | predicted |", "| --- | ---: | ---: | --- |"]
     for c, v in e["by_class"].items():

@@ -107,7 +107,9 @@ class Rule:
     pattern: str
     kind: str
     label: str = ""
-    assemble: tuple[float, float] | None = None  # gap between events, seconds (low, high)
+    #: time from one event's onset to the next, seconds (low, high): about 2 steps a second when
+    #: walking, 5-10 key presses and releases a second when typing (recordings may overlap)
+    assemble: tuple[float, float] | None = None
     n_assembled: int = 2  # clips assembled per group
 
 
@@ -116,14 +118,14 @@ RULES: list[Rule] = [
     Rule("lugaru-data", r"/Bark\d*\.ogg$", "esc-class", "dog"),
     Rule("lugaru-data", r"/Wind\.ogg$", "esc-class", "wind"),
     Rule("lugaru-data", r"/Fire\.ogg$", "esc-class", "crackling_fire"),
-    Rule("lugaru-data", r"/FootStep([A-Za-z]+)\d\.ogg$", "esc-class", "footsteps", assemble=(0.35, 0.55)),
+    Rule("lugaru-data", r"/FootStep([A-Za-z]+)\d\.ogg$", "esc-class", "footsteps", assemble=(0.45, 0.65)),
     Rule("lugaru-data", r"/Music[^/]*\.ogg$", "music"),
     Rule("minetest-data", r"/fire_(?:fire\.\d|large|small)\.ogg$", "esc-class", "crackling_fire"),
     Rule("minetest-data", r"/default_break_glass\.\d\.ogg$", "esc-class", "glass_breaking"),
     Rule("minetest-data", r"/default_((?!water)[a-z]+)_footstep(?:\.\d)?\.ogg$", "esc-class", "footsteps",
-         assemble=(0.35, 0.55)),
+         assemble=(0.45, 0.65)),
     Rule("bucklespring-data", r"/buckle/wav/()[0-9a-f]+-[01]\.wav$", "esc-class", "keyboard_typing",
-         assemble=(0.06, 0.22), n_assembled=10),
+         assemble=(0.08, 0.2), n_assembled=10),
     Rule("sound-icons", r"/canary-long\.wav$", "esc-class", "chirping_birds"),
     Rule("sound-icons", r"/(?:gummy-cat|cockchafer|glass-water)", "skip"),
     Rule("heroes-sound-effects", r"/claxon\.wav$", "esc-class", "car_horn"),
@@ -239,7 +241,7 @@ def _clips(y: np.ndarray, n: int, max_clips: int) -> list[np.ndarray]:
     return [c for c in out if np.abs(c).max() >= 1e-3]
 
 
-def _assemble(waves: list[np.ndarray], n: int, sr: int, gaps: tuple[float, float], rng: np.random.Generator,
+def _assemble(waves: list[np.ndarray], n: int, sr: int, onsets: tuple[float, float], rng: np.random.Generator,
               n_clips: int) -> list[np.ndarray]:
     """Single recorded events (one footstep, one key) one after another into ``n_clips`` clips."""
     out = []
@@ -248,7 +250,7 @@ def _assemble(waves: list[np.ndarray], n: int, sr: int, gaps: tuple[float, float
         while t < n:
             w = waves[int(rng.integers(len(waves)))][: n - t]
             clip[t:t + len(w)] += w
-            t += len(w) + int(rng.uniform(*gaps) * sr)
+            t += int(rng.uniform(*onsets) * sr)
         peak = np.abs(clip).max()
         out.append(clip / peak * 0.9 if peak > 1 else clip)
     return out
