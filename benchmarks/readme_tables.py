@@ -13,7 +13,9 @@ bias pooled over the five held-out folds of a five-fold run, with interval cover
 ``startup`` (``benchmarks/startup.py``: start-up of ``tympan --help``, ``predict`` and ``serve`` over
 ``import torch``), ``live`` (``results/live.json``, ``benchmarks/live.py``: the listener's real-time factor,
 latency, memory), ``batch_side_by_side`` (``results/batch.json``, ``benchmarks/batch.py``: ``tympan
-predict`` against BirdNET-Analyzer's model).
+predict`` against BirdNET-Analyzer's model), ``other_sources`` (``results/other_sources.json``,
+``benchmarks/other_sources.py``: the shipped model and trust layer on recordings from other sources than
+Freesound, and leave-one-source-out refits of the outlier probe).
 """
 
 from __future__ import annotations
