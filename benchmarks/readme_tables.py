@@ -13,7 +13,9 @@ bias pooled over the five held-out folds of a five-fold run, with interval cover
 ``startup`` (``benchmarks/startup.py``: start-up of ``tympan --help``, ``predict`` and ``serve`` over
 ``import torch``), ``live`` (``results/live.json``, ``benchmarks/live.py``: the listener's real-time factor,
 latency, memory), ``batch_side_by_side`` (``results/batch.json``, ``benchmarks/batch.py``: ``tympan
-predict`` against BirdNET-Analyzer's model).
+predict`` against BirdNET-Analyzer's model), ``other_sources`` (``results/other_sources.json``,
+``benchmarks/other_sources.py``: the shipped model and trust layer on recordings from other sources than
+Freesound, and leave-one-source-out refits of the outlier probe).
 """
 
 from __future__ import annotations
@@ -156,6 +158,82 @@ def render_trust_ood(r: dict[str, Any]) -> str:
         lines.append(f"| {row['kind']} | {row['n']} | {row['background']:.0%} | {row['ood']:.0%} | {row['either']:.0%} |")
     e = r["esc50_heldout"]
     lines.append(f"| held-out ESC-50 (fold 5) | 400 | {e['background']:.1%} | {e['ood_probe']:.1%} | {e['either']:.1%} |")
+    return "\n".join(lines)
+
+
+def render_other_sources(r: dict[str, Any]) -> str:
+    """The shipped model on recordings from other sources than Freesound, and leave-one-source-out
+    refits of the outlier probe (``results/other_sources.json``, ``benchmarks/other_sources.py``)."""
+    h, e, lo = r["heldout_esc50"], r["esc_class"], r["leave_one_source_out"]
+
+    def est(x: dict[str, Any] | None) -> str:
+        return "n/a" if not x or x.get("value") is None else f"{_pct(x['value'])} ({_pct(x['low'])}-{_pct(x['high'])})"
+
+    def pct0(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.0%}"
+
+    cap = f", at most {r['set']['max_per_source']} non-ESC clips per package" if r["set"].get("max_per_source") else ""
+    lines = [f"`{r['bundle']}` (weights {r['weights_sha256'][:12]}); {r['set']['clips']} clips from "
+             f"{len(r['set']['packages'])} Debian packages{cap}; held-out ESC-50 fold {h['fold']} from the same run "
+             "(its thresholds were fitted on it)"
+             + ("; skipped by the builder: " + "; ".join(f"{x['package']} ({x['reason']})" for x in r["set"]["skipped_by_builder"])
+                if r["set"].get("skipped_by_builder") else "") + ":", "",
+             "| audio | clips | top-1 accuracy (%) | mean confidence | estimated accuracy (%) (95 % interval) "
+             "| OOD | background | OOD or background |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+             f"| held-out ESC-50 fold {h['fold']} | {h['clips']} | {_pct(h['accuracy'])} | {h['mean_confidence']:.2f} | "
+             f"{est(h['estimated_accuracy'])} | {h['ood']:.1%} | {h['background']:.1%} | {h['ood_or_background']:.1%} |"]
+    for k, v in r["by_kind"].items():
+        acc = _pct(e["accuracy"]) if k == "esc-class" else "-"
+        lines.append(f"| other sources: {k} | {v['n']} | {acc} | {v['mean_confidence']:.2f} | "
+                     f"{est(e['estimated_accuracy']) if k == 'esc-class' else '-'} | {pct0(v['ood'])} | "
+                     f"{pct0(v['background'])} | {pct0(v['ood_or_background'])} |")
+    for name, v in (e.get("by_origin") or {}).items():
+        lines.append(f"| other sources: esc-class, {name} ({', '.join(v['classes'])}) | {v['n']} | {_pct(v['accuracy'])} | "
+                     f"{v['mean_confidence']:.2f} | {est(v.get('estimated_accuracy'))} | - | - | {pct0(v['ood_or_background'])} |")
+    lines += ["", "ESC-class recordings per class (predicted classes with counts):", "",
+              "| class | clips | top-1 accuracy (%) | predicted |", "| --- | ---: | ---: | --- |"]
+    for c, v in e["by_class"].items():
+        pr = ", ".join(f"{q} {n}" for q, n in v["predicted"].items())
+        lines.append(f"| {c} | {v['n']} | {_pct(v['accuracy'], 0)} | {pr} |")
+    lines += ["", "Per package: ESC-class accuracy, and the non-ESC clips flagged OOD or background by the shipped "
+              "bundle and by the outlier probe refitted without the package (leave one source out: with the OOD "
+              "set's dev split only / plus every other package's non-ESC clips):", "",
+              "| package | kinds (clips) | ESC-class accuracy | non-ESC OOD or background (shipped) | probe, OOD set only "
+              "| probe, + other packages | ESC-50 fold false alarms, + other packages |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    loso = {row["held_out"]: row for row in lo["rows"]}
+    for k, v in r["by_package"].items():
+        kinds = ", ".join(f"{q} {n}" for q, n in v["kinds"].items())
+        ea = e["by_package"].get(k)
+        acc = "-" if not ea else f"{_pct(ea['accuracy'], 0)} % of {ea['n']}"
+        row = loso.get(k)
+        lines.append(f"| {k} | {kinds} | {acc} | {pct0(v['non_esc_ood_or_background'])} | "
+                     f"{pct0(row['flagged_without']) if row else '-'} | {pct0(row['flagged_with']) if row else '-'} | "
+                     f"{row['esc50_heldout_false_alarm']:.1%} |" if row else
+                     f"| {k} | {kinds} | {acc} | - | - | - | - |")
+    sm = lo["summary"]
+    kinds = " / ".join(f"{k} {pct0(sm['by_kind_without'][k])} -> {pct0(sm['by_kind_with'][k])}" for k in sm["by_kind_with"])
+    lines += ["", f"Leave one source out, all non-ESC clips: probe flags {pct0(sm['non_esc_flagged_without'])} with the OOD "
+              f"set only, {pct0(sm['non_esc_flagged_with'])} with the other packages added ({kinds}); held-out ESC-50 "
+              f"false alarms {sm['esc50_heldout_false_alarm_without']:.1%} -> {sm['esc50_heldout_false_alarm_with']['mean']:.1%} "
+              f"(mean over refits; max {sm['esc50_heldout_false_alarm_with']['max']:.1%}), cross-fitted; the {e['clips']} "
+              f"ESC-class clips of other sources flagged {pct0(sm['esc_class_flagged_without'])} -> "
+              f"{pct0(sm['esc_class_flagged_with'])}."]
+    t = r["targets"]
+    yes = {True: "met", False: "not met", None: "n/a"}
+    lines += ["", "| target (issue #20) | result |", "| --- | --- |",
+              f"| ESC-class accuracy from other sources within 5 points of held-out ESC-50 | "
+              f"{_pct(e['accuracy'])} vs {_pct(h['accuracy'])}: {yes[t['accuracy_within_5_points']]} |",
+              "| OOD or background >= 90 % on every kind of unseen source | "
+              + ", ".join(f"{k} {pct0(r['by_kind'][k]['ood_or_background'])}" for k in ("music", "sfx", "speech")
+                          if k in r["by_kind"]) + f": {yes[t['ood_or_background_ge_90_every_kind']]} |",
+              f"| held-out ESC-50 flagged <= 5 % | {h['ood_or_background']:.1%}: {yes[t['esc50_heldout_flagged_le_5']]} |"]
+    if "leave_one_source_out_probe_ge_90_every_kind" in t:
+        lines += ["| the same two with the probe refitted on the other packages (leave one out; probe alone) | "
+                  + ", ".join(f"{k} {pct0(v)}" for k, v in sm["by_kind_with"].items())
+                  + f": {yes[t['leave_one_source_out_probe_ge_90_every_kind']]}; held-out ESC-50 at most "
+                  f"{sm['esc50_heldout_false_alarm_with']['max']:.1%}: "
+                  f"{yes[t['leave_one_source_out_esc50_false_alarm_le_5']]} |"]
     return "\n".join(lines)
 
 
@@ -344,6 +422,7 @@ def render_diagnostics(r: dict[str, Any]) -> str:
 
 
 RENDERERS = {"candidates": render_candidates, "folds": render_folds, "live": render_live, "events": render_events, "esc50_cv": render_esc50_cv, "adaptation_ood": render_adaptation_ood, "robustness": render_robustness, "trust_ood": render_trust_ood,
+             "other_sources": render_other_sources,
              "trust_performance": render_trust_performance, "trust_performance_cv": render_trust_performance_cv,
              "trust_performance_cv_baseline": render_trust_performance_cv, "startup": render_startup,
              "batch_side_by_side": render_batch_side_by_side, "diagnostics": render_diagnostics,

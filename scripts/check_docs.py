@@ -79,6 +79,7 @@ POLICIES: list[tuple[str, str, str]] = [
     (r"^tympan adapt\b", "help", "needs your recordings and minutes of BatchNorm passes"),
     (r"^(pip install 'tympan\[modal\]'|(\S+=\S+ )?modal )", "skip", "needs a Modal account"),
     (r"^\.venv/bin/tympan data ood --dest /tmp/", "help", "the benchmark's input: `tympan data ood` ran above"),
+    (r"^bash scripts/build_other_sources\.sh\b", "skip", "downloads about 365 MB of Debian packages"),
     (r"^\.venv/bin/python benchmarks/\S+\.py\b", "help", "benchmarks take minutes on the shared CPU"),
 ]
 
