@@ -284,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         else float(est["value"] - esc_block["accuracy"]),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "other_sources.json").write_text(json.dumps(result, indent=2) + "\n")
+    from tympan.io import write_json_atomic
+
+    write_json_atomic(RESULTS / "other_sources.json", result)  # a reader never sees half a results file
     from readme_tables import render_other_sources
 
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; bundle {bundle.name}")

@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
         "command": "python benchmarks/trust_ood.py",
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "trust_ood.json").write_text(json.dumps(result, indent=2) + "\n")
+    from tympan.io import write_json_atomic
+
+    write_json_atomic(RESULTS / "trust_ood.json", result)  # a reader never sees half a results file
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; bundle {bundle.name}")
     from readme_tables import render_trust_ood
 
