@@ -123,3 +123,46 @@ def test_window_outputs_at_another_level(synthetic_dir: Path) -> None:
     quiet = window_outputs(pred, ds.files[:3], gain_db=-20.0)
     np.testing.assert_allclose(quiet.levels[:, 0], loud.levels[:, 0] - 20.0, atol=0.01)
     assert not np.allclose(quiet.embeddings, loud.embeddings)  # log-mels are not level-normalised
+
+
+def _manifest_set(root: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    """A folder of real 2-s WAV clips and its manifest.csv: (name, kind, split, label) per row."""
+    import csv
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "kind", "split", "label", "source"])
+        w.writeheader()
+        for i, (name, kind, split, label) in enumerate(rows):
+            t = np.arange(32_000) / 16_000
+            y = 0.3 * np.sin(2 * np.pi * (300 + 200 * i) * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(root / f"{name}.wav", y.astype(np.float32), 16_000)
+            w.writerow({"file": f"{name}.wav", "kind": kind, "split": split, "label": label, "source": "test"})
+    return root
+
+
+def test_outliers_from_other_sources_join_the_probe_without_their_esc_clips(synthetic_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    """`calibrate --outliers-dir`: non-ESC dev clips of another set are outliers; ESC-class clips never."""
+    from tympan.bundle import Bundle
+    from tympan.datasets import load_esc50
+    from tympan.diagnostics.trust import fit_trust, outlier_rows
+    from tympan.features import FrontendConfig
+    from tympan.inference import Predictor
+    from tympan.models import build_model
+
+    ood = _manifest_set(tmp_path / "ood", [("tone", "generated", "dev", ""), ("speech", "speech", "dev", ""),
+                                           ("held", "generated", "eval", "")])
+    other = _manifest_set(tmp_path / "other", [("song", "music", "dev", ""), ("bark", "esc-class", "dev", "dog"),
+                                               ("fx", "sfx", "dev", ""), ("named", "sfx", "dev", "rain")])
+    assert [r["file"] for r in outlier_rows(other)] == ["song.wav", "fx.wav"]
+    ds = load_esc50(synthetic_dir)
+    b = Bundle(model=build_model("cnn", n_classes=len(ds.classes), width=4).eval(), arch="cnn",
+               arch_params={"width": 4}, classes=list(ds.classes), frontend=FrontendConfig(clip_seconds=2.0))
+    held = [c for c, f in zip(ds.clip_ids, ds.folds, strict=True) if f == 5]
+    fit = fit_trust(b, Predictor(b), ds, [1, 2, 3, 4], held, ood_dir=ood, outlier_dirs=[other], progress=False,
+                    log=lambda *a: None)
+    assert fit["ood_score"] == "probe"
+    assert fit["ood_outliers"].startswith("2 clips of the dev split of ood + 2 non-ESC clips of other;")
+    assert b.ood["embedding"]["outliers"] == fit["ood_outliers"]  # the bundle says what its probe saw

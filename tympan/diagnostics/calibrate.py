@@ -55,6 +55,7 @@ def fit_bundle(
     data_dir: str | Path | None = None,
     train_folds: Sequence[int] | None = None,
     ood_dir: str | Path | None = None,
+    outlier_dirs: Sequence[str | Path] = (),
     out_dir: str | Path | None = None,
     progress: bool = True,
     log: Any = print,
@@ -107,7 +108,7 @@ def fit_bundle(
         fitted_on = (f"ESC-50 folds {', '.join(map(str, folds))} ({len(ds)} training clips) of "
                      f"{Path(root).name} (data fingerprint {full.fingerprint()[:12]})")
         if trust:  # energy + k-NN OOD score and the background detector (tympan.diagnostics.trust)
-            trust_fit = fit_trust(bundle, predictor, full, folds, ho.clip_ids, ood_dir=ood_dir, progress=progress,
+            trust_fit = fit_trust(bundle, predictor, full, folds, ho.clip_ids, ood_dir=ood_dir, outlier_dirs=outlier_dirs, progress=progress,
                                   log=log)
     else:
         log("warning: no ESC-50 folder (--data-dir / $TYMPAN_ESC50_DIR): acoustic and embedding "

@@ -93,6 +93,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--ood-dir", type=Path, default=None,
                    help="OOD set built by `tympan data ood`: its dev split fits the outlier probe that decides OOD "
                         "(its eval split is reported), and the stored OOD histograms")
+    c.add_argument("--outliers-dir", type=Path, action="append", default=[], metavar="DIR",
+                   help="with --ood-dir: more development outliers from other sources, a folder with a "
+                        "manifest.csv (e.g. scripts/build_other_sources.sh); its ESC-class clips are left out "
+                        "(repeatable)")
     c.add_argument("--out", type=Path, default=None, help="write the fitted bundle here instead")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_calibrate)
@@ -106,9 +110,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from tympan.bundle import resolve_bundle_dir
     from tympan.diagnostics.calibrate import fit_bundle
 
+    from tympan.diagnostics.trust import outlier_rows
+    from tympan.errors import DataError
+
     folds = [int(f) for f in args.train_folds.split(",")] if args.train_folds else None
+    if args.outliers_dir and args.ood_dir is None:
+        raise DataError("--outliers-dir adds to the OOD set's outliers: give --ood-dir too")
+    for d in args.outliers_dir:  # a wrong folder fails now, not after minutes of fitting
+        if not outlier_rows(d):
+            raise DataError(f"{d}: its manifest.csv lists no non-ESC development clips")
     summary = fit_bundle(resolve_bundle_dir(args.bundle), heldout=args.heldout, data_dir=args.data_dir,
-                         train_folds=folds, ood_dir=args.ood_dir, out_dir=args.out,
+                         train_folds=folds, ood_dir=args.ood_dir, outlier_dirs=args.outliers_dir, out_dir=args.out,
                          progress=not args.quiet, log=_log(args))
     print(_calibration_text(summary))
     return EXIT_OK

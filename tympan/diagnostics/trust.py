@@ -126,6 +126,15 @@ def _manifest(root: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def outlier_rows(root: Path) -> list[dict[str, str]]:
+    """The rows of a set's manifest that may serve as outliers: its ``dev`` split without the
+    clips of ESC-50 classes (those are in-distribution audio from another source)."""
+    if not (root / "manifest.csv").is_file():
+        raise DataError(f"{root}: no manifest.csv (build it with scripts/build_other_sources.sh or tympan data ood)")
+    return [r for r in _manifest(root) if r.get("split", "dev") == "dev" and r.get("kind") != "esc-class"
+            and not (r.get("label") or "").strip()]
+
+
 #: thresholds keep this share of held-out windows: with a threshold fitted on a few hundred clips,
 #: 0.96 keeps the share of unseen in-distribution clips flagged at or below 5 % (benchmarks/trust_ood.py)
 TPR = 0.96
@@ -144,14 +153,20 @@ def fit_probe(train: WindowOutputs, outliers: WindowOutputs, heldout: WindowOutp
 
 
 def fit_trust(bundle: Bundle, predictor: Predictor, dataset: Any, train_folds: Sequence[int],
-              heldout_clip_ids: Sequence[str], *, ood_dir: str | Path | None = None, progress: bool = True,
+              heldout_clip_ids: Sequence[str], *, ood_dir: str | Path | None = None,
+              outlier_dirs: Sequence[str | Path] = (), progress: bool = True,
               log: Any = print) -> dict[str, Any]:
     """Fit both models into ``bundle`` (``ood["embedding"]``, ``background``, ``arrays``).
 
     ``dataset`` is the ESC-50 folder (:class:`tympan.datasets.ESC50`). With ``ood_dir`` (a set
     built by ``tympan data ood``, whose manifest splits sources into ``dev`` and ``eval``) the
     OOD score is the outlier probe fitted on the ``dev`` split, and the share of ``eval`` clips it
-    flags is recorded; without it, energy + k-NN. Returns what was fitted on.
+    flags is recorded; without it, energy + k-NN. ``outlier_dirs`` (with ``ood_dir``) add more
+    development outliers from other sources (e.g. ``scripts/build_other_sources.sh``): every
+    manifest row of their ``dev`` split except ESC-50 classes (``kind`` ``esc-class`` or a
+    ``label``), because a probe fitted on one generator's audio misses real music and game
+    sounds (``benchmarks/results/other_sources.json``, leave one source out). Returns what was
+    fitted on.
     """
     from tympan.datasets.background import build_background_set
 
@@ -176,8 +191,9 @@ def fit_trust(bundle: Bundle, predictor: Predictor, dataset: Any, train_folds: S
         rows = _manifest(Path(ood_dir))
         dev = [r for r in rows if r.get("split", "dev") == "dev"]
         ev = [r for r in rows if r.get("split") == "eval"]
-        out_dev = window_outputs(predictor, [Path(ood_dir) / r["file"] for r in dev], progress=progress,
-                                 desc="OOD development windows")
+        extra = {Path(d): outlier_rows(Path(d)) for d in outlier_dirs}
+        dev_files = [Path(ood_dir) / r["file"] for r in dev] + [d / r["file"] for d, rs in extra.items() for r in rs]
+        out_dev = window_outputs(predictor, dev_files, progress=progress, desc="OOD development windows")
         quiet = window_outputs(predictor, train_files, cache_key=f"train|{dataset.fingerprint()}|{sorted(train_folds)}",
                                progress=progress, desc="training windows, quieter", gain_db=PROBE_QUIET_DB)
         ood = fit_probe(train, out_dev, heldout, quieter=quiet)
@@ -192,8 +208,9 @@ def fit_trust(bundle: Bundle, predictor: Predictor, dataset: Any, train_folds: S
                           # the served score's own figures, for report.html, the dashboard and diagnose
                           "auroc": float(ood_metrics(s_held, ood.decision_function(out_ev.embeddings))["auroc"]),
                           "heldout_flagged": float(np.mean(s_held > ood.threshold_))}
-        src = (f"{len(dev)} clips of the dev split of {Path(ood_dir).name}; in-distribution: training windows "
-               f"as recorded and {PROBE_QUIET_DB:g} dB quieter")
+        more = "".join(f" + {len(rs)} non-ESC clips of {d.name}" for d, rs in extra.items())
+        src = (f"{len(dev)} clips of the dev split of {Path(ood_dir).name}{more}; in-distribution: training "
+               f"windows as recorded and {PROBE_QUIET_DB:g} dB quieter")
     else:
         ood = fit_embedding_ood(train, heldout)
         src = None
