@@ -129,7 +129,7 @@ def render_candidates(doc: dict[str, Any]) -> str:
              "|---|" + "---:|" * len(shifts) + "---|"]
     shown = None
     for c in doc["candidates"]:
-        ref = c.get("reference") or doc["shipped"]
+        ref = c["reference"]
         if ref["weights_sha256"] != shown:
             shown = ref["weights_sha256"]
             then = "shipped now" if shown == doc.get("shipped_now") else "shipped then"

@@ -109,7 +109,6 @@ def _log(args: argparse.Namespace) -> Any:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from tympan.bundle import resolve_bundle_dir
     from tympan.diagnostics.calibrate import fit_bundle
-
     from tympan.diagnostics.trust import outlier_rows
     from tympan.errors import DataError
 

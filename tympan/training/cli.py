@@ -223,7 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra = augmented_feature_copies(load_esc50(data_dir), frontend, config.field_augment,
                                          seed=config.seed, p=config.field_augment_p, progress=not args.quiet)
     print(f"run dir: {run_dir}")
-    from tympan.training.loop import resolve_device, resolve_precision
+    from tympan.training.loop import config_precision, resolve_device
 
     params = "".join(f" {k}={v}" for k, v in (config.arch_params or {}).items())
     device = resolve_device(config.device)
@@ -231,7 +231,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"recipe {config.recipe}, arch {config.arch}{params}, front end {frontend.name}, "
           f"held-out folds {holdout}, "
           f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr}, device {device_text}, "
-          f"precision {resolve_precision(config.precision, device, arch=config.arch, batch_size=config.batch_size)}")
+          f"precision {config_precision(config, device)}")
     results = run_cv(features, config, holdout, run_dir, data_info=info, progress=not args.quiet,
                      max_folds=args.max_folds, extra=extra, on_fold_end=on_fold_end)
     acc = results["accuracy"]
@@ -251,11 +251,10 @@ def _with_records(path: Path, config: TrainConfig, frontend: FrontendConfig, inf
     """The folds of ``holdout`` not yet in the records file for this config, and a callback that
     records each fold as it finishes."""
     from tympan.training.cv import code_version
-    from tympan.training.loop import resolve_device, resolve_precision
+    from tympan.training.loop import config_precision, resolve_device
     from tympan.training.records import append_record, config_hash, hashed_config, load_records, missing_folds, record_of
 
-    precision = resolve_precision(config.precision, resolve_device(config.device), arch=config.arch,
-                                  batch_size=config.batch_size)
+    precision = config_precision(config, resolve_device(config.device))
     hashed = hashed_config(config, frontend, info.get("fingerprint"), precision)
     chash = config_hash(hashed)
     todo = missing_folds(load_records(path), chash, holdout)

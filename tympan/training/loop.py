@@ -176,6 +176,12 @@ def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool | Non
     return "fp32"
 
 
+def config_precision(config: TrainConfig, device: torch.device) -> str:
+    """The precision ``config`` trains in on ``device``: the one answer the run header, the fold
+    record's hash and the training step all use, so a record never names another precision."""
+    return resolve_precision(config.precision, device, arch=config.arch, batch_size=config.batch_size)
+
+
 def warmup_linear_factor(epoch: int, config: TrainConfig) -> float:
     """EfficientAT's lr factor for ``epoch`` (0-based): exp warm-up times linear ramp-down."""
     up = 1.0
@@ -431,7 +437,7 @@ def train_fold(
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_linear_factor(step // steps, config))
     gen = torch.Generator().manual_seed(config.seed * 1000 + fold)
-    precision = resolve_precision(config.precision, device, arch=config.arch, batch_size=config.batch_size)
+    precision = config_precision(config, device)
     use_amp = precision == "bf16" and device.type in ("cuda", "cpu")
     amp_dtype = torch.bfloat16
     if use_amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
